@@ -1,0 +1,52 @@
+# trtprune: `make engine` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN      = $(VENV)/bin
+DEVICE  ?= cpu
+MODEL   ?= resnet56
+EPOCHS  ?= 1
+RATIO   ?= 0.5
+ROUND_TO ?= 8
+# Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
+# else trtprune downloads them into the user cache (~/.cache/trtprune).
+TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
+export TRTPRUNE_DATA
+
+.PHONY: help setup engine test test-fast lint format clean
+.DEFAULT_GOAL := help
+
+help:
+	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=1]  set up, prune, fine-tune, build and report"
+	@echo "make test                                          set up and run the tests"
+	@echo "make lint | format | clean"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+engine: setup
+	$(BIN)/trtprune run --model $(MODEL) --device $(DEVICE) --ratio $(RATIO) --round-to $(ROUND_TO) \
+		--epochs $(EPOCHS) --name $(MODEL)-$(DEVICE)
+	$(BIN)/python bench/record_engine.py runs/$(MODEL)-$(DEVICE)/report.json bench/results/engine.json \
+		--command "make engine DEVICE=$(DEVICE) MODEL=$(MODEL) EPOCHS=$(EPOCHS) RATIO=$(RATIO) ROUND_TO=$(ROUND_TO)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check trtprune tests bench
+	$(BIN)/ruff format --check trtprune tests bench
+
+format: setup
+	$(BIN)/ruff format trtprune tests bench
+	$(BIN)/ruff check --fix trtprune tests bench
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

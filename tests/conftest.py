@@ -1,0 +1,61 @@
+"""Shared fixtures: small generated data for most tests, the real shared data where it is present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trtprune.data import synthetic_cifar10
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ENV_DATA = os.environ.get("TRTPRUNE_DATA")  # read before the autouse fixture below hides it
+
+
+def _shared_data() -> Path | None:
+    for candidate in (ENV_DATA, SHARED):
+        if candidate and (Path(candidate) / "cifar10" / "cifar10_test.npz").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The shared real CIFAR-10 and weights; tests that need them skip, saying so, when absent."""
+    root = _shared_data()
+    if root is None:
+        pytest.skip("real data absent: set TRTPRUNE_DATA to a folder with cifar10/ and weights/ (../shared/data)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+    """No test reads the developer's data or writes the real user cache by accident."""
+    monkeypatch.delenv("TRTPRUNE_DATA", raising=False)
+    monkeypatch.setenv("TRTPRUNE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def write_npz_dataset(root: Path, n_train: int = 256, n_test: int = 128) -> Path:
+    (root / "cifar10").mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        x, y = synthetic_cifar10(n, seed)
+        np.savez(root / "cifar10" / f"cifar10_{split}.npz", x=x, y=y.astype(np.uint8))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A data root in the shared layout with generated images and random ResNet-20 weights."""
+    from trtprune.models import build_model
+
+    root = write_npz_dataset(tmp_path_factory.mktemp("data"))
+    (root / "weights").mkdir()
+    torch.manual_seed(0)
+    torch.save(
+        {"state_dict": {f"module.{k}": v for k, v in build_model("resnet20").state_dict().items()}},
+        root / "weights" / "resnet20-random.th",
+    )
+    return root

@@ -1,0 +1,210 @@
+"""The command line end to end on generated data, and its clear errors."""
+
+import json
+
+import pytest
+
+from trtprune.cli import main
+
+WEIGHTS = "weights/resnet20-random.th"
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    argv = [
+        "run",
+        "--data",
+        tiny_data,
+        "--model",
+        "resnet20",
+        "--weights",
+        tiny_data / WEIGHTS,
+        "--ratio",
+        "0.5",
+        "--round-to",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--eval-limit",
+        "64",
+        "--runs-dir",
+        work / "runs",
+        "--engines-dir",
+        work / "engines",
+        "--name",
+        "r20",
+    ]
+    assert main([str(a) for a in argv]) == 0
+    return work, argv
+
+
+def test_run_writes_the_engine_and_a_measured_report(finished_run):
+    work, _ = finished_run
+    run = work / "runs" / "r20"
+    for name in ("config.json", "baseline.onnx", "plan.json", "pruned.pt", "model.pt", "pruned.onnx", "report.md"):
+        assert (run / name).is_file(), name
+    assert (work / "engines" / "resnet20-cpu.onnx").read_bytes() == (run / "pruned.onnx").read_bytes()
+    r = json.loads((run / "report.json").read_text())
+    assert r["device"]["engine"] == "onnxruntime" and r["device"]["threads"] == 1 and r["device"]["batch"] == 1
+    for role in ("baseline", "pruned"):
+        lat = r[role]["latency"]
+        assert lat["n"] > 0 and 0 < lat["median_ms"] <= lat["p90_ms"]
+        assert 0 <= r[role]["top1"] <= 100
+    assert r["pruned"]["macs"] < r["baseline"]["macs"] / 3  # half the channels of every group: ~1/4 MACs
+    assert r["pruned"]["params"] < r["baseline"]["params"]
+    assert r["speedup"] == pytest.approx(r["baseline"]["latency"]["median_ms"] / r["pruned"]["latency"]["median_ms"])
+    assert r["eval"]["images"] == 64 and r["finetune"]["epochs"] == 1 and len(r["finetune"]["records"]) == 1
+    assert set(r["method"]["keep_channels"].values()) == {8, 16, 32}
+    md = (run / "report.md").read_text()
+    assert "Speed-up" in md and "layer3.0.conv1" in md
+
+
+def test_a_finished_run_resumes_without_redoing_stages(finished_run, capsys, caplog):
+    work, argv = finished_run
+    before = (work / "runs" / "r20" / "model.pt").stat().st_mtime_ns
+    caplog.set_level("INFO")
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0 and "measured side by side" in out
+    assert (work / "runs" / "r20" / "model.pt").stat().st_mtime_ns == before
+    assert "finetune  | done already" in caplog.text
+
+
+def test_a_run_directory_with_other_settings_is_refused(finished_run, capsys):
+    _, argv = finished_run
+    argv = list(argv)
+    argv[argv.index("--ratio") + 1] = "0.25"
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "was made with other settings (ratio)" in err and "--fresh" in err
+
+
+def test_report_command_remeasures(finished_run, capsys, tiny_data):
+    work, _ = finished_run
+    code, out, _ = run_cli(
+        capsys, "report", work / "runs" / "r20", "--data", tiny_data, "--engines-dir", work / "engines"
+    )
+    assert code == 0 and "report.md" in out
+
+
+def test_stage_commands_chain(tiny_data, tmp_path, capsys):
+    w = tiny_data / WEIGHTS
+    assert run_cli(capsys, "export", "--model", "resnet20", "--weights", w, "-o", tmp_path / "b.onnx")[0] == 0
+    assert (
+        run_cli(
+            capsys,
+            "prune",
+            "--model",
+            "resnet20",
+            "--weights",
+            w,
+            "--ratio",
+            "0.25",
+            "--round-to",
+            "1",
+            "-o",
+            tmp_path / "p.pt",
+        )[0]
+        == 0
+    )
+    plan = json.loads((tmp_path / "p.plan.json").read_text())
+    assert plan["keep_channels"]["layer1.0.conv1"] == 12
+    code, out, _ = run_cli(
+        capsys,
+        "finetune",
+        "--data",
+        tiny_data,
+        "--model",
+        "resnet20",
+        "--weights",
+        tmp_path / "p.pt",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "32",
+        "--distill",
+        "0.5",
+        "--teacher",
+        w,
+        "-o",
+        tmp_path / "f.pt",
+    )
+    assert code == 0 and "after 1 epochs" in out
+    assert (
+        run_cli(capsys, "build", "--model", "resnet20", "--weights", tmp_path / "f.pt", "-o", tmp_path / "e.onnx")[0]
+        == 0
+    )
+    code, out, _ = run_cli(
+        capsys, "measure", tmp_path / "b.onnx", tmp_path / "e.onnx", "--rounds", "3", "--json", tmp_path / "m.json"
+    )
+    assert code == 0 and "speed-up" in out
+    assert set(json.loads((tmp_path / "m.json").read_text())["models"]) == {
+        str(tmp_path / "b.onnx"),
+        str(tmp_path / "e.onnx"),
+    }
+    code, out, _ = run_cli(capsys, "eval", "--data", tiny_data, "--model", "resnet20", "--onnx", tmp_path / "e.onnx")
+    assert code == 0 and "on 128 test images" in out
+    code, out, _ = run_cli(
+        capsys, "eval", "--data", tiny_data, "--model", "resnet20", "--weights", tmp_path / "f.pt", "--limit", "32"
+    )
+    assert code == 0 and "on 32 test images" in out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["eval", "--model", "resnet99"], "unknown model 'resnet99'"),
+        (["eval", "--model", "resnet20", "--weights", "nope.pt"], "weights file 'nope.pt' does not exist"),
+        (["eval", "--model", "resnet44"], "has no published weights"),
+        (["export", "--model", "resnet20", "--device", "orin", "-o", "x.onnx"], "needs the TensorRT backend"),
+        (["measure", "missing.onnx"], "ONNX file 'missing.onnx' does not exist"),
+        (
+            ["prune", "--model", "resnet20", "--weights", "{w}", "--ratio", "1.5", "-o", "p.pt"],
+            "ratio 1.5 is out of range",
+        ),
+        (["finetune", "--model", "resnet20", "--weights", "{w}", "--epochs", "-1", "-o", "f.pt"], "out of range"),
+        (["run", "--model", "resnet20", "--weights", "{w}", "--device", "quantum"], "unknown device 'quantum'"),
+        (["report", "."], "is not a run directory"),
+        (["eval", "--model", "resnet20", "--weights", "{w}", "--data", "{empty}"], "no CIFAR-10 test set"),
+    ],
+)
+def test_user_errors_are_one_message_and_exit_2(argv, message, capsys, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(w=tiny_data / WEIGHTS, empty=tmp_path / "empty") for a in argv]
+    if "--data" not in argv and argv[0] in ("eval",):
+        argv += ["--data", str(tiny_data)]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and err.startswith(f"trtprune {argv[0]}: error:")
+
+
+def test_corrupt_onnx_to_measure(tmp_path, capsys):
+    (tmp_path / "bad.onnx").write_bytes(b"\x00" * 100)
+    code, _, err = run_cli(capsys, "measure", tmp_path / "bad.onnx")
+    assert code == 2 and "not a valid ONNX model" in err
+
+
+def test_every_subcommand_has_help(capsys):
+    for cmd in ("list", "groups", "export", "measure", "eval", "prune", "finetune", "build", "report", "run"):
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage: trtprune" in capsys.readouterr().out
+
+
+def test_list_and_groups(capsys):
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "resnet56 (pretrained)" in out and "cpu-b32" in out
+    code, out, _ = run_cli(capsys, "groups", "--model", "resnet20")
+    assert code == 0 and "12 prunable groups" in out

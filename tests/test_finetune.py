@@ -1,0 +1,97 @@
+import copy
+
+import pytest
+import torch
+
+from trtprune.data import synthetic_cifar10
+from trtprune.finetune import FinetuneConfig, cosine_lr, distillation_loss, finetune
+from trtprune.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from trtprune.prune import GroupPruner, uniform_plan
+from trtprune.weights import load_model, read_checkpoint
+
+
+@pytest.fixture
+def pruned_r20():
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    pruner = GroupPruner(model, (3, 32, 32))
+    pruner.prune_to(uniform_plan(pruner.groups(), 0.5, 4))
+    return model, pruner.history()
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 100, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(50, 100, 0.1) == pytest.approx(0.05)
+    assert cosine_lr(100, 100, 0.1) == pytest.approx(0.0)
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    a = torch.randn(8, 10)
+    assert float(distillation_loss(a, a, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(a, torch.randn(8, 10), 4.0)) > 0
+
+
+def test_training_learns_checkpoints_and_resumes(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    train, test = synthetic_cifar10(256, 1), synthetic_cifar10(128, 2)
+    cfg = FinetuneConfig(epochs=3, batch_size=64, lr=0.05)
+    ckpt = tmp_path / "ft.pt"
+    first = finetune(
+        model,
+        train,
+        test,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FinetuneConfig(**{**cfg.__dict__, "epochs": 3}),
+        checkpoint=ckpt,
+        base_model="resnet20",
+        history=history,
+    )
+    assert [r["epoch"] for r in first] == [1, 2, 3]
+    assert first[-1]["loss"] < first[0]["loss"]
+    assert first[-1]["top1"] > 30.0  # 3x chance after 12 steps: the class is in the mean colour
+    saved = read_checkpoint(ckpt)
+    assert saved["epoch"] == 3 and saved["step"] == 12 and len(saved["records"]) == 3
+    # the checkpoint rebuilds the pruned architecture with the trained weights
+    rebuilt, _ = load_model("resnet20", ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), model.eval()(x), atol=1e-5)
+    # resuming a finished run does nothing; resuming with more epochs continues from epoch 3
+    again = finetune(
+        rebuilt, train, test, IMAGENET_MEAN, IMAGENET_STD, cfg, checkpoint=ckpt, base_model="resnet20", history=history
+    )
+    assert [r["epoch"] for r in again] == [1, 2, 3]
+    more = finetune(
+        rebuilt,
+        train,
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FinetuneConfig(**{**cfg.__dict__, "epochs": 4}),
+        checkpoint=ckpt,
+        base_model="resnet20",
+        history=history,
+    )
+    assert [r["epoch"] for r in more] == [1, 2, 3, 4] and read_checkpoint(ckpt)["step"] == 16
+
+
+def test_distillation_runs_with_a_teacher(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    torch.manual_seed(1)
+    teacher = build_model("resnet20")
+    before = copy.deepcopy(model.state_dict())
+    records = finetune(
+        model,
+        synthetic_cifar10(64, 1),
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FinetuneConfig(epochs=1, batch_size=32, distill=0.5, channels_last=False),
+        checkpoint=tmp_path / "d.pt",
+        base_model="resnet20",
+        history=history,
+        teacher=teacher,
+    )
+    assert records[0]["loss"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+
+from trtprune.errors import TrtpruneError
+from trtprune.export import onnx_from_torch, run_onnx
+from trtprune.models import BUILTIN, build_model
+from trtprune.prune import GroupPruner, replay, uniform_plan
+
+SHAPE = (3, 32, 32)
+GROUPS = {
+    "resnet20": 12,
+    "resnet32": 18,
+    "resnet44": 24,
+    "resnet56": 30,
+    "resnet110": 57,
+    "vgg16_bn": 13,
+    "mobilenet_v2": 25,
+}
+
+
+def pruned(name, ratio=0.5, round_to=1, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(name)
+    pruner = GroupPruner(model, SHAPE)
+    groups = pruner.groups()
+    plan = uniform_plan(groups, ratio, round_to)
+    pruner.prune_to(plan)
+    return model.eval(), pruner, groups, plan
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_pruned_model_has_the_planned_channels_and_runs(name):
+    model, pruner, groups, plan = pruned(name, 0.5, 1)
+    assert len(groups) == GROUPS[name]
+    after = {g.name: g.channels for g in pruner.groups()}
+    assert after == plan
+    assert model(torch.randn(2, *SHAPE)).shape == (2, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_pruned_model_exports_and_matches_onnxruntime(name, tmp_path):
+    model, *_ = pruned(name, 0.3, 1)  # odd counts: the general (Gather) form of the shortcut
+    onnx_from_torch(model, tmp_path / "m.onnx", SHAPE)
+    x = torch.randn(1, *SHAPE)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(
+        run_onnx(tmp_path / "m.onnx", x.numpy()), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()
+    )
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_a_plan_that_keeps_everything_changes_nothing(name):
+    torch.manual_seed(0)
+    model = build_model(name)
+    reference = build_model(name)
+    reference.load_state_dict(model.state_dict())
+    pruner = GroupPruner(model, SHAPE)
+    pruner.prune_to({g.name: g.channels for g in pruner.groups()})
+    x = torch.randn(4, *SHAPE)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
+    assert pruner.history() == []
+
+
+def test_resnet_groups_follow_the_residual_streams():
+    groups = {g.name: g for g in GroupPruner(build_model("resnet20"), SHAPE).groups()}
+    stream1 = groups["conv1"]
+    assert stream1.producers == ("conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2")
+    assert "layer2.0.shortcut" in stream1.consumers and "layer2.0.conv1" in stream1.consumers
+    stream2 = groups["layer2.0.conv2"]  # starts after the option-A shortcut: independent of stream 1
+    assert stream2.channels == 32 and "layer3.0.shortcut" in stream2.consumers
+    assert groups["layer3.0.conv2"].consumers[-1] == "linear"
+    assert groups["layer2.1.conv1"].producers == ("layer2.1.conv1",)
+
+
+def test_the_shortcut_sees_both_sides_of_a_pruned_residual():
+    model, *_ = pruned("resnet20", 0.3, 1)
+    sc = model.layer2[0].shortcut
+    assert sc.in_channels == model.layer1[2].conv2.out_channels
+    assert sc.out_channels == model.layer2[0].conv2.out_channels
+
+
+def test_pruning_removes_the_least_important_channels():
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    with torch.no_grad():
+        model.layer1[0].conv1.weight[[3, 7]] *= 1e-3  # make two filters negligible
+    pruner = GroupPruner(model, SHAPE)
+    pruner.prune_to({"layer1.0.conv1": 14}, "l1")
+    assert pruner.history() == [["layer1.0.conv1", True, [3, 7]]]
+
+
+def test_history_replays_to_the_same_model():
+    model, pruner, *_ = pruned("resnet56", 0.3, 1, seed=1)
+    rebuilt = replay(build_model("resnet56"), SHAPE, pruner.history())
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "ratio,round_to,expected",
+    [
+        (0.5, 1, {"a": 8, "b": 32, "c": 12}),
+        (0.3, 8, {"a": 8, "b": 48, "c": 16}),
+        (0.0, 1, {"a": 16, "b": 64, "c": 24}),
+        (0.9, 16, {"a": 16, "b": 16, "c": 16}),
+    ],
+)
+def test_uniform_plan(ratio, round_to, expected):
+    from trtprune.prune import ChannelGroup
+
+    groups = [ChannelGroup(n, c, (n,), ()) for n, c in (("a", 16), ("b", 64), ("c", 24))]
+    assert uniform_plan(groups, ratio, round_to) == expected
+
+
+@pytest.mark.parametrize(
+    "plan,message",
+    [
+        ({"nope": 3}, "does not have: nope"),
+        ({"layer1.0.conv1": 0}, "keeps 0 channels"),
+        ({"layer1.0.conv1": 17}, "keeps 17 channels"),
+    ],
+)
+def test_bad_plans_are_clear_errors(plan, message):
+    pruner = GroupPruner(build_model("resnet20"), SHAPE)
+    with pytest.raises(TrtpruneError, match=message):
+        pruner.prune_to(plan)
+
+
+@pytest.mark.parametrize("ratio,round_to", [(1.0, 1), (-0.1, 1), (0.5, 0)])
+def test_bad_uniform_settings(ratio, round_to):
+    with pytest.raises(TrtpruneError):
+        uniform_plan([], ratio, round_to)

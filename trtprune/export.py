@@ -1,0 +1,147 @@
+"""PyTorch -> ONNX with a static batch, simplified, checked, and compared against torch.
+
+The exported graph is what every engine is built from, so a wrong export is an error, not a warning:
+the ONNX Runtime output is compared with torch on a seeded random batch and the file is written
+only if the maximum absolute difference is within tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import TrtpruneError
+from .fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# |onnxruntime - torch| on the logits must stay within PARITY_ATOL + PARITY_RTOL * max|torch logits|:
+# fp32 reorderings of trained models stay far below; untrained deep nets have logits of 1e6.
+PARITY_ATOL = 1e-3
+PARITY_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    max_abs_diff: float  # ONNX Runtime vs torch, same input
+    nodes: int
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress to stdout and warns about optional torchvision ops."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def onnx_from_torch(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    batch: int = 1,
+    atol: float = PARITY_ATOL,
+    rtol: float = PARITY_RTOL,
+) -> Export:
+    """Export ``model`` for input ``(batch, *input_shape)`` to ``path``; returns the parity figure."""
+    import onnx
+    import onnxslim
+
+    model = model.eval()
+    example = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                None,
+                dynamo=True,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+            )
+            proto = onnxslim.slim(program.model_proto)
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # no terminal colours
+        raise TrtpruneError(
+            f"exporting the model to ONNX failed: {type(e).__name__}: {first_line}",
+            why=f"torch.onnx.export (dynamo) must trace the model with a static input of shape {tuple(example.shape)}",
+            fix="run with -v for the full trace; data-dependent control flow must be removed from forward()",
+        ) from e
+    with torch.no_grad():
+        expected = model(example).numpy()
+    with atomic_path(path) as tmp:
+        onnx.save(proto, tmp)
+        got = run_onnx(tmp, example.numpy())
+        diff = float(np.abs(got - expected).max())
+        tolerance = atol + rtol * float(np.abs(expected).max())
+        if not diff <= tolerance:
+            raise TrtpruneError(
+                f"the ONNX export of the model differs from torch by {diff:.3g} (tolerance {tolerance:.3g})",
+                why="ONNX Runtime computes something other than the PyTorch model",
+                fix="report the model; run with -v to see the exported graph",
+            )
+    log.info("exported %s | %d nodes | max |ort - torch| = %.2e", path, len(proto.graph.node), diff)
+    return Export(Path(path), diff, len(proto.graph.node))
+
+
+def run_onnx(path: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """One forward pass with ONNX Runtime on CPU."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def read_onnx(path: str | Path):
+    """Load and check an ONNX file given by the user; clear errors for missing, corrupt or dynamic."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrtpruneError(f"ONNX file '{path}' does not exist", fix="check the path, or run 'trtprune export' first")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise TrtpruneError(
+            f"'{path}' is not a valid ONNX model: {type(e).__name__}: {str(e).splitlines()[0]}",
+            why="it is truncated, corrupt, or not ONNX",
+            fix="export it again (trtprune export) or check how it was copied",
+        ) from e
+    for inp in proto.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+            raise TrtpruneError(
+                f"input '{inp.name}' of '{path}' has a dynamic shape {shape}",
+                why="latency is measured for one static shape (batch included)",
+                fix="export with a static batch (trtprune export --batch N)",
+            )
+    return proto
+
+
+def input_shape_of(proto) -> tuple[int, ...]:
+    """The static shape of the first graph input."""
+    return tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim)

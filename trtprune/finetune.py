@@ -1,0 +1,149 @@
+"""Fine-tuning a pruned model: SGD with momentum, a per-step cosine schedule, optional distillation.
+
+A checkpoint (weights, optimizer, epoch, step and the pruning history needed to rebuild the
+architecture) is written atomically after every epoch; ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as D
+from .log import progress
+from .metrics import top1_torch
+from .weights import load_state, read_checkpoint, save_pruned
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.01  # peak learning rate; the weights are pretrained, so 10x below training from scratch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # as the CIFAR ResNets were trained (He et al. 2016)
+    distill: float = 0.0  # weight of the distillation loss from the unpruned teacher; 0 turns it off
+    temperature: float = 4.0  # softening of the teacher's and student's logits for distillation
+    channels_last: bool = True  # NHWC memory format for training
+    train_limit: int = 0  # use only the first N training images (0 = all); for quick runs
+    seed: int = 0
+
+
+def cosine_lr(step: int, total: int, peak: float) -> float:
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: KL between softened distributions, scaled by T^2 to keep gradients comparable."""
+    t = temperature
+    return (
+        F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
+        * t
+        * t
+    )
+
+
+def finetune(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    mean,
+    std,
+    cfg: FinetuneConfig,
+    *,
+    checkpoint: Path,
+    base_model: str,
+    history: list,
+    teacher: nn.Module | None = None,
+    resume: bool = True,
+) -> list[dict]:
+    """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds)."""
+    x, y = train
+    if cfg.train_limit:
+        x, y = x[: cfg.train_limit], y[: cfg.train_limit]
+    xt, yt = D.to_tensor(x), torch.from_numpy(y)
+    steps_per_epoch = -(-len(xt) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    )
+    start_epoch = step = 0
+    records: list[dict] = []
+    checkpoint = Path(checkpoint)
+    if resume and checkpoint.is_file():
+        ckpt = read_checkpoint(checkpoint)
+        load_state(model, ckpt["state_dict"], str(checkpoint))
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        records = list(ckpt.get("records", []))
+        log.info("resuming from %s after epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
+    if teacher is not None and cfg.distill > 0:
+        teacher.eval().to(memory_format=fmt)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+        bar = progress(
+            D.batches(
+                xt, yt, cfg.batch_size, mean, std, shuffle=True, train_augment=True, seed=cfg.seed * 1000 + epoch
+            ),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+        )
+        for xb, yb in bar:
+            lr = cosine_lr(step, total_steps, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb = xb.contiguous(memory_format=fmt)
+            out = model(xb)
+            loss = F.cross_entropy(out, yb)
+            if teacher is not None and cfg.distill > 0:
+                with torch.no_grad():
+                    soft = teacher(xb)
+                loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += float(loss.detach()) * len(yb)
+            seen += len(yb)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.4f}")
+        model.eval()
+        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
+        if test is not None:
+            record["top1"] = top1_torch(model, *test, mean, std, desc="eval")
+        records.append(record)
+        save_pruned(
+            checkpoint,
+            model.to(memory_format=torch.contiguous_format),
+            base_model,
+            history,
+            optimizer=opt.state_dict(),
+            epoch=epoch + 1,
+            step=step,
+            finetune=asdict(cfg),
+            records=records,
+        )
+        model.to(memory_format=fmt)
+        log.info(
+            "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",
+            epoch + 1,
+            cfg.epochs,
+            record["loss"],
+            f"{record['top1']:.2f} %" if "top1" in record else "-",
+            record["train_s"],
+        )
+    model.to(memory_format=torch.contiguous_format).eval()
+    return records

@@ -1,0 +1,30 @@
+"""Latency backends: one small interface, one registry line per engine.
+
+``BACKENDS`` maps a name to ``"module:Class"`` so that listing backends imports nothing heavy; a
+backend's engine (onnxruntime, tensorrt) is imported only when the backend is activated.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import TrtpruneError
+from .base import Backend, Timing
+
+BACKENDS: dict[str, str] = {
+    "ort": "trtprune.latency.ort:OrtBackend",  # ONNX Runtime, CPU execution provider
+}
+
+
+def get_backend(device) -> Backend:
+    """An (inactive) backend for a :class:`trtprune.devices.Device`; use it as a context manager."""
+    if device.backend not in BACKENDS:
+        raise TrtpruneError(
+            f"device '{device.name}' needs backend '{device.backend}', which is not available",
+            fix=f"available backends: {', '.join(BACKENDS)}",
+        )
+    module, cls = BACKENDS[device.backend].split(":")
+    return getattr(importlib.import_module(module), cls)(device)
+
+
+__all__ = ["BACKENDS", "Backend", "Timing", "get_backend"]

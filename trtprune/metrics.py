@@ -1,0 +1,71 @@
+"""Model size and accuracy: parameters, multiply-accumulates, top-1."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import data as D
+from .log import progress
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of convs and linears for one input of ``input_shape`` (batch 1)."""
+    total = 0
+
+    def hook(m, inputs, output):
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += output.numel() * (m.in_channels // m.groups) * kh * kw
+        elif isinstance(m, nn.Linear):
+            total += output.numel() * m.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return int(total)
+
+
+def top1_torch(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int = 500, desc: str = "eval"
+) -> float:
+    """Top-1 accuracy in percent of ``model`` on uint8 NHWC images ``x`` with labels ``y``."""
+    model.eval()
+    xt, yt = D.to_tensor(x), torch.from_numpy(y)
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in progress(
+            D.batches(xt, yt, batch_size, mean, std), total=-(-len(x) // batch_size), desc=desc, unit="batch"
+        ):
+            correct += int((model(xb).argmax(1) == yb).sum())
+    return 100.0 * correct / len(x)
+
+
+def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, desc: str = "eval") -> float:
+    """Top-1 of an ONNX model with ONNX Runtime; its static batch is filled by padding the last one."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
+    xt, yt = D.to_tensor(x), torch.from_numpy(y)
+    correct = 0
+    for xb, yb in progress(D.batches(xt, yt, batch, mean, std), total=-(-len(x) // batch), desc=desc, unit="batch"):
+        n = len(xb)
+        if n < batch:
+            xb = torch.cat([xb, xb.new_zeros(batch - n, *xb.shape[1:])])
+        logits = sess.run(None, {inp.name: xb.numpy()})[0][:n]
+        correct += int((logits.argmax(1) == yb.numpy()).sum())
+    return 100.0 * correct / len(x)

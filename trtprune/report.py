@@ -1,0 +1,109 @@
+"""Before/after report: latency measured side by side on the device, top-1, size, speed-up."""
+
+from __future__ import annotations
+
+import logging
+
+from .fsutil import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+
+def _model_facts(model, spec) -> dict:
+    from .metrics import count_macs, count_params
+
+    return {"params": count_params(model), "macs": count_macs(model, spec.input_shape)}
+
+
+def stage_report(run) -> dict:
+    """Measure baseline and pruned ONNX in one interleaved run, evaluate both, write report.json/.md."""
+    from .latency import get_backend
+    from .metrics import top1_onnx
+    from .pipeline import load_split, resolve_weights
+    from .provenance import provenance
+    from .weights import load_model, read_checkpoint
+
+    base_model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
+    pruned_model, _ = load_model(run.cfg.model, run.path("model.pt"))
+    onnx = {"baseline": run.path("baseline.onnx"), "pruned": run.path("pruned.onnx")}
+    with get_backend(run.device) as backend:
+        timings = dict(zip(onnx, backend.compare(list(onnx.values()))))
+        device_info = backend.info()
+    x, y = load_split(run.data, "test", run.cfg.eval_limit)
+    report = {
+        "model": spec.name,
+        "device": device_info,
+        "eval": {"split": "test", "images": int(len(x))},
+        "method": read_plan(run),
+        "finetune": {**run.cfg.finetune.__dict__, "records": read_checkpoint(run.path("model.pt")).get("records")},
+    }
+    for role, model in (("baseline", base_model), ("pruned", pruned_model)):
+        report[role] = {
+            "onnx": str(onnx[role]),
+            "latency": timings[role].to_dict(),
+            "top1": top1_onnx(onnx[role], x, y, spec.mean, spec.std, desc=f"top-1 {role}"),
+            **_model_facts(model, spec),
+        }
+    report["speedup"] = timings["baseline"].median_ms / timings["pruned"].median_ms
+    report["engine"] = str(run.engine_path)
+    report["provenance"] = provenance()
+    write_json(run.path("report.json"), report)
+    write_text(run.path("report.md"), markdown(report))
+    log.info(
+        "report    | %.3f -> %.3f ms (%.2fx) | top-1 %.2f -> %.2f %%",
+        timings["baseline"].median_ms,
+        timings["pruned"].median_ms,
+        report["speedup"],
+        report["baseline"]["top1"],
+        report["pruned"]["top1"],
+    )
+    return report
+
+
+def read_plan(run) -> dict:
+    import json
+
+    plan = json.loads(run.path("plan.json").read_text())
+    return plan
+
+
+def markdown(r: dict) -> str:
+    d, b, p, m = r["device"], r["baseline"], r["pruned"], r["method"]
+    engine = f"{d.get('engine', d['backend'])} {d.get('engine_version', '')}"
+
+    def row(label, fmt, key):
+        return f"| {label} | {fmt(b, key)} | {fmt(p, key)} |"
+
+    lat = lambda m, k: f"{m['latency'][k]:.3f}"  # noqa: E731
+    num = lambda m, k: f"{m[k]:,}"  # noqa: E731
+    lines = [
+        f"# trtprune report: {r['model']} on `{d['device']}`",
+        "",
+        f"Engine {engine}, {d.get('cpu', '')} ({d.get('isa', '')}), "
+        f"{d['threads']} thread(s), batch {d['batch']}, {d['precision']}. Latency: baseline and pruned measured in "
+        f"one interleaved run (n = {b['latency']['n']} / {p['latency']['n']} timed inferences).",
+        "",
+        "| | baseline | pruned |",
+        "|---|---:|---:|",
+        row("latency median (ms)", lat, "median_ms"),
+        row("latency p90 (ms)", lat, "p90_ms"),
+        f"| top-1 (%, {r['eval']['images']:,} test images) | {b['top1']:.2f} | {p['top1']:.2f} |",
+        row("parameters", num, "params"),
+        row("MACs", num, "macs"),
+        "",
+        f"**Speed-up: {r['speedup']:.2f}x** (median latency, measured). "
+        f"Method: {m.get('method')} (ratio {m.get('ratio')}, round to {m.get('round_to')}); "
+        f"fine-tuned {r['finetune']['epochs']} epoch(s).",
+        "",
+        f"Deployable model: `{r['engine']}`.",
+        "",
+        "## Channels kept per group",
+        "",
+        "| group | channels | kept |",
+        "|---|---:|---:|",
+        *[f"| {g} | {r['method']['channels'].get(g, '')} | {k} |" for g, k in r["method"]["keep_channels"].items()],
+        "",
+        f"Made by `{r['provenance']['command']}` on {r['provenance']['date']}, commit {r['provenance']['commit']}.",
+        "",
+    ]
+    return "\n".join(lines)
