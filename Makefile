@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 DEVICE  ?= cpu
 MODEL   ?= resnet56
-EPOCHS  ?= 1
+EPOCHS  ?= 2
 RATIO   ?= 0.5
 ROUND_TO ?= 8
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
@@ -16,7 +16,7 @@ export TRTPRUNE_DATA
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=1]  set up, prune, fine-tune, build and report"
+	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2]  set up, prune, fine-tune, build and report"
 	@echo "make test                                          set up and run the tests"
 	@echo "make lint | format | clean"
 

@@ -53,10 +53,10 @@ def _pruning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--importance", default="l1", choices=list(IMPORTANCE), help="which channels go (default l1)")
 
 
-def _finetuning(p: argparse.ArgumentParser) -> None:
+def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
     from .finetune import FinetuneConfig
 
-    d = FinetuneConfig()
+    d = FinetuneConfig(distill=distill)
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"fine-tuning epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"training batch (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine decay (default {d.lr})")
@@ -64,7 +64,7 @@ def _finetuning(p: argparse.ArgumentParser) -> None:
         "--distill",
         type=float,
         default=d.distill,
-        help="weight of distillation from the unpruned model, 0..1 (default 0: off)",
+        help=f"weight of distillation from the unpruned model, 0..1 (default {d.distill}; 0 = off)",
     )
     p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (default: all)")
     p.add_argument("--no-channels-last", action="store_true", help="train in NCHW instead of NHWC memory format")
@@ -351,7 +351,7 @@ def parser() -> argparse.ArgumentParser:
     _model(p)
     _device(p)
     _pruning(p)
-    _finetuning(p)
+    _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument("--name", help="run name (default: <model>-<device>)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
