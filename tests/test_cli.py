@@ -65,7 +65,8 @@ def test_run_writes_the_engine_and_a_measured_report(finished_run):
     assert r["eval"]["images"] == 64 and r["finetune"]["epochs"] == 1 and len(r["finetune"]["records"]) == 1
     assert set(r["method"]["keep_channels"].values()) == {8, 16, 32}
     md = (run / "report.md").read_text()
-    assert "Speed-up" in md and "layer3.0.conv1" in md
+    assert "Speed-up" in md and "layer3.0.conv1" in md and "channels.png" in md
+    assert (run / "channels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_finished_run_resumes_without_redoing_stages(finished_run, capsys, caplog):
