@@ -7,6 +7,8 @@ MODEL   ?= resnet56
 EPOCHS  ?= 2
 RATIO   ?= 0.5
 ROUND_TO ?= 8
+# PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
 # else trtprune downloads them into the user cache (~/.cache/trtprune).
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
@@ -22,7 +24,7 @@ help:
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 --extra-index-url $(TORCH_INDEX)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

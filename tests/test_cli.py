@@ -1,6 +1,7 @@
 """The command line end to end on generated data, and its clear errors."""
 
 import json
+import time
 
 import pytest
 
@@ -13,6 +14,17 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    import torch
+
+    from trtprune.export import onnx_from_torch
+
+    path = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    onnx_from_torch(torch.nn.Conv2d(3, 4, 3), path, (3, 8, 8))
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +101,35 @@ def test_a_run_directory_with_other_settings_is_refused(finished_run, capsys):
 
 def test_report_command_remeasures(finished_run, capsys, tiny_data):
     work, _ = finished_run
+    before = json.loads((work / "runs" / "r20" / "report.json").read_text())["provenance"]["date"]
+    time.sleep(1.1)  # report dates have one-second resolution
     code, out, _ = run_cli(
         capsys, "report", work / "runs" / "r20", "--data", tiny_data, "--engines-dir", work / "engines"
     )
     assert code == 0 and "report.md" in out
+    assert json.loads((work / "runs" / "r20" / "report.json").read_text())["provenance"]["date"] > before
+
+
+def test_fresh_starts_a_run_over_with_new_settings(tiny_data, tmp_path, capsys):
+    argv = ["run", "--data", tiny_data, "--model", "resnet20", "--weights", tiny_data / WEIGHTS, "--epochs", "1",
+            "--round-to", "4", "--train-limit", "64", "--eval-limit", "16", "--runs-dir", tmp_path,
+            "--engines-dir", tmp_path / "e", "--name", "x"]  # fmt: skip
+    assert run_cli(capsys, *argv, "--ratio", "0.5")[0] == 0
+    assert run_cli(capsys, *argv, "--ratio", "0.25")[0] == 2
+    assert run_cli(capsys, *argv, "--ratio", "0.25", "--fresh")[0] == 0
+    plan = json.loads((tmp_path / "x" / "plan.json").read_text())
+    assert plan["ratio"] == 0.25 and plan["keep_channels"]["layer1.0.conv1"] == 12
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    from trtprune.config import RunConfig
+    from trtprune.errors import TrtpruneError
+    from trtprune.pipeline import Run
+
+    with Run(tmp_path / "r", RunConfig()), pytest.raises(TrtpruneError, match="in use by another trtprune process"):
+        Run(tmp_path / "r", RunConfig()).__enter__()
+    with Run(tmp_path / "r", RunConfig()):  # released after use
+        pass
 
 
 def test_stage_commands_chain(tiny_data, tmp_path, capsys):
@@ -172,16 +209,19 @@ def test_stage_commands_chain(tiny_data, tmp_path, capsys):
             ["prune", "--model", "resnet20", "--weights", "{w}", "--ratio", "1.5", "-o", "p.pt"],
             "ratio 1.5 is out of range",
         ),
-        (["finetune", "--model", "resnet20", "--weights", "{w}", "--epochs", "-1", "-o", "f.pt"], "out of range"),
+        (["finetune", "--model", "resnet20", "--weights", "{w}", "--epochs", "0", "-o", "f.pt"], "out of range"),
+        (["run", "--model", "resnet20", "--weights", "{w}", "--epochs", "0"], "--epochs >= 1"),
+        (["measure", "{onnx}", "--rounds", "0"], "rounds=0"),
+        (["export", "--model", "resnet20", "--weights", "{w}", "--batch", "0", "-o", "x.onnx"], "not a batch size"),
         (["run", "--model", "resnet20", "--weights", "{w}", "--device", "quantum"], "unknown device 'quantum'"),
         (["report", "."], "is not a run directory"),
         (["eval", "--model", "resnet20", "--weights", "{w}", "--data", "{empty}"], "no CIFAR-10 test set"),
     ],
 )
-def test_user_errors_are_one_message_and_exit_2(argv, message, capsys, tiny_data, tmp_path, monkeypatch):
+def test_user_errors_are_one_message_and_exit_2(argv, message, capsys, tiny_data, tmp_path, monkeypatch, small_onnx):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "empty").mkdir()
-    argv = [a.format(w=tiny_data / WEIGHTS, empty=tmp_path / "empty") for a in argv]
+    argv = [a.format(w=tiny_data / WEIGHTS, empty=tmp_path / "empty", onnx=small_onnx) for a in argv]
     if "--data" not in argv and argv[0] in ("eval",):
         argv += ["--data", str(tiny_data)]
     code, _, err = run_cli(capsys, *argv)
@@ -194,6 +234,13 @@ def test_corrupt_onnx_to_measure(tmp_path, capsys):
     (tmp_path / "bad.onnx").write_bytes(b"\x00" * 100)
     code, _, err = run_cli(capsys, "measure", tmp_path / "bad.onnx")
     assert code == 2 and "not a valid ONNX model" in err
+
+
+@pytest.mark.parametrize("command", ["finetune", "build"])
+def test_commands_that_need_weights_say_so(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--model", "resnet20", "-o", "x"])
+    assert e.value.code == 2 and "--weights" in capsys.readouterr().err
 
 
 def test_every_subcommand_has_help(capsys):

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from trtprune.data import synthetic_cifar10
+from trtprune.errors import TrtpruneError
 from trtprune.finetune import FinetuneConfig, cosine_lr, distillation_loss, finetune
 from trtprune.models import IMAGENET_MEAN, IMAGENET_STD, build_model
 from trtprune.prune import GroupPruner, uniform_plan
-from trtprune.weights import load_model, read_checkpoint
+from trtprune.weights import load_model, read_checkpoint, save_pruned
 
 
 @pytest.fixture
@@ -76,22 +77,69 @@ def test_training_learns_checkpoints_and_resumes(pruned_r20, tmp_path):
     assert [r["epoch"] for r in more] == [1, 2, 3, 4] and read_checkpoint(ckpt)["step"] == 16
 
 
-def test_distillation_runs_with_a_teacher(pruned_r20, tmp_path):
+def test_the_teacher_changes_the_training(pruned_r20, tmp_path):
     model, history = pruned_r20
     torch.manual_seed(1)
     teacher = build_model("resnet20")
-    before = copy.deepcopy(model.state_dict())
-    records = finetune(
+    trained = {}
+    for distill in (0.0, 0.5):
+        student = copy.deepcopy(model)
+        cfg = FinetuneConfig(epochs=1, batch_size=32, distill=distill, channels_last=False)
+        finetune(
+            student,
+            synthetic_cifar10(64, 1),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            cfg,
+            checkpoint=tmp_path / f"d{distill}.pt",
+            base_model="resnet20",
+            history=history,
+            teacher=teacher if distill else None,
+        )
+        trained[distill] = student.state_dict()
+    w = "layer1.0.conv1.weight"
+    assert not torch.equal(trained[0.0][w], model.state_dict()[w])
+    assert not torch.allclose(trained[0.0][w], trained[0.5][w])  # same data and seed: only the teacher differs
+
+
+def test_resuming_checks_the_checkpoint(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    data = synthetic_cifar10(64, 1)
+    cfg = FinetuneConfig(epochs=1, batch_size=32)
+    finetune(
         model,
-        synthetic_cifar10(64, 1),
+        data,
         None,
         IMAGENET_MEAN,
         IMAGENET_STD,
-        FinetuneConfig(epochs=1, batch_size=32, distill=0.5, channels_last=False),
-        checkpoint=tmp_path / "d.pt",
+        cfg,
+        checkpoint=tmp_path / "ft.pt",
         base_model="resnet20",
         history=history,
-        teacher=teacher,
     )
-    assert records[0]["loss"] > 0
-    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(TrtpruneError, match=r"other settings: batch_size 32 -> 16, lr 0.01 -> 0.1"):
+        finetune(
+            model,
+            data,
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            FinetuneConfig(epochs=2, batch_size=16, lr=0.1),
+            checkpoint=tmp_path / "ft.pt",
+            base_model="resnet20",
+            history=history,
+        )
+    save_pruned(tmp_path / "pruned.pt", model, "resnet20", history)
+    with pytest.raises(TrtpruneError, match="not a fine-tuning checkpoint"):
+        finetune(
+            model,
+            data,
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            cfg,
+            checkpoint=tmp_path / "pruned.pt",
+            base_model="resnet20",
+            history=history,
+        )

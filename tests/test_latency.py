@@ -54,3 +54,56 @@ def test_devices():
         get_device("orin")
     with pytest.raises(TrtpruneError, match="backend 'magic'"):
         get_backend(Device("x", "magic"))
+
+
+class _FakeSession:
+    """Records what the backend asks of ONNX Runtime: options, and the order of timed runs."""
+
+    calls: list = []
+    options: list = []
+
+    def __init__(self, path, opts, providers):
+        self.path = str(path)
+        try:
+            spin = opts.get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # never set
+            spin = None
+        _FakeSession.options.append((self.path, opts.intra_op_num_threads, spin))
+
+    def get_inputs(self):
+        class Input:
+            name, shape = "input", [1, 3, 8, 8]
+
+        return [Input()]
+
+    def run(self, outputs, feed):
+        _FakeSession.calls.append(self.path)
+
+
+def test_the_protocol_interleaves_models_with_quiet_thread_pools(monkeypatch, tmp_path):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _FakeSession)
+    _FakeSession.calls, _FakeSession.options = [], []
+    models = [tmp_path / f"{m}.onnx" for m in "abc"]
+    with get_backend(get_device("cpu-2t")) as backend:
+        timings = backend.compare(models, rounds=6, warmup=2, max_runs=3)
+    assert [t.n for t in timings] == [18, 18, 18]  # 6 rounds x 3 runs (fake runs are instant: max_runs)
+    assert {(threads, spin) for _, threads, spin in _FakeSession.options} == {(2, "0")}
+    timed = _FakeSession.calls[3 * 2 :]  # after each model's warm-up
+    bursts = [timed[i] for i in range(0, len(timed), 3)]  # one entry per (round, model) burst
+    rounds = [tuple(bursts[i : i + 3]) for i in range(0, len(bursts), 3)]
+    assert all(sorted(r) == sorted(map(str, models)) for r in rounds)  # every round visits every model once
+    assert len(set(rounds)) > 1  # in a fresh random order
+
+
+def test_one_model_alone_keeps_the_default_thread_pool(monkeypatch, tmp_path):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", _FakeSession)
+    _FakeSession.options = []
+    with get_backend(get_device("cpu")) as backend:
+        backend.measure(tmp_path / "a.onnx", rounds=1, warmup=1)
+        with pytest.raises(TrtpruneError, match="rounds=0"):
+            backend.measure(tmp_path / "a.onnx", rounds=0)
+    assert _FakeSession.options[0][2] is None  # spinning left as ONNX Runtime ships it

@@ -5,6 +5,7 @@ import torch
 from trtprune.errors import TrtpruneError
 from trtprune.export import onnx_from_torch, run_onnx
 from trtprune.models import BUILTIN, build_model
+from trtprune.models.shortcut import ChannelPadShortcut
 from trtprune.prune import GroupPruner, replay, uniform_plan
 
 SHAPE = (3, 32, 32)
@@ -51,18 +52,51 @@ def test_pruned_model_exports_and_matches_onnxruntime(name, tmp_path):
     )
 
 
+def _randomise_bn(model, gen):
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=gen) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=gen) * 0.1
+            m.running_mean = torch.randn(m.num_features, generator=gen) * 0.1
+            m.running_var = torch.rand(m.num_features, generator=gen) + 0.5
+
+
 @pytest.mark.parametrize("name", list(BUILTIN))
-def test_a_plan_that_keeps_everything_changes_nothing(name):
+def test_pruning_equals_zeroing_the_removed_channels(name):
+    """Removing channels must compute exactly what the dense model computes with them silenced.
+
+    In a copy of the dense model, the BN scale and shift of every removed channel are set to zero, and
+    option-A shortcuts emit zeros where a removed channel would carry the previous stage, so the channel
+    is 0 after BN, ReLU/ReLU6 and residual adds. The pruned model must match that copy, which checks
+    every index mapping of every group.
+    """
+    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build_model(name)
-    reference = build_model(name)
-    reference.load_state_dict(model.state_dict())
+    _randomise_bn(model, gen)
+    silenced = build_model(name)
+    silenced.load_state_dict(model.state_dict())
     pruner = GroupPruner(model, SHAPE)
-    pruner.prune_to({g.name: g.channels for g in pruner.groups()})
-    x = torch.randn(4, *SHAPE)
+    pruner.prune_to(uniform_plan(pruner.groups(), 0.4, 1))
+    ref = GroupPruner(silenced, SHAPE)
+    for module_name, is_out, idxs in pruner.history():
+        module = silenced.get_submodule(module_name)
+        handler = ref.dg.get_pruner_of_module(module)
+        group = ref.dg.get_pruning_group(
+            module, handler.prune_out_channels if is_out else handler.prune_in_channels, idxs
+        )
+        for dep, group_idxs in group:
+            target = dep.target.module
+            if isinstance(target, torch.nn.BatchNorm2d):
+                target.weight.data[group_idxs] = 0.0
+                target.bias.data[group_idxs] = 0.0
+            elif isinstance(target, ChannelPadShortcut) and ref.dg.is_out_channel_pruning_fn(dep.handler):
+                target.gather = [-1 if j in group_idxs else g for j, g in enumerate(target.gather)]
+    x = torch.randn(2, *SHAPE, generator=gen)
     with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
-    assert pruner.history() == []
+        expected, got = silenced.eval()(x), model.eval()(x)
+    assert sum(p.numel() for p in model.parameters()) < 0.5 * sum(p.numel() for p in silenced.parameters())
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
 
 
 def test_resnet_groups_follow_the_residual_streams():
@@ -91,6 +125,27 @@ def test_pruning_removes_the_least_important_channels():
     pruner = GroupPruner(model, SHAPE)
     pruner.prune_to({"layer1.0.conv1": 14}, "l1")
     assert pruner.history() == [["layer1.0.conv1", True, [3, 7]]]
+
+
+def test_a_classifier_that_is_not_registered_last_is_still_kept():
+    class SqueezeLast(torch.nn.Module):  # the classifier is registered first, an SE-style linear last
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 10)
+            self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.bn = torch.nn.BatchNorm2d(16)
+            self.gate = torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x)))
+            pooled = y.mean((2, 3))
+            y = y * torch.sigmoid(self.gate(pooled))[:, :, None, None]
+            return self.fc(y.mean((2, 3)))
+
+    model = SqueezeLast()
+    pruner = GroupPruner(model, SHAPE)
+    pruner.prune_to({g.name: g.channels // 2 for g in pruner.groups()})
+    assert model(torch.randn(1, *SHAPE)).shape == (1, 10) and model.fc.out_features == 10
 
 
 def test_history_replays_to_the_same_model():

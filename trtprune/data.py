@@ -109,7 +109,9 @@ def _read_image_folder(folder: Path):
     from PIL import Image  # installed with matplotlib
 
     class_dirs = sorted(d for d in folder.iterdir() if d.is_dir())
-    names = [d.name for d in class_dirs]
+    # one label map for both splits, even where a split lacks a class
+    siblings = [folder.parent / s for s in SPLITS if (folder.parent / s).is_dir()]
+    names = sorted({d.name for s in siblings for d in s.iterdir() if d.is_dir()} | {d.name for d in class_dirs})
     label_of = (
         {n: CLASSES.index(n) for n in names} if set(names) <= set(CLASSES) else {n: i for i, n in enumerate(names)}
     )

@@ -106,11 +106,9 @@ def onnx_from_torch(
 
 def run_onnx(path: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """One forward pass with ONNX Runtime on CPU."""
-    import onnxruntime as ort
+    from .latency.ort import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads)
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
@@ -140,8 +138,3 @@ def read_onnx(path: str | Path):
                 fix="export with a static batch (trtprune export --batch N)",
             )
     return proto
-
-
-def input_shape_of(proto) -> tuple[int, ...]:
-    """The static shape of the first graph input."""
-    return tuple(d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim)

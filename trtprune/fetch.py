@@ -8,6 +8,7 @@ file and are renamed into place only after their size and SHA-256 match the publ
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -125,7 +126,7 @@ def download(res: Resource, dest_dir: Path, *, timeout_s: float = 60.0) -> Path:
                     why=f"expected {res.size:,} bytes with sha256 {res.sha256}, got {found}",
                     fix="try again; if it persists, fetch the file by hand and point TRTPRUNE_DATA at it",
                 )
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         raise TrtpruneError(
             f"could not download {res.filename} from {res.url}",
             why=f"{type(e).__name__}: {e}",
@@ -133,10 +134,6 @@ def download(res: Resource, dest_dir: Path, *, timeout_s: float = 60.0) -> Path:
             "(or pass --data)",
         ) from e
     return dest
-
-
-def verified(path: Path, res: Resource) -> bool:
-    return path.is_file() and path.stat().st_size == res.size and sha256_of(path) == res.sha256
 
 
 def ensure_resource(name: str, root: Path, may_download: bool, *, resources=None) -> Path:
@@ -149,7 +146,7 @@ def ensure_resource(name: str, root: Path, may_download: bool, *, resources=None
         raise TrtpruneError(
             f"{res.filename} is not in '{root}'",
             why=f"looked for {root / res.subdir / res.filename} and {root / res.filename}",
-            fix=f"copy it there from {res.url}, or unset TRTPRUNE_DATA to download it to the cache",
+            fix=f"copy it there from {res.url}, or set neither --data nor TRTPRUNE_DATA to download it into the cache",
         )
     return download(res, root / res.subdir)
 

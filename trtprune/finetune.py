@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as D
+from .config import FinetuneConfig
+from .errors import TrtpruneError
 from .log import progress
 from .metrics import top1_torch
 from .weights import load_state, read_checkpoint, save_pruned
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 0.01  # peak learning rate; the weights are pretrained, so 10x below training from scratch
-    momentum: float = 0.9
-    weight_decay: float = 1e-4  # as the CIFAR ResNets were trained (He et al. 2016)
-    distill: float = 0.0  # weight of the distillation loss from the unpruned teacher; 0 turns it off
-    temperature: float = 4.0  # softening of the teacher's and student's logits for distillation
-    channels_last: bool = True  # NHWC memory format for training
-    train_limit: int = 0  # use only the first N training images (0 = all); for quick runs
-    seed: int = 0
 
 
 def cosine_lr(step: int, total: int, peak: float) -> float:
@@ -51,6 +39,31 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
         * t
         * t
     )
+
+
+# Settings that shape the optimisation trajectory: a resumed run must use the same ones.
+_RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "distill", "temperature", "train_limit", "seed")
+
+
+def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
+    if not {"optimizer", "epoch", "step"} <= set(ckpt):
+        raise TrtpruneError(
+            f"'{path}' is not a fine-tuning checkpoint (it has no optimizer state)",
+            fix="resume only from a checkpoint written by trtprune finetune, or choose another -o",
+        )
+    saved = ckpt.get("finetune", {})
+    changed = [f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise TrtpruneError(
+            f"'{path}' was fine-tuned with other settings: {', '.join(changed)}",
+            fix="resume with the same settings, or start a new checkpoint",
+        )
+    if saved.get("epochs") != cfg.epochs:
+        log.warning(
+            "resuming with %s epochs instead of %s: the cosine schedule is stretched from here on",
+            cfg.epochs,
+            saved.get("epochs"),
+        )
 
 
 def finetune(
@@ -84,12 +97,14 @@ def finetune(
     checkpoint = Path(checkpoint)
     if resume and checkpoint.is_file():
         ckpt = read_checkpoint(checkpoint)
+        _check_resumable(ckpt, cfg, checkpoint)
         load_state(model, ckpt["state_dict"], str(checkpoint))
         opt.load_state_dict(ckpt["optimizer"])
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         records = list(ckpt.get("records", []))
         log.info("resuming from %s after epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
-    if teacher is not None and cfg.distill > 0:
+    if cfg.distill > 0:
+        assert teacher is not None, "distillation needs a teacher"
         teacher.eval().to(memory_format=fmt)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -109,7 +124,7 @@ def finetune(
             xb = xb.contiguous(memory_format=fmt)
             out = model(xb)
             loss = F.cross_entropy(out, yb)
-            if teacher is not None and cfg.distill > 0:
+            if cfg.distill > 0:
                 with torch.no_grad():
                     soft = teacher(xb)
                 loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
@@ -127,7 +142,7 @@ def finetune(
         records.append(record)
         save_pruned(
             checkpoint,
-            model.to(memory_format=torch.contiguous_format),
+            model,
             base_model,
             history,
             optimizer=opt.state_dict(),
@@ -136,7 +151,6 @@ def finetune(
             finetune=asdict(cfg),
             records=records,
         )
-        model.to(memory_format=fmt)
         log.info(
             "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",
             epoch + 1,

@@ -11,21 +11,21 @@ the lowest scores are removed first.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch_pruning as tp
-
 from .errors import TrtpruneError
 
-IMPORTANCE: dict[str, Callable[[], object]] = {
-    "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1, group_reduction="sum", normalizer=None),
-    "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum", normalizer=None),
-    "bn": lambda: tp.importance.BNScaleImportance(group_reduction="sum", normalizer=None),
+# name -> (Torch-Pruning class, keyword arguments); classes are looked up only when used
+IMPORTANCE: dict[str, tuple[str, dict]] = {
+    "l1": ("GroupMagnitudeImportance", {"p": 1, "group_reduction": "sum", "normalizer": None}),
+    "l2": ("GroupMagnitudeImportance", {"p": 2, "group_reduction": "sum", "normalizer": None}),
+    "bn": ("BNScaleImportance", {"group_reduction": "sum", "normalizer": None}),
 }
 
 
 def get_importance(name: str):
     """A callable ``scorer(group) -> tensor[channels]`` for a criterion name."""
+    import torch_pruning as tp
+
     if name not in IMPORTANCE:
         raise TrtpruneError(f"unknown importance criterion '{name}'", fix=f"use one of {', '.join(IMPORTANCE)}")
-    return IMPORTANCE[name]()
+    cls, kwargs = IMPORTANCE[name]
+    return getattr(tp.importance, cls)(**kwargs)

@@ -53,11 +53,9 @@ def top1_torch(
 
 def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, desc: str = "eval") -> float:
     """Top-1 of an ONNX model with ONNX Runtime; its static batch is filled by padding the last one."""
-    import onnxruntime as ort
+    from .latency.ort import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
     xt, yt = D.to_tensor(x), torch.from_numpy(y)

@@ -8,39 +8,23 @@ exists is skipped, so an interrupted run resumes where it stopped; every file is
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import fetch
+from .config import RunConfig
 from .data import load_cifar10
-from .devices import DEFAULT_DEVICE, get_device
+from .devices import get_device
 from .errors import TrtpruneError
-from .finetune import FinetuneConfig, finetune
+from .finetune import finetune
 from .fsutil import atomic_path, write_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    model: str = "resnet56"
-    weights: str | None = None  # None: the model's published checkpoint from the data root
-    device: str = DEFAULT_DEVICE
-    ratio: float = 0.5  # fraction of every channel group removed (uniform pruning)
-    round_to: int = 8  # keep a multiple of this many channels per group
-    importance: str = "l1"  # which channels go: see trtprune.importance
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def resolve_weights(model_name: str, weights: str | None, data: str | None) -> Path:
@@ -78,14 +62,21 @@ class Run:
         "pruned.onnx",
         "report.json",
         "report.md",
+        "channels.png",
     )
 
     def __init__(
-        self, directory: str | Path, cfg: RunConfig, data: str | None = None, engines_dir: str | Path = "engines"
+        self,
+        directory: str | Path,
+        cfg: RunConfig,
+        data: str | None = None,
+        engines_dir: str | Path = "engines",
+        fresh: bool = False,
     ):
         self.dir, self.cfg, self.data = Path(directory), cfg, data
         self.engines_dir = Path(engines_dir)
         self.device = get_device(cfg.device)
+        self.fresh = fresh
         self._lock = None
 
     def path(self, name: str) -> Path:
@@ -97,13 +88,19 @@ class Run:
         self._lock = open(self.dir / ".lock", "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if self.fresh:
+                for name in self.FILES:
+                    self.path(name).unlink(missing_ok=True)
+            self._check_config()
         except BlockingIOError:
             self._lock.close()
             raise TrtpruneError(
                 f"run directory '{self.dir}' is in use by another trtprune process",
                 fix="wait for it to finish, or choose another --name",
             ) from None
-        self._check_config()
+        except BaseException:
+            self._lock.close()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -112,22 +109,16 @@ class Run:
     def _check_config(self) -> None:
         wanted = self.cfg.to_dict()
         path = self.path("config.json")
-        if path.is_file():
-            found = json.loads(path.read_text())
-            if found != wanted:
-                diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-                raise TrtpruneError(
-                    f"run directory '{self.dir}' was made with other settings ({', '.join(diff)})",
-                    fix="use another --name, or --fresh to start this run over",
-                )
-        else:
+        if not path.is_file():
             write_json(path, wanted)
-
-    def clear(self) -> None:
-        """Remove every output of this run (``--fresh``)."""
-        for name in self.FILES:
-            self.path(name).unlink(missing_ok=True)
-        write_json(self.path("config.json"), self.cfg.to_dict())
+            return
+        found = json.loads(path.read_text())
+        if found != wanted:
+            diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise TrtpruneError(
+                f"run directory '{self.dir}' was made with other settings ({', '.join(diff)})",
+                fix="use another --name, or --fresh to start this run over",
+            )
 
     @property
     def engine_path(self) -> Path:
@@ -136,102 +127,103 @@ class Run:
         return self.engines_dir / f"{model_spec(self.cfg.model).name}-{self.device.name}.onnx"
 
 
-@contextlib.contextmanager
-def _stage(name: str, output: Path, force: bool = False):
-    """Log a stage's start and end; yield False (skip) when its output already exists."""
-    if output.exists() and not force:
-        log.info("%-9s | done already: %s", name, output)
-        yield False
-        return
-    t0 = time.perf_counter()
-    log.info("%-9s | start", name)
-    yield True
-    log.info("%-9s | done in %.1f s -> %s", name, time.perf_counter() - t0, output)
+def stage(label: str, output: str):
+    """A pipeline stage that writes ``run.path(output)``: skipped when that file exists, timed otherwise."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run_stage(run: Run) -> None:
+            out = run.path(output)
+            if out.exists():
+                log.info("%-9s | done already: %s", label, out)
+                return
+            t0 = time.perf_counter()
+            log.info("%-9s | start", label)
+            fn(run, out)
+            log.info("%-9s | done in %.1f s -> %s", label, time.perf_counter() - t0, out)
+
+        return run_stage
+
+    return wrap
 
 
-def stage_baseline(run: Run) -> None:
-    from .export import onnx_from_torch
+def _load_base(run: Run):
     from .weights import load_model
 
-    with _stage("export", run.path("baseline.onnx")) as todo:
-        if todo:
-            model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
-            onnx_from_torch(model, run.path("baseline.onnx"), spec.input_shape, run.device.batch)
+    return load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
 
 
-def stage_prune(run: Run) -> None:
-    from .prune import GroupPruner, uniform_plan
-    from .weights import load_model, save_pruned
+@stage("export", "baseline.onnx")
+def stage_baseline(run: Run, out: Path) -> None:
+    from .export import onnx_from_torch
 
-    with _stage("prune", run.path("pruned.pt")) as todo:
-        if todo:
-            model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
-            pruner = GroupPruner(model, spec.input_shape)
-            groups = pruner.groups()
-            plan = uniform_plan(groups, run.cfg.ratio, run.cfg.round_to)
-            write_json(
-                run.path("plan.json"),
-                {
-                    "method": "uniform",
-                    "ratio": run.cfg.ratio,
-                    "round_to": run.cfg.round_to,
-                    "keep_channels": plan,
-                    "channels": {g.name: g.channels for g in groups},
-                },
-            )
-            pruner.prune_to(plan, run.cfg.importance)
-            save_pruned(run.path("pruned.pt"), model, spec.name, pruner.history(), plan=plan)
+    model, spec = _load_base(run)
+    onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 
-def stage_finetune(run: Run) -> None:
+@stage("prune", "pruned.pt")
+def stage_prune(run: Run, out: Path) -> None:
+    from .prune import prune_uniform
+    from .weights import save_pruned
+
+    model, spec = _load_base(run)
+    plan, history = prune_uniform(model, spec.input_shape, run.cfg.ratio, run.cfg.round_to, run.cfg.importance)
+    write_json(run.path("plan.json"), plan)
+    save_pruned(out, model, spec.name, history, plan=plan["keep_channels"])
+
+
+@stage("finetune", "model.pt")
+def stage_finetune(run: Run, out: Path) -> None:
     from .weights import load_model, read_checkpoint
 
-    with _stage("finetune", run.path("model.pt")) as todo:
-        if todo:
-            model, spec = load_model(run.cfg.model, run.path("pruned.pt"))
-            history = read_checkpoint(run.path("pruned.pt"))["history"]
-            cfg = run.cfg.finetune
-            teacher = None
-            if cfg.distill > 0:
-                teacher, _ = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
-            train = load_split(run.data, "train")
-            test = load_split(run.data, "test", run.cfg.eval_limit)
-            finetune(
-                model,
-                train,
-                test,
-                spec.mean,
-                spec.std,
-                cfg,
-                checkpoint=run.path("finetune.pt"),
-                base_model=spec.name,
-                history=history,
-                teacher=teacher,
-                resume=True,
-            )
-            with atomic_path(run.path("model.pt")) as tmp:
-                shutil.copyfile(run.path("finetune.pt"), tmp)
+    model, spec = load_model(run.cfg.model, run.path("pruned.pt"))
+    history = read_checkpoint(run.path("pruned.pt"))["history"]
+    cfg = run.cfg.finetune
+    teacher = _load_base(run)[0] if cfg.distill > 0 else None
+    train, test = load_split(run.data, "train"), load_split(run.data, "test", run.cfg.eval_limit)
+    finetune(
+        model,
+        train,
+        test,
+        spec.mean,
+        spec.std,
+        cfg,
+        checkpoint=run.path("finetune.pt"),
+        base_model=spec.name,
+        history=history,
+        teacher=teacher,
+        resume=True,
+    )
+    with atomic_path(out) as tmp:
+        shutil.copyfile(run.path("finetune.pt"), tmp)
 
 
-def stage_build(run: Run) -> None:
+@stage("build", "pruned.onnx")
+def stage_build(run: Run, out: Path) -> None:
     from .export import onnx_from_torch
     from .weights import load_model
 
-    with _stage("build", run.path("pruned.onnx")) as todo:
-        if todo:
-            model, spec = load_model(run.cfg.model, run.path("model.pt"))
-            onnx_from_torch(model, run.path("pruned.onnx"), spec.input_shape, run.device.batch)
+    model, spec = load_model(run.cfg.model, run.path("model.pt"))
+    onnx_from_torch(model, out, spec.input_shape, run.device.batch)
+
+
+def deliver(run: Run) -> Path:
+    """Copy the deployable model to ``engines/<model>-<device>.onnx`` (always: the run may be newer)."""
     with atomic_path(run.engine_path) as tmp:
         shutil.copyfile(run.path("pruned.onnx"), tmp)
     log.info("engine    | %s", run.engine_path)
+    return run.engine_path
 
 
 def run_all(run: Run) -> dict:
-    """Every stage in order; returns the report."""
+    """Every stage in order, then the report (always re-measured); returns the report."""
     from .report import stage_report
 
+    if run.cfg.finetune.epochs < 1:
+        raise TrtpruneError("a run fine-tunes at least one epoch", fix="use --epochs 1 or more")
     stage_baseline(run)
     stage_prune(run)
     stage_finetune(run)
     stage_build(run)
+    deliver(run)
     return stage_report(run)

@@ -57,17 +57,21 @@ class ChannelGroup:
     consumers: tuple[str, ...]  # modules whose input channels these are
 
 
-def _classifier(model: nn.Module) -> nn.Module | None:
-    """The last Linear (or the last conv if there is none): its outputs are the classes."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    if last is None:
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                last = m
-    return last
+def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module | None, torch.Size]:
+    """The last conv/linear to run in a forward pass (its outputs are the classes) and the output shape."""
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: order.append(m))
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            out = model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return (order[-1] if order else None), out.shape
 
 
 class GroupPruner:
@@ -75,8 +79,16 @@ class GroupPruner:
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
         self.model = model
-        example = torch.zeros(1, *input_shape)
-        self._ignored = [m for m in [_classifier(model)] if m is not None]
+        self._example = torch.zeros(1, *input_shape)
+        example = self._example
+        try:
+            classifier, self._out_shape = _trace_outputs(model, example)
+        except Exception as e:
+            raise TrtpruneError(
+                f"the model does not run on an input of shape {tuple(example.shape)}: {type(e).__name__}: {e}",
+                fix="check --model and its input size",
+            ) from e
+        self._ignored = [classifier] if classifier is not None else []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TP warns about every op it treats as element-wise
             try:
@@ -147,6 +159,15 @@ class GroupPruner:
             root = tp_group[0].dep
             self.dg.get_pruning_group(root.target.module, root.handler, sorted(drop)).prune()
             log.debug("%-24s | %4d -> %4d ch", info.name, info.channels, keep)
+        assert not todo, f"groups left unpruned: {todo}"
+        _, out_shape = _trace_outputs(self.model, self._example)
+        if out_shape != self._out_shape:
+            raise TrtpruneError(
+                f"pruning changed the model's output shape from {tuple(self._out_shape)} to {tuple(out_shape)}",
+                why="the output layer is taken to be the last conv or linear "
+                "to run in forward(); in this model it is not",
+                fix="make the classifier the last layer applied in forward()",
+            )
 
     def history(self) -> list:
         """Replayable record of every pruning step: ``[module_name, is_out_channels, indices]``."""
@@ -175,3 +196,22 @@ def uniform_plan(groups: list[ChannelGroup], ratio: float, round_to: int = 1) ->
         keep = max(round_to, round_to * math.floor(keep / round_to + 0.5))  # nearest multiple
         plan[g.name] = min(g.channels, keep)
     return plan
+
+
+def prune_uniform(
+    model: nn.Module, input_shape: tuple[int, ...], ratio: float, round_to: int = 1, importance: str = "l1"
+) -> tuple[dict, list]:
+    """Prune every group of ``model`` by ``ratio`` (in place). Returns the plan document and the history."""
+    pruner = GroupPruner(model, input_shape)
+    groups = pruner.groups()
+    plan = uniform_plan(groups, ratio, round_to)
+    pruner.prune_to(plan, importance)
+    doc = {
+        "method": "uniform",
+        "ratio": ratio,
+        "round_to": round_to,
+        "importance": importance,
+        "keep_channels": plan,
+        "channels": {g.name: g.channels for g in groups},
+    }
+    return doc, pruner.history()

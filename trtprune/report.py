@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from .fsutil import write_json, write_text
@@ -34,7 +35,7 @@ def stage_report(run) -> dict:
         "model": spec.name,
         "device": device_info,
         "eval": {"split": "test", "images": int(len(x))},
-        "method": read_plan(run),
+        "method": json.loads(run.path("plan.json").read_text()),
         "finetune": {**run.cfg.finetune.__dict__, "records": read_checkpoint(run.path("model.pt")).get("records")},
     }
     for role, model in (("baseline", base_model), ("pruned", pruned_model)):
@@ -61,13 +62,6 @@ def stage_report(run) -> dict:
     return report
 
 
-def read_plan(run) -> dict:
-    import json
-
-    plan = json.loads(run.path("plan.json").read_text())
-    return plan
-
-
 def markdown(r: dict) -> str:
     d, b, p, m = r["device"], r["baseline"], r["pruned"], r["method"]
     engine = f"{d.get('engine', d['backend'])} {d.get('engine_version', '')}"
@@ -75,8 +69,8 @@ def markdown(r: dict) -> str:
     def row(label, fmt, key):
         return f"| {label} | {fmt(b, key)} | {fmt(p, key)} |"
 
-    lat = lambda m, k: f"{m['latency'][k]:.3f}"  # noqa: E731
-    num = lambda m, k: f"{m[k]:,}"  # noqa: E731
+    lat = lambda m, k: f"{m['latency'][k]:.3f}"
+    num = lambda m, k: f"{m[k]:,}"
     lines = [
         f"# trtprune report: {r['model']} on `{d['device']}`",
         "",

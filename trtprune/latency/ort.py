@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TrtpruneError
+from ..log import progress
 from .base import Backend, Timing
 
 log = logging.getLogger(__name__)
@@ -43,15 +44,44 @@ def cpu_info() -> tuple[str, str]:
     return model, isa
 
 
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
+
+
+def ort_session(path: str | Path, threads: int = 1, quiet_pool: bool = False):
+    """An ONNX Runtime CPU session as deployments run it (``ORT_ENABLE_ALL``), with explicit threads.
+
+    ``quiet_pool`` stops idle intra-op threads from spinning, for when several sessions are alive.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    if quiet_pool:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise TrtpruneError(
+            f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}",
+            fix="check the file with 'trtprune export' or onnx.checker",
+        ) from e
+
+
 class OrtBackend(Backend):
     name = "ort"
 
     def activate(self) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as e:  # a hard dependency, but say how to fix a broken environment
             raise TrtpruneError("onnxruntime is not installed", fix="pip install onnxruntime") from e
-        self.ort = ort
         if self.device.precision != "fp32":
             raise TrtpruneError(
                 f"device '{self.device.name}' asks for {self.device.precision} on ONNX Runtime",
@@ -59,28 +89,9 @@ class OrtBackend(Backend):
             )
 
     def key(self) -> str:
-        import onnxruntime as ort
-
         model, isa = cpu_info()
         d = self.device
-        return f"ort-{ort.__version__}|cpu|{model}|{isa}|t{d.threads}|b{d.batch}|{d.precision}"
-
-    def session(self, path: Path, quiet_pool: bool):
-        opts = self.ort.SessionOptions()
-        opts.intra_op_num_threads = self.device.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        if quiet_pool:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            return self.ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise TrtpruneError(
-                f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}",
-                fix="check the file with 'trtprune export' or onnx.checker",
-            ) from e
+        return f"ort-{_ort_version()}|cpu|{model}|{isa}|t{d.threads}|b{d.batch}|{d.precision}"
 
     def _feed(self, sess) -> dict:
         inp = sess.get_inputs()[0]
@@ -103,21 +114,25 @@ class OrtBackend(Backend):
     ) -> list[Timing]:
         """Interleaved timing. Each round gives each model ~``round_ms`` of back-to-back runs."""
         assert self.active, "use the backend as a context manager"
+        if rounds < 1 or warmup < 1:
+            raise TrtpruneError(f"rounds={rounds}, warmup={warmup}: both must be at least 1")
         models = [Path(m) for m in models]
-        sessions = [self.session(m, quiet_pool=len(models) > 1) for m in models]
+        sessions = [ort_session(m, self.device.threads, quiet_pool=len(models) > 1) for m in models]
         try:
             feeds = [self._feed(s) for s in sessions]
             runs = []
             for sess, feed in zip(sessions, feeds):
-                t0 = time.perf_counter()
+                warm = []
                 for _ in range(warmup):
+                    t0 = time.perf_counter()
                     sess.run(None, feed)
-                per_run_ms = (time.perf_counter() - t0) * 1e3 / max(warmup, 1)
+                    warm.append((time.perf_counter() - t0) * 1e3)
+                per_run_ms = float(np.median(warm))  # the first runs are slow (allocation, packing)
                 runs.append(max(1, min(max_runs, int(round_ms / max(per_run_ms, 1e-3)))))
             samples: list[list[float]] = [[] for _ in models]
             rng = random.Random(seed)
             order = list(range(len(models)))
-            for _ in range(rounds):
+            for _ in progress(range(rounds), desc=f"timing {len(models)} model(s)", unit="round"):
                 rng.shuffle(order)
                 for i in order:
                     sess, feed = sessions[i], feeds[i]
@@ -133,13 +148,11 @@ class OrtBackend(Backend):
         return timings
 
     def info(self) -> dict:
-        import onnxruntime as ort
-
         model, isa = cpu_info()
         return {
             **super().info(),
             "engine": "onnxruntime",
-            "engine_version": ort.__version__,
+            "engine_version": _ort_version(),
             "provider": "CPUExecutionProvider",
             "cpu": model,
             "isa": isa,

@@ -11,8 +11,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import nn
-
 from ..errors import TrtpruneError
 
 # The shared CIFAR ResNet checkpoints were trained on pixels/255 normalised with ImageNet statistics;
@@ -82,14 +80,22 @@ def _load_user_factory(file: str, fn: str):
     return getattr(module, fn)
 
 
-def build_model(spec: ModelSpec | str) -> nn.Module:
-    """A fresh model (random weights) for a spec or name."""
+def build_model(spec: ModelSpec | str):
+    """A fresh ``nn.Module`` (random weights) for a spec or name."""
+    from torch import nn
+
     if isinstance(spec, str):
         spec = model_spec(spec)
     where, fn = spec.factory_path.rsplit(":", 1)
     if where.endswith(".py"):
         factory = _load_user_factory(where, fn)
-        model = factory()
+        try:
+            model = factory()
+        except Exception as e:
+            raise TrtpruneError(
+                f"the factory '{spec.factory_path}' failed: {type(e).__name__}: {e}",
+                fix="it is called without arguments and must return the model",
+            ) from e
     else:
         model = getattr(importlib.import_module(where), fn)(num_classes=spec.num_classes)
     if not isinstance(model, nn.Module):

@@ -1,0 +1,211 @@
+"""What each subcommand does, given its parsed arguments. Heavy modules are imported per command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import TrtpruneError
+
+
+def _ft_config(a):
+    from .finetune import FinetuneConfig
+
+    if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.distill <= 1:
+        raise TrtpruneError(
+            "fine-tuning settings out of range",
+            fix="use --epochs >= 1, --batch-size >= 1, --lr > 0 and --distill in [0, 1]",
+        )
+    return FinetuneConfig(
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        distill=a.distill,
+        train_limit=a.train_limit,
+        channels_last=not a.no_channels_last,
+        seed=a.seed,
+    )
+
+
+def cmd_list(a) -> None:
+    from .devices import DEVICES
+    from .importance import IMPORTANCE
+    from .latency import BACKENDS
+    from .models import BUILTIN
+
+    print("models:     " + ", ".join(f"{n}{' (pretrained)' if s.pretrained else ''}" for n, s in BUILTIN.items()))
+    print("devices:    " + ", ".join(f"{n} ({d.description})" for n, d in DEVICES.items()))
+    print("backends:   " + ", ".join(BACKENDS))
+    print("importance: " + ", ".join(IMPORTANCE))
+
+
+def cmd_groups(a) -> None:
+    from .prune import GroupPruner
+    from .weights import load_model
+
+    model, spec = load_model(a.model, a.weights)
+    groups = GroupPruner(model, spec.input_shape).groups()
+    print(f"{'group':<24} {'channels':>8}  producers -> consumers")
+    for g in groups:
+        print(f"{g.name:<24} {g.channels:>8}  {', '.join(g.producers)} -> {', '.join(g.consumers)}")
+    print(f"{len(groups)} prunable groups")
+
+
+def cmd_export(a) -> None:
+    from .devices import get_device
+    from .export import onnx_from_torch
+    from .pipeline import resolve_weights
+    from .weights import load_model
+
+    batch = a.batch if a.batch is not None else get_device(a.device).batch
+    if batch < 1:
+        raise TrtpruneError(f"--batch {batch} is not a batch size", fix="use 1 or more")
+    model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+    e = onnx_from_torch(model, a.output, spec.input_shape, batch)
+    print(f"wrote {e.path} (batch {batch}, {e.nodes} nodes, max |onnxruntime - torch| = {e.max_abs_diff:.2e})")
+
+
+def cmd_measure(a) -> None:
+    from .devices import get_device
+    from .export import read_onnx
+    from .latency import get_backend
+
+    for m in a.onnx:
+        read_onnx(m)
+    with get_backend(get_device(a.device)) as backend:
+        timings = backend.compare(a.onnx, rounds=a.rounds)
+        info = backend.info()
+    print(f"device {info['device']}: {info['key']} (one interleaved run, {a.rounds} rounds)")
+    print(f"{'model':<40} {'median ms':>10} {'p90 ms':>10} {'n':>6} {'speed-up':>9}")
+    for m, t in zip(a.onnx, timings):
+        print(f"{m:<40} {t.median_ms:>10.3f} {t.p90_ms:>10.3f} {t.n:>6} {timings[0].median_ms / t.median_ms:>8.2f}x")
+    if a.json:
+        from .fsutil import write_json
+        from .provenance import provenance
+
+        write_json(
+            a.json,
+            {"device": info, "models": {m: t.to_dict() for m, t in zip(a.onnx, timings)}, "provenance": provenance()},
+        )
+
+
+def cmd_eval(a) -> None:
+    from .metrics import top1_onnx, top1_torch
+    from .models import model_spec
+    from .pipeline import load_split, resolve_weights
+    from .weights import load_model
+
+    x, y = load_split(a.data, a.split, a.limit)
+    if a.onnx:
+        from .export import read_onnx
+
+        read_onnx(a.onnx)
+        spec = model_spec(a.model)
+        acc, what = top1_onnx(a.onnx, x, y, spec.mean, spec.std), a.onnx
+    else:
+        model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+        acc, what = top1_torch(model, x, y, spec.mean, spec.std), f"{spec.name} ({a.weights or 'published weights'})"
+    print(f"top-1 {acc:.2f} % on {len(x):,} {a.split} images: {what}")
+
+
+def cmd_prune(a) -> None:
+    from .fsutil import write_json
+    from .pipeline import resolve_weights
+    from .prune import prune_uniform
+    from .weights import load_model, save_pruned
+
+    model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+    plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance)
+    save_pruned(a.output, model, spec.name, history, plan=plan["keep_channels"])
+    plan_path = Path(a.output).with_suffix(".plan.json")
+    write_json(plan_path, plan)
+    kept, total = sum(plan["keep_channels"].values()), sum(plan["channels"].values())
+    print(f"wrote {a.output} and {plan_path}: {kept} of {total} channels kept")
+
+
+def cmd_finetune(a) -> None:
+    from .finetune import finetune
+    from .pipeline import load_split
+    from .weights import load_model, read_checkpoint
+
+    cfg = _ft_config(a)
+    model, spec = load_model(a.model, a.weights)
+    history = read_checkpoint(a.weights).get("history", [])
+    if cfg.distill > 0 and not a.teacher:
+        raise TrtpruneError("--distill needs a teacher", fix="pass the unpruned weights with --teacher")
+    teacher = load_model(a.model, a.teacher)[0] if cfg.distill > 0 else None
+    if Path(a.output).exists() and not a.resume:
+        raise TrtpruneError(f"'{a.output}' exists", fix="pass --resume to continue it, or choose another -o")
+    records = finetune(
+        model,
+        load_split(a.data, "train"),
+        load_split(a.data, "test", a.eval_limit),
+        spec.mean,
+        spec.std,
+        cfg,
+        checkpoint=Path(a.output),
+        base_model=spec.name,
+        history=history,
+        teacher=teacher,
+        resume=a.resume,
+    )
+    last = records[-1]
+    print(f"wrote {a.output}: top-1 {last['top1']:.2f} % after {last['epoch']} epochs")
+
+
+def cmd_build(a) -> None:
+    from .devices import get_device
+    from .export import onnx_from_torch
+    from .weights import load_model
+
+    device = get_device(a.device)
+    model, spec = load_model(a.model, a.weights)
+    out = Path(a.output or f"engines/{spec.name}-{device.name}.onnx")
+    e = onnx_from_torch(model, out, spec.input_shape, device.batch)
+    print(
+        f"wrote {out} for device {device.name} (batch {device.batch}, max |onnxruntime - torch| = {e.max_abs_diff:.2e})"
+    )
+
+
+def cmd_run(a) -> None:
+    from .pipeline import Run, RunConfig, run_all
+
+    cfg = RunConfig(
+        model=a.model,
+        weights=a.weights,
+        device=a.device,
+        ratio=a.ratio,
+        round_to=a.round_to,
+        importance=a.importance,
+        finetune=_ft_config(a),
+        eval_limit=a.eval_limit,
+    )
+    name = a.name or f"{Path(cfg.model.split(':')[0]).stem}-{cfg.device}"
+    with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh) as run:
+        report = run_all(run)
+    b, p = report["baseline"], report["pruned"]
+    print(
+        f"{report['model']} on {report['device']['device']}: {b['latency']['median_ms']:.3f} -> "
+        f"{p['latency']['median_ms']:.3f} ms ({report['speedup']:.2f}x, measured side by side), top-1 "
+        f"{b['top1']:.2f} -> {p['top1']:.2f} %"
+    )
+    print(f"engine: {report['engine']}\nreport: {run.path('report.md')}")
+
+
+def cmd_report(a) -> None:
+    import json
+
+    from .pipeline import Run, RunConfig
+    from .report import stage_report
+
+    path = Path(a.run_dir) / "config.json"
+    if not path.is_file():
+        raise TrtpruneError(f"'{a.run_dir}' is not a run directory (no config.json)", fix="give runs/<name> of a run")
+    cfg = RunConfig.from_dict(json.loads(path.read_text()), str(path))
+    with Run(a.run_dir, cfg, a.data, a.engines_dir) as run:
+        for name in ("baseline.onnx", "model.pt", "pruned.onnx"):
+            if not run.path(name).is_file():
+                raise TrtpruneError(
+                    f"the run has no {name} yet", fix=f"finish it: trtprune run ... --name {run.dir.name}"
+                )
+        stage_report(run)
+    print(f"wrote {run.path('report.md')} and {run.path('report.json')}")

@@ -1,0 +1,53 @@
+"""Settings of a run, as frozen dataclasses with commented defaults (no heavy imports here)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .devices import DEFAULT_DEVICE
+from .errors import TrtpruneError
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 0.01  # peak learning rate; the weights are pretrained, so 10x below training from scratch
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # as the CIFAR ResNets were trained (He et al. 2016)
+    distill: float = 0.0  # weight of the distillation loss from the unpruned teacher; 0 turns it off
+    temperature: float = 4.0  # softening of the teacher's and student's logits for distillation
+    channels_last: bool = True  # NHWC memory format for training
+    train_limit: int = 0  # use only the first N training images (0 = all); for quick runs
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "resnet56"
+    weights: str | None = None  # None: the model's published checkpoint from the data root
+    device: str = DEFAULT_DEVICE
+    ratio: float = 0.5  # fraction of every channel group removed (uniform pruning)
+    round_to: int = 8  # keep a multiple of this many channels per group
+    importance: str = "l1"  # which channels go: see trtprune.importance
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> RunConfig:
+        """The inverse of ``to_dict``; unknown keys are an error naming them (absent ones take defaults)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+        ft = d.get("finetune", {})
+        ft = ft if isinstance(ft, dict) else {"<not a table>": ft}
+        unknown = sorted(set(d) - fields) + sorted(f"finetune.{k}" for k in set(ft) - ft_fields)
+        if unknown:
+            raise TrtpruneError(
+                f"'{source}' has unknown settings: {', '.join(unknown)}",
+                fix="it was written by another version of trtprune; start the run over with --fresh",
+            )
+        return cls(**{**d, "finetune": FinetuneConfig(**ft)})
