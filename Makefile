@@ -14,12 +14,13 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast lint format clean
+.PHONY: help setup engine test test-fast lint format clean bench-profile bench-lut
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2]  set up, prune, fine-tune, build and report"
 	@echo "make test                                          set up and run the tests"
+	@echo "make bench-profile | bench-lut                     benchmarks (figures in docs/benchmarks.md)"
 	@echo "make lint | format | clean"
 
 $(BIN)/.installed: pyproject.toml
@@ -35,6 +36,12 @@ engine: setup
 		--epochs $(EPOCHS) --name $(MODEL)-$(DEVICE)
 	$(BIN)/python bench/record_engine.py runs/$(MODEL)-$(DEVICE)/report.json bench/results/engine.json \
 		--command "make engine DEVICE=$(DEVICE) MODEL=$(MODEL) EPOCHS=$(EPOCHS) RATIO=$(RATIO) ROUND_TO=$(ROUND_TO)"
+
+bench-profile: setup
+	$(BIN)/python bench/bench_profile.py --device $(DEVICE)
+
+bench-lut: setup
+	$(BIN)/python bench/bench_lut.py --device $(DEVICE)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -103,6 +103,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="evaluate this ONNX file instead (its --model gives the normalisation)")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=0, help="first N images only (default: all)")
+    p = add("profile", C.cmd_profile, "measure how each channel group's latency moves with its channels (LUT)")
+    _model(p, "checkpoint (optional: latency does not depend on the weights)")
+    _device(p)
+    p.add_argument("--lut", help="latency table (default: lut.sqlite in the user cache)")
+    p.add_argument(
+        "--method",
+        default="three_point",
+        choices=["three_point", "exhaustive"],
+        help="stair search (default three_point)",
+    )
+    p.add_argument("--rel", type=float, default=0.01, help="latencies within this fraction are the same (0.01)")
+    p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
+    p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")
     p = add("prune", C.cmd_prune, "prune every channel group by a uniform ratio")
     _model(p)
     _pruning(p)

@@ -209,3 +209,81 @@ def cmd_report(a) -> None:
                 )
         stage_report(run)
     print(f"wrote {run.path('report.md')} and {run.path('report.json')}")
+
+
+def cmd_profile(a) -> None:
+    import onnx
+
+    from .devices import get_device
+    from .export import onnx_from_torch
+    from .fsutil import write_json, write_text
+    from .latency import get_backend
+    from .layers import layers_of
+    from .log import progress
+    from .lut import LUT
+    from .plots import stairs_plot
+    from .profile import Profiler, group_layers
+    from .prune import GroupPruner
+    from .stairs import Tolerance
+    from .weights import load_model
+
+    if not 0 < a.rel < 1:
+        raise TrtpruneError(f"--rel {a.rel} is not a fraction", fix="use e.g. 0.01 for 1 %")
+    device = get_device(a.device)
+    model, spec = load_model(a.model, a.weights)
+    out = Path(a.out or f"profiles/{spec.name}-{device.name}")
+    onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
+    gls = group_layers(GroupPruner(model, spec.input_shape).groups(), layers_of(onnx.load(str(out / "model.onnx"))))
+    tol = Tolerance(rel=a.rel)
+    results = {}
+    with get_backend(device) as backend, LUT(a.lut) as lut:
+        profiler = Profiler(backend, lut)
+        for gl in progress(gls, desc="profiling groups", unit="group"):
+            s = profiler.stairs(gl, tol, a.method)
+            g = gl.group
+            results[g.name] = {
+                "channels": g.channels,
+                "edges": list(s.edges),
+                "dips": list(s.dips),
+                "latency_ms": {str(c): v for c, v in sorted(s.latency.items())},
+                "producers": list(g.producers),
+                "consumers": list(g.consumers),
+            }
+            if not a.no_plots:
+                stairs_plot(out / f"{g.name}.png", f"{spec.name} / {g.name} on {device.name}", s, g.channels)
+        info, lut_path = backend.info(), lut.path
+    summary = {
+        "model": spec.name,
+        "device": info,
+        "method": a.method,
+        "tolerance_rel": a.rel,
+        "lut": str(lut_path),
+        "measured": profiler.measured,
+        "requested": profiler.requested,
+        "saved_by_sharing": profiler.requested - profiler.measured,
+        "seconds": profiler.seconds,
+    }
+    write_json(out / "stairs.json", {**summary, "groups": results})
+    lines = [
+        f"# Stairs of {spec.name} on `{device.name}`",
+        "",
+        f"{info['key']}; {a.method} search, 'same latency' within {a.rel:.0%}. Edges are the counts worth "
+        "keeping (the largest on each stair); dips are counts the engine runs slower than a larger one.",
+        "",
+        "| group | channels | edges (recommended counts) | dips measured |",
+        "|---|---:|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r['channels']} | {', '.join(map(str, r['edges']))} | "
+            f"{', '.join(map(str, r['dips'])) or '-'} |"
+        )
+    write_text(out / "stairs.md", "\n".join(lines) + "\n")
+    print(
+        f"{len(gls)} groups: {profiler.measured} points measured, {summary['saved_by_sharing']} served by the "
+        f"LUT (latency sharing), {profiler.seconds:.1f} s measuring"
+    )
+    print(
+        f"wrote {out / 'stairs.md'}, {out / 'stairs.json'}{'' if a.no_plots else ' and one plot per group'}; "
+        f"LUT: {lut_path}"
+    )

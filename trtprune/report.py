@@ -21,6 +21,7 @@ def stage_report(run) -> dict:
     from .latency import get_backend
     from .metrics import top1_onnx
     from .pipeline import load_split, resolve_weights
+    from .plots import channels_plot
     from .provenance import provenance
     from .weights import load_model, read_checkpoint
 
@@ -49,7 +50,13 @@ def stage_report(run) -> dict:
     report["engine"] = str(run.engine_path)
     report["provenance"] = provenance()
     write_json(run.path("report.json"), report)
-    plot_channels(report, run.dir / "channels.png")
+    b_ms, p_ms = timings["baseline"].median_ms, timings["pruned"].median_ms
+    channels_plot(
+        run.path("channels.png"),
+        f"{spec.name} on {run.device.name}: {b_ms:.3f} -> {p_ms:.3f} ms median ({report['speedup']:.2f}x, measured)",
+        report["method"]["channels"],
+        report["method"]["keep_channels"],
+    )
     write_text(run.path("report.md"), markdown(report))
     log.info(
         "report    | %.3f -> %.3f ms (%.2fx) | top-1 %.2f -> %.2f %%",
@@ -104,32 +111,3 @@ def markdown(r: dict) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def plot_channels(r: dict, path) -> None:
-    """Bars of each group's channels before and after pruning, with the two latencies in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .fsutil import atomic_path
-
-    keep = r["method"]["keep_channels"]
-    names = list(keep)
-    before = [r["method"]["channels"][n] for n in names]
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 3.6), layout="constrained")
-    xs = range(len(names))
-    ax.bar(xs, before, color="#c8c8c8", label="baseline")
-    ax.bar(xs, [keep[n] for n in names], color="#3b7dd8", label="pruned")
-    ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
-    ax.set_ylabel("channels")
-    b, p = r["baseline"]["latency"]["median_ms"], r["pruned"]["latency"]["median_ms"]
-    ax.set_title(
-        f"{r['model']} on {r['device']['device']}: {b:.3f} -> {p:.3f} ms median ({r['speedup']:.2f}x, measured)",
-        fontsize=9,
-    )
-    ax.legend(fontsize=8)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

@@ -13,6 +13,7 @@ from .base import Backend, Timing
 
 BACKENDS: dict[str, str] = {
     "ort": "trtprune.latency.ort:OrtBackend",  # ONNX Runtime, CPU execution provider
+    "fake": "trtprune.latency.fake:FakeBackend",  # deterministic formula, for tests only (no device uses it)
 }
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("trtprune.latency")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,18 @@ class Timing:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Back-to-back runs of one model: when they started (perf_counter seconds) and each run's time."""
+
+    start_s: float
+    samples_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return float(np.median(self.samples_ms))
 
 
 class Backend(abc.ABC):
@@ -59,10 +74,18 @@ class Backend(abc.ABC):
         """Everything that changes a latency: engine and version, device/ISA, threads, batch, precision."""
 
     @abc.abstractmethod
-    def compare(self, models: list[Path], **options) -> list[Timing]:
-        """Time ``models`` in one interleaved run; one Timing per model, in the given order."""
+    def bursts(self, models: list[Path | bytes], **options) -> list[list[Burst]]:
+        """Time ``models`` (files or serialised ONNX) in one interleaved run: ``result[model][round]``."""
 
-    def measure(self, model: Path, **options) -> Timing:
+    def compare(self, models: list[Path | bytes], **options) -> list[Timing]:
+        """One Timing per model, over all runs of one interleaved run (see ``bursts``)."""
+        timings = [Timing.from_samples([x for b in bs for x in b.samples_ms]) for bs in self.bursts(models, **options)]
+        for i, (m, t) in enumerate(zip(models, timings)):
+            level, name = (logging.DEBUG, f"model {i}") if isinstance(m, bytes) else (logging.INFO, Path(m).name)
+            log.log(level, "%-32s | %8.3f ms median | %8.3f ms p90 | n=%d", name, t.median_ms, t.p90_ms, t.n)
+        return timings
+
+    def measure(self, model: Path | bytes, **options) -> Timing:
         return self.compare([model], **options)[0]
 
     def info(self) -> dict:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import logging
 import platform
 import random
 import time
@@ -21,9 +20,7 @@ import numpy as np
 
 from ..errors import TrtpruneError
 from ..log import progress
-from .base import Backend, Timing
-
-log = logging.getLogger(__name__)
+from .base import Backend, Burst
 
 
 @lru_cache(maxsize=1)
@@ -50,10 +47,11 @@ def _ort_version() -> str:
     return ort.__version__
 
 
-def ort_session(path: str | Path, threads: int = 1, quiet_pool: bool = False):
+def ort_session(model: str | Path | bytes, threads: int = 1, quiet_pool: bool = False):
     """An ONNX Runtime CPU session as deployments run it (``ORT_ENABLE_ALL``), with explicit threads.
 
-    ``quiet_pool`` stops idle intra-op threads from spinning, for when several sessions are alive.
+    ``model`` is a file or a serialised model. ``quiet_pool`` stops idle intra-op threads from
+    spinning, for when several sessions are alive.
     """
     import onnxruntime as ort
 
@@ -66,12 +64,24 @@ def ort_session(path: str | Path, threads: int = 1, quiet_pool: bool = False):
     if quiet_pool:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        source = model if isinstance(model, bytes) else str(model)
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
+        what = "a serialised model" if isinstance(model, bytes) else f"'{model}'"
         raise TrtpruneError(
-            f"ONNX Runtime cannot load '{path}': {str(e).splitlines()[0]}",
+            f"ONNX Runtime cannot load {what}: {str(e).splitlines()[0]}",
             fix="check the file with 'trtprune export' or onnx.checker",
         ) from e
+
+
+def _timed_runs(sess, feed: dict, n: int) -> list[float]:
+    """Milliseconds of ``n`` back-to-back runs."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        sess.run(None, feed)
+        out.append((time.perf_counter_ns() - t0) / 1e6)
+    return out
 
 
 class OrtBackend(Backend):
@@ -94,58 +104,71 @@ class OrtBackend(Backend):
         return f"ort-{_ort_version()}|cpu|{model}|{isa}|t{d.threads}|b{d.batch}|{d.precision}"
 
     def _feed(self, sess) -> dict:
-        inp = sess.get_inputs()[0]
-        shape = inp.shape
-        if not all(isinstance(s, int) for s in shape):
-            raise TrtpruneError(
-                f"model input '{inp.name}' has a dynamic shape {shape}",
-                fix=f"export with a static batch (trtprune export --batch {self.device.batch})",
-            )
-        if shape[0] != self.device.batch:
-            raise TrtpruneError(
-                f"model batch is {shape[0]} but device '{self.device.name}' times batch {self.device.batch}",
-                fix=f"export with --batch {self.device.batch}",
-            )
-        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        return {inp.name: x}
+        """Random inputs of the model's static shapes; the batch must be the device's."""
+        feed, rng = {}, np.random.default_rng(0)
+        for inp in sess.get_inputs():
+            shape = inp.shape
+            if not all(isinstance(s, int) for s in shape):
+                raise TrtpruneError(
+                    f"model input '{inp.name}' has a dynamic shape {shape}",
+                    fix=f"export with a static batch (trtprune export --batch {self.device.batch})",
+                )
+            if shape[0] != self.device.batch:
+                raise TrtpruneError(
+                    f"model batch is {shape[0]} but device '{self.device.name}' times batch {self.device.batch}",
+                    fix=f"export with --batch {self.device.batch}",
+                )
+            feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
+        return feed
 
-    def compare(
-        self, models, *, rounds: int = 30, warmup: int = 10, round_ms: float = 25.0, max_runs: int = 20, seed: int = 0
-    ) -> list[Timing]:
-        """Interleaved timing. Each round gives each model ~``round_ms`` of back-to-back runs."""
+    def bursts(
+        self,
+        models,
+        *,
+        rounds: int = 30,
+        warmup: int = 10,
+        round_ms: float = 25.0,
+        max_runs: int = 20,
+        seed: int = 0,
+        renew: bool = False,
+    ) -> list[list[Burst]]:
+        """Interleaved timing of files or serialised models; ``result[model][round]`` is one burst.
+
+        Each round visits the models in a fresh random order and gives each ~``round_ms`` of back-to-back
+        runs. With ``renew`` every burst runs in a newly built session (warmed up again), so only one
+        session is alive at a time and per-session effects - where the engine happened to place weights
+        and buffers, worth 1-2 % on micro-layers here - average out over the rounds instead of biasing a
+        model for the whole run.
+        """
         assert self.active, "use the backend as a context manager"
         if rounds < 1 or warmup < 1:
             raise TrtpruneError(f"rounds={rounds}, warmup={warmup}: both must be at least 1")
-        models = [Path(m) for m in models]
-        sessions = [ort_session(m, self.device.threads, quiet_pool=len(models) > 1) for m in models]
+        models = [m if isinstance(m, bytes) else Path(m) for m in models]
+        threads, quiet = self.device.threads, len(models) > 1 and not renew
+        sessions, feeds, runs = [], [], []
+        for m in models:
+            sess = ort_session(m, threads, quiet_pool=quiet)
+            feed = self._feed(sess)
+            per_run_ms = float(np.median(_timed_runs(sess, feed, warmup)))  # first runs are slow: median
+            runs.append(max(1, min(max_runs, int(round_ms / max(per_run_ms, 1e-3)))))
+            feeds.append(feed)
+            sessions.append(None if renew else sess)
+        out: list[list[Burst]] = [[] for _ in models]
+        rng = random.Random(seed)
+        order = list(range(len(models)))
         try:
-            feeds = [self._feed(s) for s in sessions]
-            runs = []
-            for sess, feed in zip(sessions, feeds):
-                warm = []
-                for _ in range(warmup):
-                    t0 = time.perf_counter()
-                    sess.run(None, feed)
-                    warm.append((time.perf_counter() - t0) * 1e3)
-                per_run_ms = float(np.median(warm))  # the first runs are slow (allocation, packing)
-                runs.append(max(1, min(max_runs, int(round_ms / max(per_run_ms, 1e-3)))))
-            samples: list[list[float]] = [[] for _ in models]
-            rng = random.Random(seed)
-            order = list(range(len(models)))
             for _ in progress(range(rounds), desc=f"timing {len(models)} model(s)", unit="round"):
                 rng.shuffle(order)
                 for i in order:
-                    sess, feed = sessions[i], feeds[i]
-                    for _ in range(runs[i]):
-                        t0 = time.perf_counter_ns()
-                        sess.run(None, feed)
-                        samples[i].append((time.perf_counter_ns() - t0) / 1e6)
+                    sess = sessions[i]
+                    if sess is None:
+                        sess = ort_session(models[i], threads)
+                        _timed_runs(sess, feeds[i], max(2, warmup // 3))
+                    out[i].append(Burst(time.perf_counter(), _timed_runs(sess, feeds[i], runs[i])))
+                    del sess
         finally:
-            del sessions
-        timings = [Timing.from_samples(s) for s in samples]
-        for m, t in zip(models, timings):
-            log.info("%-32s | %8.3f ms median | %8.3f ms p90 | n=%d", m.name, t.median_ms, t.p90_ms, t.n)
-        return timings
+            sessions.clear()
+        return out
 
     def info(self) -> dict:
         model, isa = cpu_info()

@@ -1,0 +1,139 @@
+"""make bench-lut: how well the LUT predicts whole-network latency of pruned ResNet-56 sub-nets.
+
+Sub-nets: for calibration the dense model, two uniform prunes and a few random sub-nets; for the
+test, random per-group channel counts (any count, stair edges or not). Every sub-net is pruned for
+real, exported and checked to have exactly the planned layer shapes; all of them are measured whole
+in one interleaved run on the device. The LUT provides each layer's latency (missing points are
+measured, in one batch), the overhead model ``a + b * sum`` is fitted on the calibration nets only,
+and the test nets' predictions are compared with their measurements. Writes bench/results/lut.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from trtprune.devices import get_device
+from trtprune.export import onnx_from_torch
+from trtprune.fsutil import write_json
+from trtprune.latency import get_backend
+from trtprune.layers import layers_of
+from trtprune.log import progress, setup
+from trtprune.lut import LUT
+from trtprune.models import build_model, model_spec
+from trtprune.predict import Overhead, layer_sums, planned_points
+from trtprune.profile import Profiler
+from trtprune.provenance import provenance
+from trtprune.prune import GroupPruner, uniform_plan
+
+
+def spearman(x, y) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def random_plans(groups, n: int, seed: int) -> list[dict[str, int]]:
+    rng = np.random.default_rng(seed)
+    plans = []
+    for _ in range(n):
+        ratio = rng.uniform(0.1, 0.8)  # how much of the network this sub-net removes, roughly
+        plans.append(
+            {
+                g.name: int(np.clip(round(g.channels * (1 - ratio) * rng.uniform(0.75, 1.25)), 1, g.channels))
+                for g in groups
+            }
+        )
+    return plans
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="resnet56")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--subnets", type=int, default=20, help="random test sub-nets (default 20)")
+    ap.add_argument("--calibration", type=int, default=5, help="random calibration sub-nets (default 5)")
+    ap.add_argument("--lut", help="LUT to read and fill (default: an empty one, so every point is timed now)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="bench/results/lut.json")
+    a = ap.parse_args()
+    setup(0)
+    import onnx
+
+    spec, device = model_spec(a.model), get_device(a.device)
+    dense = build_model(spec)
+    groups = GroupPruner(dense, spec.input_shape).groups()
+    # calibration: the dense model, two uniform prunes and random sub-nets like the test ones (another
+    # seed), so the fitted overhead sees aligned and unaligned counts in the proportions it will predict
+    calib = [{g.name: g.channels for g in groups}] + [uniform_plan(groups, r, 8) for r in (0.25, 0.5)]
+    calib += random_plans(groups, a.calibration, a.seed + 1000)
+    tests = random_plans(groups, a.subnets, a.seed)
+    plans = calib + tests
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_from_torch(dense, Path(tmp) / "dense.onnx", spec.input_shape, device.batch)
+        dense_layers = layers_of(onnx.load(str(Path(tmp) / "dense.onnx")))
+        paths, points = [], []
+        for i, plan in enumerate(progress(plans, desc="prune + export")):
+            model = build_model(spec)
+            GroupPruner(model, spec.input_shape).prune_to(plan)
+            path = Path(tmp) / f"net{i}.onnx"
+            onnx_from_torch(model, path, spec.input_shape, device.batch)
+            layers = layers_of(onnx.load(str(path)))
+            planned = planned_points(dense_layers, groups, plan)
+            actual = [(layer.signature, layer.cin, layer.cout) for layer in layers.values()]
+            assert sorted(map(repr, planned)) == sorted(map(repr, actual)), f"net {i}: planned shapes differ"
+            paths.append(path)
+            points.append(planned)
+        lut_path = a.lut or Path(tmp) / "lut.sqlite"
+        with get_backend(device) as backend, LUT(lut_path) as lut:
+            measured = [t.median_ms for t in backend.compare(paths, rounds=30)]
+            profiler = Profiler(backend, lut)
+            sums = layer_sums(profiler, points)
+            info = backend.info()
+    k = len(calib)
+    overhead = Overhead.fit(sums[:k], measured[:k])
+    predicted = [overhead(s) for s in sums]
+    err = np.array([(p - m) / m for p, m in zip(predicted[k:], measured[k:])])
+    raw = np.array(sums) / np.array(measured)
+    result = {
+        **provenance("make bench-lut"),
+        "model": spec.name,
+        "device": info,
+        "n_subnets": len(tests),
+        "n_calibration": k,
+        "median_abs_rel_err": float(np.median(np.abs(err))),
+        "max_abs_rel_err": float(np.max(np.abs(err))),
+        "spearman": spearman(predicted[k:], measured[k:]),
+        "overhead": overhead.to_dict(),
+        "raw_sum_over_measured": {"min": float(raw.min()), "max": float(raw.max())},
+        "lut_points_measured": profiler.measured,
+        "lut_points_requested": profiler.requested,
+        "nets": [
+            {
+                "role": "calibration" if i < k else "test",
+                "keep_channels": plan,
+                "measured_ms": m,
+                "layer_sum_ms": s,
+                "predicted_ms": p,
+            }
+            for i, (plan, m, s, p) in enumerate(zip(plans, measured, sums, predicted))
+        ],
+    }
+    write_json(a.out, result)
+    print(
+        f"{spec.name} on {device.name}: {len(tests)} random sub-nets, overhead fitted on {k} "
+        f"(measured = {overhead.a_ms:.3f} ms + {overhead.b:.3f} x layer sum)"
+    )
+    print(f"  plain layer sum / measured: {raw.min():.2f}..{raw.max():.2f}")
+    print(
+        f"  |predicted - measured| / measured: median {result['median_abs_rel_err']:.1%}, "
+        f"max {result['max_abs_rel_err']:.1%}; Spearman {result['spearman']:.3f}"
+    )
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""A deterministic engine for tests: latency computed from the model's shapes, with ORT-like stairs.
+
+Never measured, never reported: no device uses it, so the CLI cannot select it; tests build a
+``Device(name, "fake")`` themselves. Each Conv costs its multiply-accumulates with output channels
+padded to ``BLOCK``; input channels up to one block cost what they are, above it a multiple of 4 is
+padded to ``BLOCK`` (the blocked kernel) and any other count runs a 25 % slower kernel (a dip). A Gemm
+costs its MACs; every graph pays a fixed overhead per run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .base import Backend, Burst
+
+BLOCK = 16
+PER_MAC_MS = 2e-8  # 50 GMAC/s
+PER_LAYER_MS = 0.002  # launching a layer
+PER_GRAPH_MS = 0.010  # launching a graph
+
+
+def layer_ms(op: str, cin: int, cout: int, macs_per_io: int) -> float:
+    if op == "gemm":
+        return PER_LAYER_MS + PER_MAC_MS * cin * cout * macs_per_io
+    padded_out = BLOCK * math.ceil(cout / BLOCK)
+    if cin <= BLOCK:
+        eff_in = cin
+    elif cin % 4 == 0:
+        eff_in = BLOCK * math.ceil(cin / BLOCK)
+    else:
+        eff_in = 1.25 * cin
+    return PER_LAYER_MS + PER_MAC_MS * eff_in * padded_out * macs_per_io
+
+
+def model_ms(proto) -> float:
+    """Latency of an ONNX model under the fake engine's rules."""
+    import onnx
+
+    proto = onnx.shape_inference.infer_shapes(proto)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
+    }
+    inits = {i.name: list(i.dims) for i in proto.graph.initializer}
+    total = PER_GRAPH_MS
+    for n in proto.graph.node:
+        if n.op_type == "Conv" and n.input[1] in inits:
+            cout, cin_g, kh, kw = inits[n.input[1]]
+            groups = next((a.i for a in n.attribute if a.name == "group"), 1)
+            b, _, oh, ow = shapes[n.output[0]]
+            if groups > 1:  # depthwise: per-channel work, no channel reduction
+                total += PER_LAYER_MS + PER_MAC_MS * BLOCK * math.ceil(cout / BLOCK) * b * oh * ow * kh * kw
+            else:
+                total += layer_ms("conv", cin_g, cout, b * oh * ow * kh * kw)
+        elif n.op_type == "Gemm" and n.input[1] in inits:
+            w = inits[n.input[1]]
+            batch = shapes[n.input[0]][0]
+            total += layer_ms("gemm", w[1], w[0], batch)
+    return total
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def key(self) -> str:
+        d = self.device
+        return f"fake-1|{d.name}|t{d.threads}|b{d.batch}|{d.precision}"
+
+    def bursts(self, models, *, rounds: int = 3, seed: int = 0, noise: float = 0.0, **_ignored) -> list[list[Burst]]:
+        """Each model's formula latency, ``rounds`` bursts of three identical runs (times multiplicative
+        noise if asked)."""
+        import onnx
+
+        rng = np.random.default_rng(seed)
+        out = []
+        for m in models:
+            proto = onnx.load_from_string(m) if isinstance(m, bytes) else onnx.load(str(m))
+            base = model_ms(proto)
+            out.append([Burst(float(r), [base * (1 + noise * rng.standard_normal())] * 3) for r in range(rounds)])
+        return out

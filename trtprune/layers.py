@@ -1,0 +1,184 @@
+"""Prunable layers as the engine sees them: signatures read from the exported ONNX, and micro-models.
+
+A *signature* holds everything about a layer that changes its latency except its channel counts: op,
+kernel, stride, padding, dilation, depthwise or not, input H x W, batch, precision and the ops the
+engine fuses into it (bias from the folded BN, a residual add, ReLU or ReLU6). The LUT is keyed by
+signature + (Cin, Cout), so identical layers - within a model, across models and runs - are measured
+once. A micro-model is the single layer as a tiny ONNX graph (Conv + bias [+ Add] [+ activation]),
+which ONNX Runtime fuses exactly as it fuses the layer inside the whole network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ACTIVATIONS = ("none", "relu", "relu6")
+
+
+@dataclass(frozen=True)
+class Signature:
+    op: str  # "conv" or "gemm"
+    kernel: tuple[int, int] = (1, 1)
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilation: tuple[int, int] = (1, 1)
+    depthwise: bool = False  # groups == Cin == Cout; then cin == cout always
+    hw: tuple[int, int] = (1, 1)  # input height and width
+    batch: int = 1
+    precision: str = "fp32"
+    residual: bool = False  # an Add of another tensor fused after the conv
+    act: str = "none"  # activation fused after the conv (and the add)
+
+    def key(self) -> str:
+        """A stable text form, used as the LUT key."""
+        j = lambda t: "x".join(map(str, t))  # noqa: E731
+        return (
+            f"{self.op}|k{j(self.kernel)}|s{j(self.stride)}|p{j(self.pads)}|d{j(self.dilation)}|"
+            f"{'dw' if self.depthwise else 'g1'}|hw{j(self.hw)}|b{self.batch}|{self.precision}|"
+            f"{'res' if self.residual else 'nores'}|{self.act}"
+        )
+
+    def out_hw(self) -> tuple[int, int]:
+        (h, w), (kh, kw), (sh, sw), (dh, dw) = self.hw, self.kernel, self.stride, self.dilation
+        pt, pl, pb, pr = self.pads
+        return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One prunable layer of a model: its module name, signature and current channel counts."""
+
+    name: str  # the torch module, e.g. "layer1.0.conv1"
+    signature: Signature
+    cin: int
+    cout: int
+
+
+def _attr(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints) if a.ints else (a.i if a.type == a.INT else default)
+    return default
+
+
+def layers_of(proto) -> dict[str, Layer]:
+    """Every Conv and Gemm of an exported model, keyed by torch module name (from the weight's name)."""
+    import onnx
+
+    proto = onnx.shape_inference.infer_shapes(proto)
+    shapes = {}
+    for v in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]:
+        dims = v.type.tensor_type.shape.dim
+        shapes[v.name] = tuple(d.dim_value for d in dims)
+    inits = {i.name: tuple(i.dims) for i in proto.graph.initializer}
+    consumers: dict[str, list] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+
+    def follower(output: str, allow_add: bool = True) -> tuple[bool, str]:
+        nxt = consumers.get(output, [])
+        if len(nxt) != 1:
+            return False, "none"
+        n = nxt[0]
+        if n.op_type == "Relu":
+            return False, "relu"
+        if n.op_type == "Clip":
+            return False, "relu6"
+        if n.op_type == "Add" and allow_add:
+            return True, follower(n.output[0], allow_add=False)[1]
+        return False, "none"
+
+    layers = {}
+    for n in proto.graph.node:
+        if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        name = n.input[1].removesuffix(".weight")
+        w = inits[n.input[1]]
+        x = shapes.get(n.input[0], ())
+        if n.op_type == "Conv":
+            groups = _attr(n, "group", 1)
+            kernel = tuple(_attr(n, "kernel_shape", list(w[2:])))
+            cout, cin = w[0], w[1] * groups
+            residual, act = follower(n.output[0])
+            sig = Signature(
+                "conv",
+                kernel,
+                tuple(_attr(n, "strides", [1, 1])),
+                tuple(_attr(n, "pads", [0, 0, 0, 0])),
+                tuple(_attr(n, "dilations", [1, 1])),
+                depthwise=groups > 1 and groups == cin == cout,
+                hw=tuple(x[2:4]),
+                batch=x[0],
+                residual=residual,
+                act=act,
+            )
+            if groups > 1 and not sig.depthwise:
+                continue  # grouped (not depthwise) convs are not pruned
+        else:
+            trans_b = _attr(n, "transB", 0)
+            cout, cin = (w[0], w[1]) if trans_b else (w[1], w[0])
+            sig = Signature("gemm", batch=x[0] if x else 1)
+        layers[name] = Layer(name, sig, int(cin), int(cout))
+    return layers
+
+
+def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
+    """The single layer at (cin, cout) as a serialised ONNX model with static shapes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    b = sig.batch
+    if sig.op == "gemm":
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, cin])]
+        w = numpy_helper.from_array(rng.standard_normal((cout, cin)).astype(np.float32), "w")
+        bias = numpy_helper.from_array(np.zeros(cout, np.float32), "bias")
+        nodes = [helper.make_node("Gemm", ["x", "w", "bias"], ["y"], transB=1)]
+        out_shape = [b, cout]
+        inits = [w, bias]
+    else:
+        if sig.depthwise:
+            assert cin == cout, "a depthwise layer has cin == cout"
+        groups = cin if sig.depthwise else 1
+        h, wd = sig.hw
+        oh, ow = sig.out_hw()
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, cin, h, wd])]
+        weight = rng.standard_normal((cout, cin // groups, *sig.kernel)).astype(np.float32) * 0.1
+        inits = [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.zeros(cout, np.float32), "bias")]
+        nodes = [
+            helper.make_node(
+                "Conv",
+                ["x", "w", "bias"],
+                ["conv"],
+                kernel_shape=list(sig.kernel),
+                strides=list(sig.stride),
+                pads=list(sig.pads),
+                dilations=list(sig.dilation),
+                group=groups,
+            )
+        ]
+        last = "conv"
+        if sig.residual:
+            inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [b, cout, oh, ow]))
+            nodes.append(helper.make_node("Add", [last, "r"], ["sum"]))
+            last = "sum"
+        if sig.act == "relu":
+            nodes.append(helper.make_node("Relu", [last], ["act"]))
+            last = "act"
+        elif sig.act == "relu6":
+            inits += [
+                numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                numpy_helper.from_array(np.array(6, np.float32), "hi"),
+            ]
+            nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["act"]))
+            last = "act"
+        nodes.append(helper.make_node("Identity", [last], ["y"]))
+        out_shape = [b, cout, oh, ow]
+    graph = helper.make_graph(
+        nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializer=inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="trtprune")
+    model.ir_version = 8
+    return model.SerializeToString()

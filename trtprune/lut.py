@@ -1,0 +1,121 @@
+"""The latency lookup table: a persistent SQLite store of per-layer measurements.
+
+A row is one layer signature at one (Cin, Cout) on one backend key (engine + version, device/ISA,
+threads, batch, precision). Rows are inserted one transaction per batch and never updated: the first
+measurement of a point wins, so two processes profiling into one table lose nothing, and a sweep killed
+at any moment resumes without re-measuring what it stored. WAL mode lets readers and one writer work
+at once; a busy timeout lets concurrent writers take turns. The table name carries the schema version
+(``latency_v1``), so a new schema never misreads old rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import TrtpruneError
+
+SCHEMA_VERSION = 1
+_TABLE = f"latency_v{SCHEMA_VERSION}"
+_REF_TABLE = f"reference_v{SCHEMA_VERSION}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    median_ms: float
+    p90_ms: float
+    n: int
+
+
+def default_path() -> Path:
+    from .fetch import cache_dir
+
+    return cache_dir() / "lut.sqlite"
+
+
+class LUT:
+    """``with LUT(path) as lut: lut.get(key, sig, cin, cout)``. Keys and signatures are strings."""
+
+    def __init__(self, path: str | Path | None = None, timeout_s: float = 60.0):
+        self.path = Path(path) if path else default_path()
+        self.timeout_s = timeout_s
+        self.db: sqlite3.Connection | None = None
+
+    def __enter__(self) -> LUT:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute(
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} (backend TEXT NOT NULL, signature TEXT NOT NULL, "
+                "cin INTEGER NOT NULL, cout INTEGER NOT NULL, median_ms REAL NOT NULL, p90_ms REAL NOT NULL, "
+                "n INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY (backend, signature, cin, cout))"
+            )
+            self.db.execute(
+                f"CREATE TABLE IF NOT EXISTS {_REF_TABLE} (backend TEXT PRIMARY KEY, point TEXT NOT NULL, "
+                "median_ms REAL NOT NULL, created REAL NOT NULL)"
+            )
+        except sqlite3.DatabaseError as e:
+            raise TrtpruneError(
+                f"cannot open the latency table '{self.path}': {e}",
+                why="it is not an SQLite database, or it is corrupt",
+                fix="pass another --lut, or delete the file to start an empty table",
+            ) from e
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def get_many(self, backend: str, points: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int, int], Entry]:
+        """The stored entries among ``points`` = (signature, cin, cout); absent ones are left out."""
+        out = {}
+        for sig, cin, cout in set(points):
+            row = self.db.execute(
+                f"SELECT median_ms, p90_ms, n FROM {_TABLE} WHERE backend=? AND signature=? AND cin=? AND cout=?",
+                (backend, sig, cin, cout),
+            ).fetchone()
+            if row:
+                out[(sig, cin, cout)] = Entry(*row)
+        return out
+
+    def put_many(self, backend: str, rows: dict[tuple[str, int, int], Entry]) -> int:
+        """Store new points in one transaction; returns how many were new (others already existed)."""
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self.db.total_changes
+            self.db.executemany(
+                f"INSERT OR IGNORE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(backend, s, ci, co, e.median_ms, e.p90_ms, e.n, now) for (s, ci, co), e in rows.items()],
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return self.db.total_changes - before
+
+    def reference(self, backend: str, point: str, measured_ms: float) -> float:
+        """The nominal latency of the reference point on this backend: the first one ever stored.
+
+        Every batch of measurements also times the reference; values are stored rescaled by
+        ``nominal / measured`` so that rows timed minutes or days apart share one scale.
+        """
+        self.db.execute(
+            f"INSERT OR IGNORE INTO {_REF_TABLE} VALUES (?, ?, ?, ?)", (backend, point, measured_ms, time.time())
+        )
+        stored_point, nominal = self.db.execute(
+            f"SELECT point, median_ms FROM {_REF_TABLE} WHERE backend=?", (backend,)
+        ).fetchone()
+        assert stored_point == point, f"reference changed from {stored_point} to {point}"
+        return nominal
+
+    def count(self, backend: str | None = None) -> int:
+        if backend is None:
+            return self.db.execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0]
+        return self.db.execute(f"SELECT COUNT(*) FROM {_TABLE} WHERE backend=?", (backend,)).fetchone()[0]

@@ -1,0 +1,61 @@
+"""Pictures people would rather look at than read: stair curves and channels per group (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .fsutil import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def stairs_plot(path: str | Path, title: str, stairs, current: int) -> None:
+    """Latency against channel count: measured points, the estimated curve, edges, dips, current width."""
+    plt = _pyplot()
+    curve = stairs.curve()
+    fig, ax = plt.subplots(figsize=(7.0, 3.6), layout="constrained")
+    xs = sorted(curve)
+    ax.plot(xs, [curve[c] * 1000 for c in xs], color="#b0b0b0", lw=1, label="estimate")
+    measured = sorted(stairs.latency)
+    ax.plot(measured, [stairs.latency[c] * 1000 for c in measured], "o", ms=3, color="#555555", label="measured")
+    for name, counts, style in (
+        ("edges", stairs.edges, dict(marker="^", color="#1a8f3c", ms=7)),
+        ("dips", stairs.dips, dict(marker="v", color="#c0392b", ms=6)),
+    ):
+        if counts:
+            ax.plot(counts, [stairs.latency[c] * 1000 for c in counts], ls="none", label=name, **style)
+    ax.axvline(current, color="#3b7dd8", ls="--", lw=1, label=f"current ({current})")
+    ax.set_xlabel("channels")
+    ax.set_ylabel("latency (us, layers of the group)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def channels_plot(path: str | Path, title: str, before: dict[str, int], after: dict[str, int]) -> None:
+    """Bars of each group's channels before and after pruning."""
+    plt = _pyplot()
+    names = list(after)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(names) + 2), 3.6), layout="constrained")
+    xs = range(len(names))
+    ax.bar(xs, [before[n] for n in names], color="#c8c8c8", label="baseline")
+    ax.bar(xs, [after[n] for n in names], color="#3b7dd8", label="pruned")
+    ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
+    ax.set_ylabel("channels")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)
