@@ -18,17 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from trtprune.devices import get_device
-from trtprune.export import onnx_from_torch
 from trtprune.fsutil import write_json
 from trtprune.latency import get_backend
-from trtprune.layers import layers_of
 from trtprune.log import progress, setup
 from trtprune.lut import LUT
-from trtprune.models import build_model, model_spec
-from trtprune.predict import Overhead, layer_sums, planned_points
-from trtprune.profile import Profiler
+from trtprune.models import model_spec
+from trtprune.predict import Overhead, Predictor, layer_sums
 from trtprune.provenance import provenance
-from trtprune.prune import GroupPruner, uniform_plan
+from trtprune.prune import uniform_plan
 
 
 def spearman(x, y) -> float:
@@ -61,38 +58,27 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/lut.json")
     a = ap.parse_args()
     setup(0)
-    import onnx
-
     spec, device = model_spec(a.model), get_device(a.device)
-    dense = build_model(spec)
-    groups = GroupPruner(dense, spec.input_shape).groups()
-    # calibration: the dense model, two uniform prunes and random sub-nets like the test ones (another
-    # seed), so the fitted overhead sees aligned and unaligned counts in the proportions it will predict
-    calib = [{g.name: g.channels for g in groups}] + [uniform_plan(groups, r, 8) for r in (0.25, 0.5)]
-    calib += random_plans(groups, a.calibration, a.seed + 1000)
-    tests = random_plans(groups, a.subnets, a.seed)
-    plans = calib + tests
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_from_torch(dense, Path(tmp) / "dense.onnx", spec.input_shape, device.batch)
-        dense_layers = layers_of(onnx.load(str(Path(tmp) / "dense.onnx")))
-        paths, points = [], []
-        for i, plan in enumerate(progress(plans, desc="prune + export")):
-            model = build_model(spec)
-            GroupPruner(model, spec.input_shape).prune_to(plan)
-            path = Path(tmp) / f"net{i}.onnx"
-            onnx_from_torch(model, path, spec.input_shape, device.batch)
-            layers = layers_of(onnx.load(str(path)))
-            planned = planned_points(dense_layers, groups, plan)
-            actual = [(layer.signature, layer.cin, layer.cout) for layer in layers.values()]
-            assert sorted(map(repr, planned)) == sorted(map(repr, actual)), f"net {i}: planned shapes differ"
-            paths.append(path)
-            points.append(planned)
-        lut_path = a.lut or Path(tmp) / "lut.sqlite"
-        with get_backend(device) as backend, LUT(lut_path) as lut:
-            measured = [t.median_ms for t in backend.compare(paths, rounds=30)]
-            profiler = Profiler(backend, lut)
-            sums = layer_sums(profiler, points)
-            info = backend.info()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        get_backend(device) as backend,
+        LUT(a.lut or Path(tmp) / "l.sqlite") as lut,
+    ):
+        predictor = Predictor(spec.name, backend, lut, tmp)
+        groups = predictor.groups
+        # calibration: the dense model, two uniform prunes and random sub-nets like the test ones (another
+        # seed), so the fitted overhead sees aligned and unaligned counts in the proportions it will predict
+        calib = [{g.name: g.channels for g in groups}] + [uniform_plan(groups, r, 8) for r in (0.25, 0.5)]
+        calib += random_plans(groups, a.calibration, a.seed + 1000)
+        tests = random_plans(groups, a.subnets, a.seed)
+        plans = calib + tests
+        paths = [
+            predictor.subnet(p, Path(tmp) / f"net{i}.onnx")
+            for i, p in enumerate(progress(plans, desc="prune + export"))
+        ]
+        measured = [t.median_ms for t in backend.compare(paths, rounds=30)]  # all in one interleaved run
+        sums = layer_sums(predictor.profiler, [predictor.points(p) for p in plans])
+        info, profiler = backend.info(), predictor.profiler
     k = len(calib)
     overhead = Overhead.fit(sums[:k], measured[:k])
     predicted = [overhead(s) for s in sums]

@@ -54,3 +54,53 @@ def test_the_table_name_carries_the_schema_version(tmp_path):
         pass
     tables = sqlite3.connect(tmp_path / "l.sqlite").execute("SELECT name FROM sqlite_master").fetchall()
     assert ("latency_v1",) in tables
+
+
+@pytest.mark.slow
+def test_a_profile_killed_mid_sweep_resumes_without_remeasuring(tmp_path):
+    """SIGKILL the real profiler once some batches are stored; the rerun times only what is missing."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lut_path = tmp_path / "lut.sqlite"
+    argv = [
+        sys.executable,
+        "-m",
+        "trtprune",
+        "profile",
+        "--model",
+        "resnet20",
+        "--device",
+        "cpu",
+        "--lut",
+        str(lut_path),
+        "--no-plots",
+    ]
+    proc = subprocess.Popen([*argv, "--out", str(tmp_path / "a")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stored = 0
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if lut_path.exists():
+            try:
+                stored = sqlite3.connect(lut_path, timeout=1).execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+            except sqlite3.OperationalError:
+                stored = 0
+            if stored >= 20:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the profile finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with LUT(lut_path) as lut:
+        after_kill = lut.count()  # the table is intact and holds every finished batch
+    assert after_kill >= stored > 0
+    done = subprocess.run([*argv, "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    measured = int(re.search(r"(\d+) points measured", done.stdout).group(1))
+    with LUT(lut_path) as lut:
+        final = lut.count()
+    assert measured == final - after_kill  # nothing stored before the kill was timed again
+    assert 0 < measured < final

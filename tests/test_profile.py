@@ -10,7 +10,7 @@ from trtprune.latency.fake import model_ms
 from trtprune.layers import layers_of
 from trtprune.lut import LUT
 from trtprune.models import build_model
-from trtprune.predict import Overhead, layer_sums, planned_points
+from trtprune.predict import Overhead, Predictor
 from trtprune.profile import Profiler, group_layers
 from trtprune.prune import GroupPruner, uniform_plan
 from trtprune.stairs import Tolerance
@@ -69,29 +69,20 @@ def test_the_stair_search_finds_the_fake_engines_blocks(r20, tmp_path):
     assert len(fast.latency) < 48
 
 
-def test_lut_predictions_match_whole_networks_on_the_fake_engine(r20, tmp_path):
-    groups, layers = r20
-    plans = [{g.name: g.channels for g in groups}] + [uniform_plan(groups, r, k) for r, k in ((0.5, 8), (0.3, 1))]
-    measured = []
-    for i, plan in enumerate(plans):
-        model = build_model("resnet20")
-        GroupPruner(model, SHAPE).prune_to(plan)
-        onnx_from_torch(model, tmp_path / f"n{i}.onnx", SHAPE)
-        pruned_layers = layers_of(onnx.load(str(tmp_path / f"n{i}.onnx")))
-        assert sorted(map(repr, planned_points(layers, groups, plan))) == sorted(
-            repr((p.signature, p.cin, p.cout)) for p in pruned_layers.values()
-        )
-        measured.append(model_ms(onnx.load(str(tmp_path / f"n{i}.onnx"))))
+def test_lut_predictions_match_whole_networks_on_the_fake_engine(tmp_path):
     with get_backend(FAKE) as backend, LUT(tmp_path / "lut.sqlite") as lut:
-        sums = layer_sums(Profiler(backend, lut), [planned_points(layers, groups, p) for p in plans])
-    overhead = Overhead.fit(sums, measured)
-    # the fake graph costs one fixed overhead per run, and so does each single-layer graph:
-    # whole = 10 us + layers, the sum of single layers = 20 x 10 us + layers
-    assert len(layers) == 20
-    assert overhead.b == pytest.approx(1.0, rel=1e-6)
-    assert overhead.a_ms == pytest.approx(0.010 - 20 * 0.010, rel=1e-6)
-    for s, m in zip(sums, measured):
-        assert overhead(s) == pytest.approx(m, rel=1e-9)
+        predictor = Predictor("resnet20", backend, lut, tmp_path)
+        groups = predictor.groups
+        calibration = [{g.name: g.channels for g in groups}, uniform_plan(groups, 0.5, 8)]
+        predictor.calibrate(calibration)
+        # the fake graph costs one fixed overhead per run, and so does each single-layer graph:
+        # whole = 10 us + layers, the sum of single layers = 20 x 10 us + layers
+        assert len(predictor.layers) == 20
+        assert predictor.overhead.b == pytest.approx(1.0, rel=1e-6)
+        assert predictor.overhead.a_ms == pytest.approx(0.010 - 20 * 0.010, rel=1e-6)
+        for i, keep in enumerate([uniform_plan(groups, 0.3, 1), {g.name: max(1, g.channels - 5) for g in groups}]):
+            whole = model_ms(onnx.load(str(predictor.subnet(keep, tmp_path / f"t{i}.onnx"))))
+            assert predictor.predict(keep) == pytest.approx(whole, rel=1e-9)
 
 
 def test_overhead_fit_degenerate_cases():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +66,58 @@ class Overhead:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Predictor:
+    """``predict(keep_channels) -> ms`` for one model on one device, from the LUT and a fitted overhead.
+
+    ``calibrate`` prunes a few sub-nets for real, measures them whole in one interleaved run and fits
+    the overhead model; ``subnet`` builds and exports any sub-net, checking its layers are the planned ones.
+    """
+
+    def __init__(self, model: str, backend, lut, workdir: str | Path):
+        import onnx
+
+        from .export import onnx_from_torch
+        from .layers import layers_of
+        from .models import build_model, model_spec
+        from .prune import GroupPruner
+
+        self.spec, self.backend, self.workdir = model_spec(model), backend, Path(workdir)
+        dense = build_model(self.spec)
+        self.groups = GroupPruner(dense, self.spec.input_shape).groups()
+        onnx_from_torch(dense, self.workdir / "dense.onnx", self.spec.input_shape, backend.device.batch)
+        self.layers = layers_of(onnx.load(str(self.workdir / "dense.onnx")))
+        self.profiler = Profiler(backend, lut)
+        self.overhead: Overhead | None = None
+
+    def points(self, keep: Mapping[str, int]) -> list[Point]:
+        return planned_points(self.layers, self.groups, keep)
+
+    def subnet(self, keep: Mapping[str, int], path: str | Path) -> Path:
+        """Prune a fresh model to ``keep``, export it, and check its layers are exactly the planned ones."""
+        import onnx
+
+        from .export import onnx_from_torch
+        from .layers import layers_of
+        from .models import build_model
+        from .prune import GroupPruner
+
+        model = build_model(self.spec)
+        GroupPruner(model, self.spec.input_shape).prune_to(keep)
+        onnx_from_torch(model, path, self.spec.input_shape, self.backend.device.batch)
+        actual = sorted(repr((x.signature, x.cin, x.cout)) for x in layers_of(onnx.load(str(path))).values())
+        assert actual == sorted(map(repr, self.points(keep))), f"{path}: layers differ from the plan"
+        return Path(path)
+
+    def calibrate(self, plans: list[Mapping[str, int]], rounds: int = 30) -> list[float]:
+        """Fit the overhead model on ``plans`` measured whole (one interleaved run); returns their ms."""
+        paths = [self.subnet(k, self.workdir / f"calibration{i}.onnx") for i, k in enumerate(plans)]
+        measured = [t.median_ms for t in self.backend.compare(paths, rounds=rounds)]
+        self.overhead = Overhead.fit(layer_sums(self.profiler, [self.points(k) for k in plans]), measured)
+        return measured
+
+    def predict(self, keep: Mapping[str, int]) -> float:
+        if self.overhead is None:
+            raise RuntimeError("calibrate() first")
+        return self.overhead(layer_sums(self.profiler, [self.points(keep)])[0])
