@@ -86,7 +86,7 @@ def main() -> None:
     overhead = Overhead.fit(sums[:k], measured[:k])
     predicted = [overhead(s) for s in sums]
     err = np.array([(p - m) / m for p, m in zip(predicted[k:], measured[k:])])
-    raw = np.array(sums) / np.array(measured)
+    raw = np.array([sum(s.values()) for s in sums]) / np.array(measured)
     result = {
         **provenance("make bench-lut"),
         "model": spec.name,
@@ -105,16 +105,18 @@ def main() -> None:
                 "role": "calibration" if i < k else "test",
                 "keep_channels": plan,
                 "measured_ms": m,
-                "layer_sum_ms": s,
+                "layer_sum_ms": sum(s.values()),
+                "layer_sum_ms_per_kernel": s,
                 "predicted_ms": p,
             }
             for i, (plan, m, s, p) in enumerate(zip(plans, measured, sums, predicted))
         ],
     }
     write_json(a.out, result)
+    terms = " + ".join(f"{b:.3f} x {kind or 'layers'}" for kind, b in overhead.b.items())
     print(
-        f"{spec.name} on {device.name}: {len(tests)} random sub-nets, overhead fitted on {k} "
-        f"(measured = {overhead.a_ms:.3f} ms + {overhead.b:.3f} x layer sum)"
+        f"{spec.name} on {device.name}: {len(tests)} random sub-nets, overhead fitted on {k} nets: "
+        f"measured = {overhead.a_ms:.3f} ms + {terms}"
     )
     print(f"  plain layer sum / measured: {raw.min():.2f}..{raw.max():.2f}")
     print(

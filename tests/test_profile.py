@@ -78,17 +78,23 @@ def test_lut_predictions_match_whole_networks_on_the_fake_engine(tmp_path):
         # the fake graph costs one fixed overhead per run, and so does each single-layer graph:
         # whole = 10 us + layers, the sum of single layers = 20 x 10 us + layers
         assert len(predictor.layers) == 20
-        assert predictor.overhead.b == pytest.approx(1.0, rel=1e-6)
+        assert predictor.overhead.b == {"": pytest.approx(1.0, rel=1e-6)}  # the fake engine has one kernel class
         assert predictor.overhead.a_ms == pytest.approx(0.010 - 20 * 0.010, rel=1e-6)
         for i, keep in enumerate([uniform_plan(groups, 0.3, 1), {g.name: max(1, g.channels - 5) for g in groups}]):
             whole = model_ms(onnx.load(str(predictor.subnet(keep, tmp_path / f"t{i}.onnx"))))
             assert predictor.predict(keep) == pytest.approx(whole, rel=1e-9)
 
 
-def test_overhead_fit_degenerate_cases():
-    assert Overhead.fit([2.0], [1.0]) == Overhead(0.0, 0.5)
-    fitted = Overhead.fit([1.0, 2.0, 3.0], [1.5, 2.5, 3.5])
-    assert fitted.a_ms == pytest.approx(0.5) and fitted.b == pytest.approx(1.0)
+def test_overhead_fit():
+    assert Overhead.fit([{"k": 2.0}], [1.0]) == Overhead(0.0, {"k": 0.5})
+    few = Overhead.fit([{"k": 1.0}, {"k": 2.0}, {"k": 3.0}], [1.5, 2.5, 3.5])
+    assert few.a_ms == pytest.approx(0.5) and few.b == {"k": pytest.approx(1.0)}
+    # two kernel classes that add up differently: measured = 0.1 + 0.8 * blocked + 1.3 * plain
+    sums = [{"nchwc": x, "plain": y} for x, y in ((1, 0), (2, 0.5), (0.5, 1), (1.5, 1.5), (0.2, 0.1))]
+    fitted = Overhead.fit(sums, [0.1 + 0.8 * s["nchwc"] + 1.3 * s["plain"] for s in sums])
+    assert fitted.a_ms == pytest.approx(0.1) and fitted.b == {"nchwc": pytest.approx(0.8), "plain": pytest.approx(1.3)}
+    assert fitted({"nchwc": 1.0, "plain": 2.0}) == pytest.approx(0.1 + 0.8 + 2.6)
+    assert fitted({"other": 1.0}) == pytest.approx(0.1 + 1.05)  # unseen class: the mean coefficient
 
 
 def test_profile_command_writes_tables_and_plots(tmp_path, capsys, monkeypatch):

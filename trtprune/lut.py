@@ -28,6 +28,7 @@ class Entry:
     median_ms: float
     p90_ms: float
     n: int
+    kernel: str = ""  # how the engine ran the layer, e.g. ONNX Runtime's blocked NCHWc kernels or not
 
 
 def default_path() -> Path:
@@ -53,7 +54,8 @@ class LUT:
             self.db.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} (backend TEXT NOT NULL, signature TEXT NOT NULL, "
                 "cin INTEGER NOT NULL, cout INTEGER NOT NULL, median_ms REAL NOT NULL, p90_ms REAL NOT NULL, "
-                "n INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY (backend, signature, cin, cout))"
+                "n INTEGER NOT NULL, kernel TEXT NOT NULL, created REAL NOT NULL, "
+                "PRIMARY KEY (backend, signature, cin, cout))"
             )
             self.db.execute(
                 f"CREATE TABLE IF NOT EXISTS {_REF_TABLE} (backend TEXT PRIMARY KEY, point TEXT NOT NULL, "
@@ -77,7 +79,8 @@ class LUT:
         out = {}
         for sig, cin, cout in set(points):
             row = self.db.execute(
-                f"SELECT median_ms, p90_ms, n FROM {_TABLE} WHERE backend=? AND signature=? AND cin=? AND cout=?",
+                f"SELECT median_ms, p90_ms, n, kernel FROM {_TABLE} "
+                "WHERE backend=? AND signature=? AND cin=? AND cout=?",
                 (backend, sig, cin, cout),
             ).fetchone()
             if row:
@@ -91,8 +94,8 @@ class LUT:
         try:
             before = self.db.total_changes
             self.db.executemany(
-                f"INSERT OR IGNORE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(backend, s, ci, co, e.median_ms, e.p90_ms, e.n, now) for (s, ci, co), e in rows.items()],
+                f"INSERT OR IGNORE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(backend, s, ci, co, e.median_ms, e.p90_ms, e.n, e.kernel, now) for (s, ci, co), e in rows.items()],
             )
             self.db.execute("COMMIT")
         except BaseException:

@@ -1,9 +1,11 @@
 """Whole-network latency predicted from the LUT.
 
-``predict = a + b * sum(layer latencies at the planned counts)``. The plain sum over-predicts a whole
-ResNet-56 by 1.10-1.38x on this CPU (single layers pay per-graph costs that a network shares, and the
-non-conv ops are missing), so ``a`` and ``b`` are fitted by least squares on a few whole networks
-measured on the device - in the same interleaved run as anything they are compared with.
+``predict = a + sum_k b_k * (sum of the layer latencies of kernel class k, at the planned counts)``.
+The plain sum over-predicts a whole ResNet-56 by 1.0-2.2x on this CPU (a single layer pays per-run
+costs a network pays once, the non-conv ops are missing, and blocked and unblocked kernels combine
+differently), so ``a`` and ``b`` are fitted by least squares on a few whole networks measured on the
+device, spanning the sizes to predict (a linear fit extrapolated below its smallest network was off
+by 20 % here).
 """
 
 from __future__ import annotations
@@ -35,34 +37,49 @@ def planned_points(layers: Mapping[str, Layer], groups: list[ChannelGroup], keep
     return points
 
 
-def layer_sums(profiler: Profiler, plans: list[list[Point]]) -> list[float]:
-    """The summed layer latency (ms) of each plan; every missing point of every plan in one batch."""
-    flat = [p for plan in plans for p in plan]
-    lat = profiler.latencies(flat)
+def layer_sums(profiler: Profiler, plans: list[list[Point]]) -> list[dict[str, float]]:
+    """Each plan's summed layer latency (ms) per kernel class; every missing point of every plan is
+    measured in one batch."""
+    entries = profiler.entries([p for plan in plans for p in plan])
     sums, i = [], 0
     for plan in plans:
-        sums.append(float(sum(lat[i : i + len(plan)])))
+        per_kernel: dict[str, float] = {}
+        for e in entries[i : i + len(plan)]:
+            per_kernel[e.kernel] = per_kernel.get(e.kernel, 0.0) + e.median_ms
+        sums.append(per_kernel)
         i += len(plan)
     return sums
 
 
 @dataclass(frozen=True)
 class Overhead:
-    """``measured ~ a_ms + b * layer_sum``, fitted on whole-network measurements."""
+    """``measured ~ a_ms + sum_k b[k] * (layer sum of kernel class k)``, fitted on whole networks.
+
+    One coefficient per kernel class: ONNX Runtime's blocked layers measured alone pay reorders that a
+    chain of them in a network does not, while an unblocked layer in a network adds reorders around it,
+    so the two kinds of single-layer latency add up differently.
+    """
 
     a_ms: float
-    b: float
+    b: dict[str, float]
 
     @classmethod
-    def fit(cls, layer_sums_ms, measured_ms) -> Overhead:
-        x, y = np.asarray(layer_sums_ms, float), np.asarray(measured_ms, float)
-        if len(x) < 2 or np.ptp(x) == 0:
-            return cls(0.0, float(np.median(y / x)))  # one point (or all equal): a pure scale
-        b, a = np.polyfit(x, y, 1)
-        return cls(float(a), float(b))
+    def fit(cls, sums: list[dict[str, float]], measured_ms) -> Overhead:
+        kinds = sorted({k for s in sums for k in s})
+        y = np.asarray(measured_ms, float)
+        x = np.array([[s.get(k, 0.0) for k in kinds] for s in sums])
+        if len(y) < len(kinds) + 2:  # too few networks for per-class terms: one scale, one offset
+            total = x.sum(1)
+            if len(y) < 2 or np.ptp(total) == 0:
+                return cls(0.0, dict.fromkeys(kinds, float(np.median(y / total))))
+            b, a = np.polyfit(total, y, 1)
+            return cls(float(a), dict.fromkeys(kinds, float(b)))
+        coef, *_ = np.linalg.lstsq(np.column_stack([np.ones(len(y)), x]), y, rcond=None)
+        return cls(float(coef[0]), {k: float(c) for k, c in zip(kinds, coef[1:])})
 
-    def __call__(self, layer_sum_ms: float) -> float:
-        return self.a_ms + self.b * layer_sum_ms
+    def __call__(self, sums: dict[str, float]) -> float:
+        fallback = float(np.mean(list(self.b.values())))  # a class not seen in calibration
+        return self.a_ms + sum(self.b.get(k, fallback) * v for k, v in sums.items())
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -90,30 +90,32 @@ class Profiler:
         ref_ms = np.array([m for _, m in ref_bursts])
         nominal = self.lut.reference(self.backend.key(), f"{ref[0].key()}|{cin}|{cout}", float(np.median(ref_ms)))
         out = []
-        for bs in bursts[: len(points)]:
+        for model, bs in zip(models, bursts[: len(points)]):
             ratios = [b.median_ms / np.median(ref_ms[np.argsort(np.abs(ref_t - b.start_s))[:NEAREST]]) for b in bs]
             out.append(
                 Entry(
                     float(np.median(ratios)) * nominal,
                     float(np.percentile(ratios, 90)) * nominal,
                     sum(len(b.samples_ms) for b in bs),
+                    self.backend.kernel(model),
                 )
             )
         self.measured += len(points)
         return out
 
-    def latencies(self, points: list[Point]) -> list[float]:
-        """Milliseconds of each point (on the LUT's scale), measuring what the LUT does not hold."""
+    def entries(self, points: list[Point]) -> list[Entry]:
+        """The LUT entry of each point (on the LUT's scale), measuring what the LUT does not hold."""
         self.requested += len(points)
         t0 = time.perf_counter()
-        if self.share:
-            result = self._shared(points)
-        else:
-            result = [e.median_ms for e in self._time(points)]
+        result = self._shared(points) if self.share else self._time(points)
         self.seconds += time.perf_counter() - t0
         return result
 
-    def _shared(self, points: list[Point]) -> list[float]:
+    def latencies(self, points: list[Point]) -> list[float]:
+        """Milliseconds of each point (see ``entries``)."""
+        return [e.median_ms for e in self.entries(points)]
+
+    def _shared(self, points: list[Point]) -> list[Entry]:
         """Look points up in the LUT; time the missing ones in one batch and store them."""
         key = self.backend.key()
         rows = [(s.key(), ci, co) for s, ci, co in points]
@@ -123,7 +125,7 @@ class Profiler:
             new = dict(zip(todo, self._time(list(todo.values()))))
             self.lut.put_many(key, new)
             known.update(new)
-        return [known[r].median_ms for r in rows]
+        return [known[r] for r in rows]
 
     def curve(self, gl: GroupLayers, counts: list[int]) -> dict[int, float]:
         """The group's latency (sum of its layers) at each count, measured in one batch."""

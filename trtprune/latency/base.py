@@ -85,6 +85,10 @@ class Backend(abc.ABC):
             log.log(level, "%-32s | %8.3f ms median | %8.3f ms p90 | n=%d", name, t.median_ms, t.p90_ms, t.n)
         return timings
 
+    def kernel(self, model: Path | bytes) -> str:
+        """How the engine runs a (single-layer) model, when it matters for combining layers; "" if unknown."""
+        return ""
+
     def measure(self, model: Path | bytes, **options) -> Timing:
         return self.compare([model], **options)[0]
 

@@ -170,6 +170,30 @@ class OrtBackend(Backend):
             sessions.clear()
         return out
 
+    def kernel(self, model) -> str:
+        """ "nchwc" if ONNX Runtime runs the model's conv as a blocked NCHWc kernel, else "plain".
+
+        Read from the optimised graph ONNX Runtime itself produces, not from a rule about channel
+        counts: a blocked layer measured alone pays a reorder in and out, which consecutive blocked
+        layers in a network do not, and an unblocked layer between blocked ones adds reorders.
+        """
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        with tempfile.TemporaryDirectory() as tmp:
+            opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+            ort.InferenceSession(
+                model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
+            )
+            domains = {n.domain for n in onnx.load(opts.optimized_model_filepath).graph.node}
+        return "nchwc" if "com.microsoft.nchwc" in domains else "plain"
+
     def info(self) -> dict:
         model, isa = cpu_info()
         return {
