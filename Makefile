@@ -5,8 +5,8 @@ BIN      = $(VENV)/bin
 DEVICE  ?= cpu
 MODEL   ?= resnet56
 EPOCHS  ?= 2
-RATIO   ?= 0.5
-ROUND_TO ?= 8
+METHOD  ?= locp
+BUDGET  ?= 0.5x
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
@@ -18,7 +18,8 @@ export TRTPRUNE_DATA
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2]  set up, prune, fine-tune, build and report"
+	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2 METHOD=locp BUDGET=0.5x]"
+	@echo "                                                   set up, search, prune, fine-tune, build, report"
 	@echo "make test                                          set up and run the tests"
 	@echo "make bench-profile | bench-lut                     benchmarks (figures in docs/benchmarks.md)"
 	@echo "make lint | format | clean"
@@ -32,10 +33,10 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 engine: setup
-	$(BIN)/trtprune run --model $(MODEL) --device $(DEVICE) --ratio $(RATIO) --round-to $(ROUND_TO) \
+	$(BIN)/trtprune run --model $(MODEL) --device $(DEVICE) --method $(METHOD) --budget $(BUDGET) \
 		--epochs $(EPOCHS) --name $(MODEL)-$(DEVICE)
 	$(BIN)/python bench/record_engine.py runs/$(MODEL)-$(DEVICE)/report.json bench/results/engine.json \
-		--command "make engine DEVICE=$(DEVICE) MODEL=$(MODEL) EPOCHS=$(EPOCHS) RATIO=$(RATIO) ROUND_TO=$(ROUND_TO)"
+		--command "make engine DEVICE=$(DEVICE) MODEL=$(MODEL) EPOCHS=$(EPOCHS) METHOD=$(METHOD) BUDGET=$(BUDGET)"
 
 bench-profile: setup
 	$(BIN)/python bench/bench_profile.py --device $(DEVICE)

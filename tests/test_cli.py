@@ -38,6 +38,8 @@ def finished_run(tiny_data, tmp_path_factory):
         "resnet20",
         "--weights",
         tiny_data / WEIGHTS,
+        "--budget",
+        "none",
         "--ratio",
         "0.5",
         "--round-to",
@@ -112,13 +114,13 @@ def test_report_command_remeasures(finished_run, capsys, tiny_data):
 
 def test_fresh_starts_a_run_over_with_new_settings(tiny_data, tmp_path, capsys):
     argv = ["run", "--data", tiny_data, "--model", "resnet20", "--weights", tiny_data / WEIGHTS, "--epochs", "1",
-            "--round-to", "4", "--train-limit", "64", "--eval-limit", "16", "--runs-dir", tmp_path,
+            "--budget", "none", "--round-to", "4", "--train-limit", "64", "--eval-limit", "16", "--runs-dir", tmp_path,
             "--engines-dir", tmp_path / "e", "--name", "x"]  # fmt: skip
     assert run_cli(capsys, *argv, "--ratio", "0.5")[0] == 0
     assert run_cli(capsys, *argv, "--ratio", "0.25")[0] == 2
     assert run_cli(capsys, *argv, "--ratio", "0.25", "--fresh")[0] == 0
     plan = json.loads((tmp_path / "x" / "plan.json").read_text())
-    assert plan["ratio"] == 0.25 and plan["keep_channels"]["layer1.0.conv1"] == 12
+    assert plan["meta"]["ratio"] == 0.25 and plan["keep_channels"]["layer1.0.conv1"] == 12
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
@@ -256,3 +258,116 @@ def test_list_and_groups(capsys):
     assert code == 0 and "resnet56 (pretrained)" in out and "cpu-b32" in out
     code, out, _ = run_cli(capsys, "groups", "--model", "resnet20")
     assert code == 0 and "12 prunable groups" in out
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    from trtprune import devices
+
+    monkeypatch.setitem(devices.DEVICES, "fake-test", devices.Device("fake-test", "fake"))
+    return "fake-test"
+
+
+def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device):
+    w = tiny_data / WEIGHTS
+    code, out, err = run_cli(
+        capsys,
+        "search",
+        "--data",
+        tiny_data,
+        "--model",
+        "resnet20",
+        "--weights",
+        w,
+        "--device",
+        fake_device,
+        "--budget",
+        "0.6x",
+        "--lut",
+        tmp_path / "l.sqlite",
+        "-o",
+        tmp_path / "plan.json",
+    )
+    assert code == 0, err
+    assert "locp for 0.6x" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["measured_ms"] <= 0.6 * plan["baseline_ms"] * 1.01 and plan["meta"]["importance"] == "taylor"
+    code, out, _ = run_cli(
+        capsys,
+        "prune",
+        "--data",
+        tiny_data,
+        "--model",
+        "resnet20",
+        "--weights",
+        w,
+        "--plan",
+        tmp_path / "plan.json",
+        "--importance",
+        "taylor",
+        "-o",
+        tmp_path / "p.pt",
+    )
+    assert code == 0 and "pruned to" in out
+    from trtprune.prune import GroupPruner
+    from trtprune.weights import load_model
+
+    model, _ = load_model("resnet20", tmp_path / "p.pt")
+    assert {g.name: g.channels for g in GroupPruner(model, (3, 32, 32)).groups()} == plan["keep_channels"]
+    code, _, err = run_cli(
+        capsys,
+        "search",
+        "--data",
+        tiny_data,
+        "--model",
+        "resnet20",
+        "--weights",
+        w,
+        "--device",
+        fake_device,
+        "--budget",
+        "0.01x",
+        "--lut",
+        tmp_path / "l.sqlite",
+        "-o",
+        tmp_path / "x.json",
+    )
+    assert code == 2 and "smallest latency reachable" in err and not (tmp_path / "x.json").exists()
+
+
+def test_run_with_a_latency_search(tiny_data, tmp_path, capsys, fake_device):
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--data",
+        tiny_data,
+        "--model",
+        "resnet20",
+        "--weights",
+        tiny_data / WEIGHTS,
+        "--device",
+        fake_device,
+        "--method",
+        "knapsack",
+        "--budget",
+        "0.5x",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "64",
+        "--eval-limit",
+        "16",
+        "--lut",
+        tmp_path / "l.sqlite",
+        "--runs-dir",
+        tmp_path,
+        "--engines-dir",
+        tmp_path / "e",
+        "--name",
+        "k",
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "k" / "report.json").read_text())
+    assert report["method"]["method"] == "knapsack" and report["method"]["budget"] == "0.5x"
+    assert report["pruned"]["latency"]["median_ms"] <= 0.5 * report["baseline"]["latency"]["median_ms"] * 1.01
+    assert "knapsack search for a budget of 0.5x" in (tmp_path / "k" / "report.md").read_text()

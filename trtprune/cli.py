@@ -45,12 +45,36 @@ def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"{', '.join(DEVICES)} (default: {DEFAULT_DEVICE})")
 
 
-def _pruning(p: argparse.ArgumentParser) -> None:
+def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
     from .importance import IMPORTANCE
 
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of every channel group to remove (default 0.5)")
-    p.add_argument("--round-to", type=int, default=8, help="keep a multiple of this many channels (default 8)")
-    p.add_argument("--importance", default="l1", choices=list(IMPORTANCE), help="which channels go (default l1)")
+    p.add_argument(
+        "--ratio", type=float, default=0.5, help="uniform pruning: fraction of every group to remove (default 0.5)"
+    )
+    p.add_argument(
+        "--round-to", type=int, default=8, help="uniform and flops: keep a multiple of this many channels (default 8)"
+    )
+    p.add_argument(
+        "--importance",
+        default=importance,
+        choices=list(IMPORTANCE),
+        help=f"which channels go, and the search's cost (default {importance}; taylor needs data)",
+    )
+
+
+def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
+    from .search import SEARCHERS
+
+    p.add_argument("--method", default="locp", choices=list(SEARCHERS), help="search (default locp)")
+    p.add_argument(
+        "--budget",
+        default=budget,
+        help="latency budget as a fraction of the baseline measured on the "
+        f"device, e.g. 0.5x{f' (default {budget})' if budget else ''}"
+        + ("; 'none' for plain uniform pruning by --ratio" if budget else ""),
+    )
+    p.add_argument("--budget-ms", type=float, help="latency budget in milliseconds instead")
+    p.add_argument("--lut", help="latency table (default: lut.sqlite in the user cache)")
 
 
 def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
@@ -116,9 +140,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rel", type=float, default=0.01, help="latencies within this fraction are the same (0.01)")
     p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
     p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")
-    p = add("prune", C.cmd_prune, "prune every channel group by a uniform ratio")
+    p = add("search", C.cmd_search, "search per-group channel counts that meet a latency budget on the device")
+    _model(p)
+    _device(p)
+    _searching(p, budget=None)
+    _pruning(p, importance="taylor")
+    p.add_argument("-o", "--output", required=True, help="plan to write (.json)")
+    p = add("prune", C.cmd_prune, "prune to a plan (from trtprune search), or every group by a uniform ratio")
     _model(p)
     _pruning(p)
+    p.add_argument("--plan", help="plan to apply (default: uniform pruning by --ratio)")
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write (.pt); the plan goes beside it")
     p = add("finetune", C.cmd_finetune, "fine-tune a (pruned) checkpoint; a checkpoint is written every epoch")
     _model(p, "the checkpoint to fine-tune (e.g. from trtprune prune)", weights_required=True)
@@ -134,10 +165,11 @@ def parser() -> argparse.ArgumentParser:
     p = add("report", C.cmd_report, "re-measure and rewrite the report of a finished run")
     p.add_argument("run_dir", help="runs/<name>")
     p.add_argument("--engines-dir", default="engines")
-    p = add("run", C.cmd_run, "export, prune, fine-tune, build and report, in a run directory (resumable)")
+    p = add("run", C.cmd_run, "export, search, prune, fine-tune, build and report, in a run directory (resumable)")
     _model(p)
     _device(p)
-    _pruning(p)
+    _searching(p)
+    _pruning(p, importance="taylor")
     _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument("--name", help="run name (default: <model>-<device>)")

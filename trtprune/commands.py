@@ -107,13 +107,73 @@ def cmd_eval(a) -> None:
     print(f"top-1 {acc:.2f} % on {len(x):,} {a.split} images: {what}")
 
 
+def _budget(a):
+    from .search import Budget
+
+    if a.budget_ms is not None:
+        return Budget.parse(ms=a.budget_ms)
+    if a.budget is None or str(a.budget).lower() == "none":
+        return None
+    return Budget.parse(a.budget)
+
+
+def cmd_search(a) -> None:
+    import tempfile
+
+    from .devices import get_device
+    from .pipeline import resolve_weights
+    from .search import runner
+
+    budget = _budget(a)
+    if budget is None:
+        raise TrtpruneError("trtprune search needs a budget", fix="pass --budget 0.5x or --budget-ms 1.2")
+    device = get_device(a.device)
+    weights = resolve_weights(a.model, a.weights, a.data)
+    with tempfile.TemporaryDirectory(prefix="trtprune-search-") as tmp:
+        plan = runner.search(
+            a.model,
+            weights,
+            device,
+            budget,
+            a.method,
+            workdir=Path(tmp),
+            lut_path=a.lut,
+            importance=a.importance,
+            data=a.data,
+            round_to=a.round_to,
+        )
+    plan.save(a.output)
+    print(
+        f"wrote {a.output}: {plan.method} for {plan.budget} on {device.name}: measured {plan.measured_ms:.3f} ms vs "
+        f"baseline {plan.baseline_ms:.3f} ms ({plan.measured_ms / plan.baseline_ms:.3f}x; predicted "
+        f"{plan.predicted_ms:.3f} ms), search {plan.meta['search_s']:.0f} s"
+    )
+
+
 def cmd_prune(a) -> None:
     from .fsutil import write_json
     from .pipeline import resolve_weights
-    from .prune import prune_uniform
+    from .prune import GroupPruner, prune_uniform
     from .weights import load_model, save_pruned
 
     model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+    if a.plan:
+        from .search import Plan
+        from .search.runner import channel_scores
+
+        loaded = Plan.load(a.plan)
+        if loaded.model != spec.name:
+            raise TrtpruneError(
+                f"plan '{a.plan}' is for {loaded.model}, not {spec.name}", fix=f"use --model {loaded.model}"
+            )
+        pruner = GroupPruner(model, spec.input_shape)
+        pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
+        save_pruned(a.output, model, spec.name, pruner.history(), plan=loaded.keep_channels)
+        print(
+            f"wrote {a.output}: pruned to {a.plan} ({sum(loaded.keep_channels.values())} of "
+            f"{sum(loaded.channels.values())} channels kept)"
+        )
+        return
     plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance)
     save_pruned(a.output, model, spec.name, history, plan=plan["keep_channels"])
     plan_path = Path(a.output).with_suffix(".plan.json")
@@ -169,10 +229,13 @@ def cmd_build(a) -> None:
 def cmd_run(a) -> None:
     from .pipeline import Run, RunConfig, run_all
 
+    budget = _budget(a)
     cfg = RunConfig(
         model=a.model,
         weights=a.weights,
         device=a.device,
+        method=a.method,
+        budget=None if budget is None else (f"{budget.ms}ms" if budget.ms is not None else str(budget)),
         ratio=a.ratio,
         round_to=a.round_to,
         importance=a.importance,
@@ -180,7 +243,7 @@ def cmd_run(a) -> None:
         eval_limit=a.eval_limit,
     )
     name = a.name or f"{Path(cfg.model.split(':')[0]).stem}-{cfg.device}"
-    with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh) as run:
+    with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut) as run:
         report = run_all(run)
     b, p = report["baseline"], report["pruned"]
     print(

@@ -28,9 +28,11 @@ class RunConfig:
     model: str = "resnet56"
     weights: str | None = None  # None: the model's published checkpoint from the data root
     device: str = DEFAULT_DEVICE
-    ratio: float = 0.5  # fraction of every channel group removed (uniform pruning)
-    round_to: int = 8  # keep a multiple of this many channels per group
-    importance: str = "l1"  # which channels go: see trtprune.importance
+    method: str = "locp"  # a key of trtprune.search.SEARCHERS
+    budget: str | None = "0.5x"  # latency budget, fraction of the baseline ("0.5x") or "1.2ms"; None: no search
+    ratio: float = 0.5  # uniform pruning without a budget: fraction of every channel group removed
+    round_to: int = 8  # uniform and flops: keep a multiple of this many channels per group
+    importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.importance
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
 

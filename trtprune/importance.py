@@ -7,6 +7,12 @@ the lowest scores are removed first.
   producers' filters and the consumers' input slices), Torch-Pruning's group magnitude with p=1.
 * ``l2``: the same with the L2 norm.
 * ``bn``: the absolute BN scale (gamma) of the channel, summed over the group's BNs (Liu et al. 2017).
+* ``taylor``: first-order Taylor estimate of the loss change when the channel is removed (Molchanov
+  et al. 2019), ``|sum over the channel's weights of w * dL/dw|`` summed over the group, with the
+  gradient of the cross-entropy accumulated over a few training batches (eval-mode BN). Unlike the
+  magnitudes it is in units of loss, so scores compare across groups: the latency searches use it.
+
+Sums, not means, over a group's layers: a channel that feeds many layers carries more.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ IMPORTANCE: dict[str, tuple[str, dict]] = {
     "l1": ("GroupMagnitudeImportance", {"p": 1, "group_reduction": "sum", "normalizer": None}),
     "l2": ("GroupMagnitudeImportance", {"p": 2, "group_reduction": "sum", "normalizer": None}),
     "bn": ("BNScaleImportance", {"group_reduction": "sum", "normalizer": None}),
+    "taylor": ("GroupTaylorImportance", {"group_reduction": "sum", "normalizer": None, "multivariable": True}),
 }
+NEEDS_GRADIENTS = {"taylor"}
 
 
 def get_importance(name: str):
@@ -29,3 +37,15 @@ def get_importance(name: str):
         raise TrtpruneError(f"unknown importance criterion '{name}'", fix=f"use one of {', '.join(IMPORTANCE)}")
     cls, kwargs = IMPORTANCE[name]
     return getattr(tp.importance, cls)(**kwargs)
+
+
+def accumulate_gradients(model, batches) -> None:
+    """Sum the cross-entropy gradient over ``batches`` into ``param.grad`` (BN in eval mode)."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for xb, yb in batches:
+            F.cross_entropy(model(xb), yb, reduction="sum").backward()

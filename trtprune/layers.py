@@ -182,3 +182,12 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="trtprune")
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def macs(sig: Signature, cin: int, cout: int) -> int:
+    """Multiply-accumulates of one layer at (cin, cout), for one image."""
+    if sig.op == "gemm":
+        return cin * cout
+    oh, ow = sig.out_hw()
+    per_out = sig.kernel[0] * sig.kernel[1] * (1 if sig.depthwise else cin)
+    return per_out * cout * oh * ow

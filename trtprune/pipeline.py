@@ -23,6 +23,7 @@ from .devices import get_device
 from .errors import TrtpruneError
 from .finetune import finetune
 from .fsutil import atomic_path, write_json
+from .search.plan import Budget
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class Run:
         data: str | None = None,
         engines_dir: str | Path = "engines",
         fresh: bool = False,
+        lut: str | Path | None = None,
     ):
-        self.dir, self.cfg, self.data = Path(directory), cfg, data
+        self.dir, self.cfg, self.data, self.lut = Path(directory), cfg, data, lut
         self.engines_dir = Path(engines_dir)
         self.device = get_device(cfg.device)
         self.fresh = fresh
@@ -91,6 +93,7 @@ class Run:
             if self.fresh:
                 for name in self.FILES:
                     self.path(name).unlink(missing_ok=True)
+                shutil.rmtree(self.dir / "search", ignore_errors=True)
             self._check_config()
         except BlockingIOError:
             self._lock.close()
@@ -161,15 +164,64 @@ def stage_baseline(run: Run, out: Path) -> None:
     onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 
+def budget_of(cfg) -> Budget | None:
+    """The run's budget: "0.5x" of the baseline or "1.2ms"; None for a plain uniform ratio."""
+    if cfg.budget is None:
+        return None
+    text = str(cfg.budget).strip()
+    return Budget.parse(ms=float(text[:-2])) if text.endswith("ms") else Budget.parse(text)
+
+
+@stage("search", "plan.json")
+def stage_search(run: Run, out: Path) -> None:
+    from .search import runner
+    from .search.plan import Plan
+
+    cfg, budget = run.cfg, budget_of(run.cfg)
+    if budget is None:
+        from .prune import GroupPruner, uniform_plan
+
+        model, spec = _load_base(run)
+        groups = GroupPruner(model, spec.input_shape).groups()
+        plan = Plan(
+            spec.name,
+            run.device.name,
+            "uniform",
+            f"ratio {cfg.ratio}",
+            uniform_plan(groups, cfg.ratio, cfg.round_to),
+            {g.name: g.channels for g in groups},
+            meta={"ratio": cfg.ratio, "round_to": cfg.round_to},
+        )
+    else:
+        weights = resolve_weights(cfg.model, cfg.weights, run.data)
+        plan = runner.search(
+            cfg.model,
+            weights,
+            run.device,
+            budget,
+            cfg.method,
+            workdir=run.dir / "search",
+            lut_path=run.lut,
+            importance=cfg.importance,
+            data=run.data,
+            round_to=cfg.round_to,
+        )
+    plan.save(out)
+
+
 @stage("prune", "pruned.pt")
 def stage_prune(run: Run, out: Path) -> None:
-    from .prune import prune_uniform
+    from .prune import GroupPruner
+    from .search.plan import Plan
+    from .search.runner import channel_scores
     from .weights import save_pruned
 
+    plan = Plan.load(run.path("plan.json"))
     model, spec = _load_base(run)
-    plan, history = prune_uniform(model, spec.input_shape, run.cfg.ratio, run.cfg.round_to, run.cfg.importance)
-    write_json(run.path("plan.json"), plan)
-    save_pruned(out, model, spec.name, history, plan=plan["keep_channels"])
+    scores = channel_scores(model, spec, run.cfg.importance, run.data)
+    pruner = GroupPruner(model, spec.input_shape)
+    pruner.prune_to(plan.keep_channels, scores=scores)
+    save_pruned(out, model, spec.name, pruner.history(), plan=plan.keep_channels)
 
 
 @stage("finetune", "model.pt")
@@ -222,6 +274,7 @@ def run_all(run: Run) -> dict:
     if run.cfg.finetune.epochs < 1:
         raise TrtpruneError("a run fine-tunes at least one epoch", fix="use --epochs 1 or more")
     stage_baseline(run)
+    stage_search(run)
     stage_prune(run)
     stage_finetune(run)
     stage_build(run)

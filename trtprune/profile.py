@@ -73,6 +73,7 @@ class Profiler:
     measured: int = 0  # points timed by this profiler
     requested: int = 0  # points asked for, with repeats (what a profiler without sharing would time)
     seconds: float = 0.0  # wall time spent measuring
+    _seen: dict = field(default_factory=dict, repr=False)  # entries already read or timed in this process
 
     def _time(self, points: list[Point]) -> list[Entry]:
         """Time points in one interleaved run with copies of the reference, on the reference scale.
@@ -116,16 +117,18 @@ class Profiler:
         return [e.median_ms for e in self.entries(points)]
 
     def _shared(self, points: list[Point]) -> list[Entry]:
-        """Look points up in the LUT; time the missing ones in one batch and store them."""
+        """Look points up (in memory, then in the LUT); time the missing ones in one batch, store them."""
         key = self.backend.key()
         rows = [(s.key(), ci, co) for s, ci, co in points]
-        known = self.lut.get_many(key, rows)
-        todo = {r: p for r, p in zip(rows, points) if r not in known}
-        if todo:
-            new = dict(zip(todo, self._time(list(todo.values()))))
-            self.lut.put_many(key, new)
-            known.update(new)
-        return [known[r] for r in rows]
+        missing = [r for r in rows if r not in self._seen]
+        if missing:
+            self._seen.update(self.lut.get_many(key, missing))
+            todo = {r: p for r, p in zip(rows, points) if r not in self._seen}
+            if todo:
+                new = dict(zip(todo, self._time(list(todo.values()))))
+                self.lut.put_many(key, new)
+                self._seen.update(new)
+        return [self._seen[r] for r in rows]
 
     def curve(self, gl: GroupLayers, counts: list[int]) -> dict[int, float]:
         """The group's latency (sum of its layers) at each count, measured in one batch."""

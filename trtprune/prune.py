@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -130,9 +131,31 @@ class GroupPruner:
         found = [self._describe(g) for g in self._tp_groups()]
         return sorted(found, key=lambda g: self._order[g.name])
 
-    def prune_to(self, plan: Mapping[str, int], importance: str = "l1") -> None:
-        """Keep ``plan[name]`` channels of each named group, dropping the least important ones."""
+    def scores(self, importance: str = "l1", batches=None) -> dict[str, np.ndarray]:
+        """One importance score per channel of every group, before any pruning (see trtprune.importance).
+
+        Criteria that need gradients take them from ``batches`` (a few (x, y) training batches).
+        """
+        from .importance import NEEDS_GRADIENTS, accumulate_gradients
+
         scorer = get_importance(importance)
+        if importance in NEEDS_GRADIENTS:
+            if batches is None:
+                raise TrtpruneError(
+                    f"importance '{importance}' needs training data", fix="give the data (--data), or use l1, l2 or bn"
+                )
+            accumulate_gradients(self.model, batches)
+        out = {}
+        for tp_group in self._tp_groups():
+            out[self._describe(tp_group).name] = scorer(tp_group).detach().cpu().numpy().astype(np.float64)
+        if importance in NEEDS_GRADIENTS:
+            self.model.zero_grad(set_to_none=True)
+        return out
+
+    def prune_to(self, plan: Mapping[str, int], importance: str = "l1", scores: Mapping | None = None) -> None:
+        """Keep ``plan[name]`` channels of each named group, dropping the least important ones (by
+        ``scores`` from :meth:`scores` if given, else by the ``importance`` criterion)."""
+        scorer = get_importance(importance) if scores is None else None
         todo = dict(plan)
         current = {g.name: g for g in self.groups()}
         unknown = sorted(set(todo) - set(current))
@@ -154,8 +177,8 @@ class GroupPruner:
                 )
             if keep == info.channels:
                 continue
-            scores = scorer(tp_group)
-            drop = torch.argsort(scores)[: info.channels - keep].tolist()
+            group_scores = torch.as_tensor(scores[info.name]) if scores is not None else scorer(tp_group)
+            drop = torch.argsort(group_scores, stable=True)[: info.channels - keep].tolist()
             root = tp_group[0].dep
             self.dg.get_pruning_group(root.target.module, root.handler, sorted(drop)).prune()
             log.debug("%-24s | %4d -> %4d ch", info.name, info.channels, keep)

@@ -69,6 +69,16 @@ def stage_report(run) -> dict:
     return report
 
 
+def _method(m: dict) -> str:
+    if m.get("predicted_ms") is None:
+        return f"{m['method']} ({m['budget']}, round to {m['meta'].get('round_to')})"
+    return (
+        f"{m['method']} search for a budget of {m['budget']} (during the search: predicted "
+        f"{m['predicted_ms']:.3f} ms, measured {m['measured_ms']:.3f} ms against a baseline of "
+        f"{m['baseline_ms']:.3f} ms in the same run; {m['meta'].get('importance')} importance)"
+    )
+
+
 def markdown(r: dict) -> str:
     d, b, p, m = r["device"], r["baseline"], r["pruned"], r["method"]
     engine = f"{d.get('engine', d['backend'])} {d.get('engine_version', '')}"
@@ -94,7 +104,7 @@ def markdown(r: dict) -> str:
         row("MACs", num, "macs"),
         "",
         f"**Speed-up: {r['speedup']:.2f}x** (median latency, measured). "
-        f"Method: {m.get('method')} (ratio {m.get('ratio')}, round to {m.get('round_to')}); "
+        f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
         f"Deployable model: `{r['engine']}`.",

@@ -1,0 +1,29 @@
+"""Latency-budgeted searches, one registry: ``SEARCHERS[name]`` is ``"module:Class"`` (imported on use).
+
+Every searcher works on a :class:`SearchSpace` (stair-edge candidates, importance costs, a LUT latency
+model) and shares the measure-and-tighten loop of :class:`Searcher`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import TrtpruneError
+from .plan import Budget, Plan
+
+SEARCHERS: dict[str, str] = {
+    "locp": "trtprune.search.locp:LOCP",  # stair edges + two-stage benefit assessment (default)
+    "knapsack": "trtprune.search.knapsack:Knapsack",  # HALP-style grouped knapsack
+    "uniform": "trtprune.search.baselines:Uniform",  # one ratio everywhere (round_to)
+    "flops": "trtprune.search.baselines:Flops",  # global magnitude to a MACs target (round_to)
+}
+
+
+def get_searcher(name: str, **options):
+    if name not in SEARCHERS:
+        raise TrtpruneError(f"unknown search method '{name}'", fix=f"use one of {', '.join(SEARCHERS)}")
+    module, cls = SEARCHERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)
+
+
+__all__ = ["SEARCHERS", "Budget", "Plan", "get_searcher"]

@@ -1,0 +1,99 @@
+"""Plans (absolute channel counts per group) and latency budgets."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import TrtpruneError
+from ..fsutil import write_json
+
+PLAN_FORMAT = "trtprune.plan/1"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A latency budget: a fraction of the baseline measured on the device, or milliseconds."""
+
+    fraction: float | None = None
+    ms: float | None = None
+
+    @classmethod
+    def parse(cls, text: str | None = None, ms: float | None = None) -> Budget:
+        """``"0.5x"`` (or ``"0.5"``) of the baseline, or ``ms`` milliseconds; exactly one of them."""
+        if (text is None) == (ms is None):
+            raise TrtpruneError("give one latency budget", fix="use --budget 0.5x (of the baseline) or --budget-ms 1.2")
+        if ms is not None:
+            if not ms > 0:
+                raise TrtpruneError(f"--budget-ms {ms} is not a latency", fix="give milliseconds > 0, e.g. 1.2")
+            return cls(ms=float(ms))
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*x?\s*", str(text))
+        if not m:
+            raise TrtpruneError(f"cannot read the budget '{text}'", fix="write a fraction of the baseline, e.g. 0.5x")
+        fraction = float(m.group(1))
+        if not 0 < fraction < 1:
+            raise TrtpruneError(
+                f"budget {fraction}x is not below the baseline",
+                why="a budget is a fraction of the unpruned latency, between 0 and 1",
+                fix="use e.g. --budget 0.5x",
+            )
+        return cls(fraction=fraction)
+
+    def target_ms(self, baseline_ms: float) -> float:
+        return self.ms if self.ms is not None else self.fraction * baseline_ms
+
+    def __str__(self) -> str:
+        return f"{self.fraction:g}x" if self.fraction is not None else f"{self.ms:g} ms"
+
+
+@dataclass
+class Plan:
+    """What a search decided: channels to keep per group, and the latency it expects and measured."""
+
+    model: str
+    device: str
+    method: str
+    budget: str
+    keep_channels: dict[str, int]
+    channels: dict[str, int]  # the unpruned counts, for reference
+    lut_key: str = ""
+    baseline_ms: float | None = None  # measured, in the same run as measured_ms
+    predicted_ms: float | None = None
+    measured_ms: float | None = None
+    meta: dict = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {"format": PLAN_FORMAT, **asdict(self)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.is_file():
+            raise TrtpruneError(f"plan '{path}' does not exist", fix="make one with trtprune search")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise TrtpruneError(f"plan '{path}' is not JSON: {e}", fix="make it again with trtprune search") from e
+        if not isinstance(d, dict) or d.pop("format", None) != PLAN_FORMAT:
+            raise TrtpruneError(
+                f"'{path}' is not a trtprune plan",
+                why=f'expected "format": "{PLAN_FORMAT}"',
+                fix="make it with trtprune search",
+            )
+        try:
+            plan = cls(**d)
+        except TypeError as e:
+            raise TrtpruneError(f"plan '{path}' is malformed: {e}", fix="make it again with trtprune search") from e
+        bad = {
+            g: k
+            for g, k in plan.keep_channels.items()
+            if not isinstance(k, int) or not 1 <= k <= plan.channels.get(g, 0)
+        }
+        if bad:
+            raise TrtpruneError(
+                f"plan '{path}' keeps impossible channel counts: {bad}",
+                fix="each count must be between 1 and the group's channels",
+            )
+        return plan

@@ -1,0 +1,95 @@
+"""What every latency-aware searcher works on: groups, candidate counts, costs and a latency model.
+
+* **Candidates** of a group are the edges of its measured stairs (the largest count on each latency
+  stair, other groups at full width), above a floor (``min_fraction`` of the channels) - counts inside
+  a stair or on a dip buy no latency. The full width is always a candidate.
+* **Cost** of keeping ``k`` channels is the importance of the channels removed: the sum of the
+  ``C - k`` smallest scores (Taylor scores are in units of loss, so costs add across groups).
+* **Latency** of a plan is predicted from the LUT with every layer at its joint (Cin, Cout), so the
+  coupling between a producer group and its consumers is in every estimate; ``confirm`` measures the
+  sub-net whole next to the baseline, in one interleaved run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..predict import Predictor, layer_sums
+from ..profile import group_layers
+from ..stairs import Tolerance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSpace:
+    predictor: Predictor
+    scores: dict[str, np.ndarray]  # importance per channel, per group
+    candidates: dict[str, list[int]]  # ascending, ending with the full width
+    baseline_ms: float  # the dense model, measured whole
+    evaluations: int = 0  # latency predictions made
+    _cost_cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        predictor: Predictor,
+        scores: Mapping[str, np.ndarray],
+        tol: Tolerance | None = None,
+        min_fraction: float = 0.1,
+        calibration: list | None = None,
+    ) -> SearchSpace:
+        """Profile every group's stairs (LUT, shared), then calibrate the latency model on the dense
+        model and a few uniform prunes measured whole."""
+        from ..prune import uniform_plan
+
+        groups, tol = predictor.groups, tol or Tolerance()
+        candidates = {}
+        for gl in group_layers(groups, predictor.layers):
+            g = gl.group
+            edges = predictor.profiler.stairs(gl, tol).edges
+            floor = max(1, math.ceil(min_fraction * g.channels))
+            candidates[g.name] = sorted({c for c in edges if c >= floor} | {g.channels})
+        plans = calibration or [{g.name: g.channels for g in groups}] + [uniform_plan(groups, r, 8) for r in (0.3, 0.6)]
+        measured = predictor.calibrate(plans)
+        log.info(
+            "search space | %d groups, %d candidates | baseline %.3f ms | overhead %s",
+            len(groups),
+            sum(map(len, candidates.values())),
+            measured[0],
+            predictor.overhead,
+        )
+        return cls(predictor, dict(scores), candidates, measured[0])
+
+    @property
+    def full(self) -> dict[str, int]:
+        return {g: c[-1] for g, c in self.candidates.items()}
+
+    def cost(self, group: str, keep: int) -> float:
+        """Importance removed by keeping ``keep`` channels of ``group``."""
+        key = (group, keep)
+        if key not in self._cost_cache:
+            s = np.sort(self.scores[group])
+            self._cost_cache[key] = float(s[: len(s) - keep].sum())
+        return self._cost_cache[key]
+
+    def total_cost(self, keep: Mapping[str, int]) -> float:
+        return sum(self.cost(g, k) for g, k in keep.items())
+
+    def predict(self, plans: list[Mapping[str, int]]) -> list[float]:
+        """Predicted whole-network ms of each plan; every missing LUT point timed in one batch."""
+        p = self.predictor
+        self.evaluations += len(plans)
+        return [p.overhead(s) for s in layer_sums(p.profiler, [p.points(k) for k in plans])]
+
+    def confirm(self, keep: Mapping[str, int], tag: str, rounds: int = 30) -> tuple[float, float]:
+        """(baseline ms, sub-net ms), both measured whole in one interleaved run."""
+        p = self.predictor
+        path = p.subnet(keep, p.workdir / f"{tag}.onnx")
+        base, sub = p.backend.compare([p.workdir / "dense.onnx", path], rounds=rounds)
+        return base.median_ms, sub.median_ms
