@@ -95,6 +95,10 @@ def test_overhead_fit():
     assert fitted.a_ms == pytest.approx(0.1) and fitted.b == {"nchwc": pytest.approx(0.8), "plain": pytest.approx(1.3)}
     assert fitted({"nchwc": 1.0, "plain": 2.0}) == pytest.approx(0.1 + 0.8 + 2.6)
     assert fitted({"other": 1.0}) == pytest.approx(0.1 + 1.05)  # unseen class: the mean coefficient
+    # a class that is a sliver of every network cannot get its own coefficient: one shared one instead
+    sliver = [{"nchwc": x, "plain": 0.001 * i} for i, x in enumerate((1.0, 1.5, 0.7, 1.2, 0.4))]
+    pooled = Overhead.fit(sliver, [0.2 + 1.1 * sum(s.values()) for s in sliver])
+    assert pooled.b == {"nchwc": pytest.approx(1.1), "plain": pytest.approx(1.1)}
 
 
 def test_profile_command_writes_tables_and_plots(tmp_path, capsys, monkeypatch):

@@ -25,18 +25,25 @@ class Searcher(abc.ABC):
     def propose(self, space: SearchSpace, target_ms: float, start: Mapping[str, int]) -> dict[str, int]:
         """Channel counts whose *predicted* latency is at most ``target_ms`` (starting from ``start``)."""
 
-    def search(self, space: SearchSpace, budget: Budget, max_rounds: int = 5, slack: float = 0.01) -> dict:
-        """Propose, measure whole next to the baseline, tighten, until the measured ratio meets the budget
-        (within ``slack`` of measurement noise). Returns the plan and its record."""
+    def search(
+        self, space: SearchSpace, budget: Budget, max_rounds: int = 8, slack: float = 0.01, band: float = 0.03
+    ) -> dict:
+        """Propose, measure whole next to the baseline, adjust, until the measured latency is within
+        ``band`` below the budget (``slack`` above it is measurement noise). The target moves by what each
+        measurement says, both ways: tighter when the model was optimistic, looser when it was
+        pessimistic - a plan far under budget gives away accuracy. Returns the cheapest plan that met
+        the budget (least importance removed), and the record of every round."""
         t0 = time.perf_counter()
         target = budget.target_ms(space.baseline_ms)
         self._check_reachable(space, target)
-        keep, history = space.full, []
+        keep, history, best = space.full, [], None
         for rnd in range(max_rounds):
             keep = self.propose(space, target, keep)
             predicted = space.predict([keep])[0]
             base_ms, sub_ms = space.confirm(keep, f"{self.name}-round{rnd}")
             wanted = budget.target_ms(base_ms)  # the baseline of this run: drift between runs cancels
+            met = sub_ms <= wanted * (1 + slack)
+            cost = space.total_cost(keep)
             history.append(
                 {
                     "target_ms": target,
@@ -44,10 +51,12 @@ class Searcher(abc.ABC):
                     "baseline_ms": base_ms,
                     "measured_ms": sub_ms,
                     "ratio": sub_ms / base_ms,
+                    "met": met,
+                    "cost": cost,
                 }
             )
             log.info(
-                "%s round %d | predicted %.3f ms | measured %.3f ms = %.3fx of %.3f ms (budget %s)",
+                "%s round %d | predicted %.3f ms | measured %.3f ms = %.3fx of %.3f ms (budget %s)%s",
                 self.name,
                 rnd,
                 predicted,
@@ -55,20 +64,33 @@ class Searcher(abc.ABC):
                 sub_ms / base_ms,
                 base_ms,
                 budget,
+                " met" if met else "",
             )
-            if sub_ms <= wanted * (1 + slack):
+            if met and (best is None or cost < best["cost"]):
+                best = {
+                    "keep_channels": dict(keep),
+                    "predicted_ms": predicted,
+                    "measured_ms": sub_ms,
+                    "baseline_ms": base_ms,
+                    "cost": cost,
+                }
+            if met and sub_ms >= wanted * (1 - band):
                 break
-            target *= wanted / sub_ms  # the model was optimistic by this much: ask for that much more
+            target *= wanted / sub_ms
             self._check_reachable(space, target)
+        if best is None:
+            best = {
+                "keep_channels": keep,
+                "predicted_ms": predicted,
+                "measured_ms": sub_ms,
+                "baseline_ms": base_ms,
+                "cost": space.total_cost(keep),
+            }
         return {
-            "keep_channels": keep,
-            "predicted_ms": predicted,
-            "measured_ms": sub_ms,
-            "baseline_ms": base_ms,
+            **best,
+            "met": best["measured_ms"] <= budget.target_ms(best["baseline_ms"]) * (1 + slack),
             "rounds": history,
             "search_s": time.perf_counter() - t0,
-            "met": sub_ms <= wanted * (1 + slack),
-            "cost": space.total_cost(keep),
             "evaluations": space.evaluations,
         }
 

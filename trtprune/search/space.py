@@ -55,7 +55,14 @@ class SearchSpace:
             edges = predictor.profiler.stairs(gl, tol).edges
             floor = max(1, math.ceil(min_fraction * g.channels))
             candidates[g.name] = sorted({c for c in edges if c >= floor} | {g.channels})
-        plans = calibration or [{g.name: g.channels for g in groups}] + [uniform_plan(groups, r, 8) for r in (0.3, 0.6)]
+        # the dense model, two uniform prunes, and two random plans over the candidates: the latter put
+        # layers on every kind of kernel the candidates use, so the model learns how each kind adds up
+        rng = np.random.default_rng(0)
+        plans = calibration or (
+            [{g.name: g.channels for g in groups}]
+            + [uniform_plan(groups, r, 8) for r in (0.3, 0.6)]
+            + [{g: int(rng.choice(c)) for g, c in candidates.items()} for _ in range(2)]
+        )
         measured = predictor.calibrate(plans)
         log.info(
             "search space | %d groups, %d candidates | baseline %.3f ms | overhead %s",
