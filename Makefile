@@ -7,6 +7,8 @@ MODEL   ?= resnet56
 EPOCHS  ?= 2
 METHOD  ?= locp
 BUDGET  ?= 0.5x
+SEARCH_EPOCHS ?= 3
+SEARCH_ARGS ?=
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
@@ -14,14 +16,14 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast lint format clean bench-profile bench-lut
+.PHONY: help setup engine test test-fast lint format clean bench-profile bench-lut bench-search
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2 METHOD=locp BUDGET=0.5x]"
 	@echo "                                                   set up, search, prune, fine-tune, build, report"
 	@echo "make test                                          set up and run the tests"
-	@echo "make bench-profile | bench-lut                     benchmarks (figures in docs/benchmarks.md)"
+	@echo "make bench-profile | bench-lut | bench-search      benchmarks (figures in docs/benchmarks.md)"
 	@echo "make lint | format | clean"
 
 $(BIN)/.installed: pyproject.toml
@@ -43,6 +45,9 @@ bench-profile: setup
 
 bench-lut: setup
 	$(BIN)/python bench/bench_lut.py --device $(DEVICE)
+
+bench-search: setup
+	$(BIN)/python bench/bench_search.py --epochs $(SEARCH_EPOCHS) $(SEARCH_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

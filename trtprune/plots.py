@@ -59,3 +59,25 @@ def channels_plot(path: str | Path, title: str, before: dict[str, int], after: d
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def pareto_plot(
+    path: str | Path,
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    baseline: tuple[float, float] | None = None,
+) -> None:
+    """Top-1 against measured latency, one marker per method; the baseline as a star."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for i, (name, points) in enumerate(sorted(series.items())):
+        pts = sorted(points)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vD<>"[i % 7], lw=1, label=name)
+    if baseline:
+        ax.plot([baseline[0]], [baseline[1]], marker="*", ms=12, color="black", ls="none", label="unpruned")
+    ax.set_xlabel("latency (ms, measured in one interleaved run)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)

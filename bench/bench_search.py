@@ -1,0 +1,204 @@
+"""make bench-search: every search method at every budget on every device, fine-tuned alike, measured alike.
+
+For each device (cpu, cpu-b32), budget (0.7x, 0.5x, 0.35x) and method (locp, knapsack, uniform with
+round_to 8, flops with round_to 1 / 8 / 16): search a plan on the device (shared LUT), prune the
+published ResNet-56 to it (Taylor scores), fine-tune for the same number of epochs with the same
+schedule and distillation, and evaluate top-1 on the full test set. Then, per device, every
+fine-tuned model and the baseline are measured whole in ONE interleaved run - the latencies in the
+table come from that run, not from the searches. Device specificity: the 0.5x plans of each
+latency-aware method made for cpu and for cpu-b32 are both measured on both devices.
+
+Every step is cached under bench/work/ (plans, checkpoints, accuracies), so an interrupted benchmark
+resumes and a larger one (more epochs, other budgets) reuses what exists. Writes bench/results/search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from trtprune.config import FinetuneConfig
+from trtprune.devices import get_device
+from trtprune.export import onnx_from_torch
+from trtprune.finetune import finetune
+from trtprune.fsutil import write_json
+from trtprune.latency import get_backend
+from trtprune.log import setup
+from trtprune.metrics import top1_torch
+from trtprune.pipeline import load_split, resolve_weights
+from trtprune.provenance import provenance
+from trtprune.prune import GroupPruner
+from trtprune.search import Budget, Plan
+from trtprune.search.runner import channel_scores, search
+from trtprune.weights import load_model, read_checkpoint, save_pruned
+
+METHODS = {
+    "locp": ("locp", 1),
+    "knapsack": ("knapsack", 1),
+    "uniform-r8": ("uniform", 8),
+    "flops-r1": ("flops", 1),
+    "flops-r8": ("flops", 8),
+    "flops-r16": ("flops", 16),
+}
+
+
+def plan_for(work: Path, device, budget: Budget, label: str, weights, data) -> Plan | None:
+    path = work / device.name / str(budget) / label / "plan.json"
+    if path.is_file():
+        return Plan.load(path)
+    method, round_to = METHODS[label]
+    try:
+        plan = search(
+            "resnet56",
+            weights,
+            device,
+            budget,
+            method,
+            workdir=path.parent / "subnets",
+            lut_path=work / "lut.sqlite",
+            importance="taylor",
+            data=data,
+            round_to=round_to,
+        )
+    except Exception as e:  # a baseline that cannot meet a budget is a result too
+        print(f"  {device.name} {budget} {label}: no plan ({str(e).splitlines()[0]})")
+        (path.parent).mkdir(parents=True, exist_ok=True)
+        (path.parent / "failed.txt").write_text(str(e))
+        return None
+    plan.save(path)
+    return plan
+
+
+def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) -> tuple[Path, float]:
+    """Prune to the plan, fine-tune, evaluate; cached by epochs."""
+    out = plan_path.parent / f"model_e{cfg.epochs}.pt"
+    result = plan_path.parent / f"top1_e{cfg.epochs}.json"
+    if result.is_file():
+        return out, json.loads(result.read_text())["top1"]
+    plan = Plan.load(plan_path)
+    model, spec = load_model("resnet56", weights)
+    scores = channel_scores(model, spec, "taylor", data)
+    pruner = GroupPruner(model, spec.input_shape)
+    pruner.prune_to(plan.keep_channels, scores=scores)
+    teacher, _ = load_model("resnet56", weights)
+    ckpt = plan_path.parent / f"finetune_e{cfg.epochs}.pt"
+    finetune(
+        model,
+        train,
+        None,
+        spec.mean,
+        spec.std,
+        cfg,
+        checkpoint=ckpt,
+        base_model=spec.name,
+        history=pruner.history(),
+        teacher=teacher,
+        resume=True,
+    )
+    save_pruned(out, model, spec.name, read_checkpoint(ckpt)["history"])
+    top1 = top1_torch(model, *test, spec.mean, spec.std)
+    write_json(result, {"top1": top1, "epochs": cfg.epochs})
+    return out, top1
+
+
+def measure_all(device, checkpoints: dict, weights, rounds: int = 30) -> tuple[float, dict, dict]:
+    """The baseline and every checkpoint exported at the device's batch and measured in one run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        base, spec = load_model("resnet56", weights)
+        paths = {"baseline": Path(tmp) / "baseline.onnx"}
+        onnx_from_torch(base, paths["baseline"], spec.input_shape, device.batch)
+        for key, ckpt in checkpoints.items():
+            model, _ = load_model("resnet56", ckpt)
+            paths[key] = Path(tmp) / f"{len(paths)}.onnx"
+            onnx_from_torch(model, paths[key], spec.input_shape, device.batch)
+        with get_backend(device) as backend:
+            timings = dict(zip(paths, backend.compare(list(paths.values()), rounds=rounds)))
+            info = backend.info()
+    return timings.pop("baseline").median_ms, {k: t.median_ms for k, t in timings.items()}, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", default="cpu,cpu-b32")
+    ap.add_argument("--budgets", default="0.7x,0.5x,0.35x")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for every model (default 3)")
+    ap.add_argument("--work", default="bench/work/search", help="cache of plans, checkpoints and accuracies")
+    ap.add_argument("--data")
+    ap.add_argument("--out", default="bench/results/search.json")
+    a = ap.parse_args()
+    setup(0)
+    work = Path(a.work)
+    weights = resolve_weights("resnet56", None, a.data)
+    devices = [get_device(d) for d in a.devices.split(",")]
+    budgets = [Budget.parse(b) for b in a.budgets.split(",")]
+    methods = a.methods.split(",")
+    cfg = FinetuneConfig(epochs=a.epochs, distill=0.5)
+    train, test = load_split(a.data, "train"), load_split(a.data, "test")
+    rows, checkpoints = [], {}
+    for device in devices:
+        for budget in budgets:
+            for label in methods:
+                plan = plan_for(work, device, budget, label, weights, a.data)
+                if plan is None:
+                    continue
+                plan_path = work / device.name / str(budget) / label / "plan.json"
+                ckpt, top1 = tuned_for(plan_path, cfg, weights, a.data, train, test)
+                checkpoints[(device.name, str(budget), label)] = ckpt
+                rows.append(
+                    {
+                        "device": device.name,
+                        "method": label,
+                        "budget": str(budget),
+                        "top1": top1,
+                        "epochs": a.epochs,
+                        "search_s": plan.meta["search_s"],
+                        "search_measured_ratio": plan.measured_ms / plan.baseline_ms,
+                    }
+                )
+                print(
+                    f"  {device.name} {budget} {label}: top-1 {top1:.2f} % after {a.epochs} epochs, "
+                    f"search {plan.meta['search_s']:.0f} s"
+                )
+    measured = {}
+    for device in devices:  # every model of every device, on this device, in one interleaved run
+        base_ms, lat, info = measure_all(device, checkpoints, weights)
+        measured[device.name] = {"baseline_ms": base_ms, "models": lat, "device": info}
+    for row in rows:
+        m = measured[row["device"]]
+        row["measured_ms"] = m["models"][(row["device"], row["budget"], row["method"])]
+        row["baseline_ms"] = m["baseline_ms"]
+        row["ratio"] = row["measured_ms"] / row["baseline_ms"]
+    specificity = [
+        {
+            "plan_for": d1,
+            "measured_on": d2,
+            "method": label,
+            "budget": "0.5x",
+            "ratio": measured[d2]["models"][(d1, "0.5x", label)] / measured[d2]["baseline_ms"],
+        }
+        for label in ("locp", "knapsack")
+        for d1 in measured
+        for d2 in measured
+        if (d1, "0.5x", label) in checkpoints
+    ]
+    write_json(
+        a.out,
+        {
+            **provenance("make bench-search"),
+            "rows": rows,
+            "device_specificity": specificity,
+            "baselines": {d: {"baseline_ms": m["baseline_ms"], "device": m["device"]} for d, m in measured.items()},
+        },
+    )
+    print(f"{'device':8s} {'budget':6s} {'method':11s} {'ratio':>6s} {'top-1':>6s}")
+    for r in rows:
+        print(f"{r['device']:8s} {r['budget']:6s} {r['method']:11s} {r['ratio']:6.3f} {r['top1']:6.2f}")
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
