@@ -30,6 +30,7 @@ def space(tmp_path_factory):
     [
         ("locp", {}),
         ("knapsack", {}),
+        ("lap", {"episodes": 40, "warmup": 10}),
         ("uniform", {"round_to": 1}),
         ("uniform", {"round_to": 8}),
         ("flops", {"round_to": 8}),
@@ -98,8 +99,14 @@ def test_plans_round_trip_and_bad_plans_are_refused(tmp_path):
         Plan.load(tmp_path / "other.json")
 
 
+def test_the_lap_agent_is_seeded(space):
+    a = get_searcher("lap", episodes=30, warmup=10, seed=3).propose(space, 0.6 * space.baseline_ms, space.full)
+    b = get_searcher("lap", episodes=30, warmup=10, seed=3).propose(space, 0.6 * space.baseline_ms, space.full)
+    assert a == b and all(k in space.candidates[g] for g, k in a.items())
+
+
 def test_the_registry_names_every_searcher():
-    assert {"locp", "knapsack", "uniform", "flops"} <= set(SEARCHERS)
+    assert {"locp", "knapsack", "lap", "uniform", "flops"} <= set(SEARCHERS)
     with pytest.raises(TrtpruneError, match="unknown search method"):
         get_searcher("magic")
 

@@ -14,6 +14,7 @@ from .plan import Budget, Plan
 SEARCHERS: dict[str, str] = {
     "locp": "trtprune.search.locp:LOCP",  # stair edges + two-stage benefit assessment (default)
     "knapsack": "trtprune.search.knapsack:Knapsack",  # HALP-style grouped knapsack
+    "lap": "trtprune.search.lap:LAP",  # DDPG agent with latency sensitivity (LAP/AMC)
     "uniform": "trtprune.search.baselines:Uniform",  # one ratio everywhere (round_to)
     "flops": "trtprune.search.baselines:Flops",  # global magnitude to a MACs target (round_to)
 }
