@@ -1,6 +1,6 @@
 """make bench-search: every search method at every budget on every device, fine-tuned alike, measured alike.
 
-For each device (cpu, cpu-b32), budget (0.7x, 0.5x, 0.35x) and method (locp, knapsack, uniform with
+For each device (cpu, cpu-b32), budget (0.7x, 0.5x, 0.35x) and method (locp, knapsack, lap, uniform with
 round_to 8, flops with round_to 1 / 8 / 16): search a plan on the device (shared LUT), prune the
 published ResNet-56 to it (Taylor scores), fine-tune for the same number of epochs with the same
 schedule and distillation, and evaluate top-1 on the full test set. Then, per device, every
@@ -38,6 +38,7 @@ from trtprune.weights import load_model, read_checkpoint, save_pruned
 METHODS = {
     "locp": ("locp", 1),
     "knapsack": ("knapsack", 1),
+    "lap": ("lap", 1),
     "uniform-r8": ("uniform", 8),
     "flops-r1": ("flops", 1),
     "flops-r8": ("flops", 8),
@@ -155,6 +156,7 @@ def main() -> None:
                         "budget": str(budget),
                         "top1": top1,
                         "epochs": a.epochs,
+                        "precision": cfg.precision,
                         "search_s": plan.meta["search_s"],
                         "search_measured_ratio": plan.measured_ms / plan.baseline_ms,
                     }

@@ -143,3 +143,41 @@ def test_resuming_checks_the_checkpoint(pruned_r20, tmp_path):
             base_model="resnet20",
             history=history,
         )
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_bad_precisions_are_refused(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    trained = {}
+    for precision in ("fp32", "bf16"):
+        student = copy.deepcopy(model)
+        cfg = FinetuneConfig(epochs=1, batch_size=32, lr=0.05, precision=precision)
+        records = finetune(
+            student,
+            synthetic_cifar10(96, 2),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            cfg,
+            checkpoint=tmp_path / f"{precision}.pt",
+            base_model="resnet20",
+            history=history,
+        )
+        trained[precision] = (student.state_dict(), records[-1]["loss"])
+    w = "layer1.0.conv1.weight"
+    w0 = model.state_dict()[w]
+    fp32, bf16 = trained["fp32"][0][w] - w0, trained["bf16"][0][w] - w0
+    assert not torch.equal(fp32, bf16)  # the arithmetic did change ...
+    assert torch.nn.functional.cosine_similarity(fp32.flatten(), bf16.flatten(), 0) > 0.7  # ... not the course
+    assert abs(trained["fp32"][1] - trained["bf16"][1]) < 0.05
+    with pytest.raises(TrtpruneError, match="unknown training precision"):
+        finetune(
+            copy.deepcopy(model),
+            synthetic_cifar10(32, 2),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            FinetuneConfig(precision="fp16"),
+            checkpoint=tmp_path / "x.pt",
+            base_model="resnet20",
+            history=history,
+        )

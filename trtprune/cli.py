@@ -92,6 +92,13 @@ def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
     )
     p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (default: all)")
     p.add_argument("--no-channels-last", action="store_true", help="train in NCHW instead of NHWC memory format")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="training arithmetic: bf16 autocast (about 1.5x faster on CPUs with AVX512-BF16/AMX), fp32, or "
+        "auto = bf16 where the CPU has it natively (default)",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 

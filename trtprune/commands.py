@@ -22,6 +22,7 @@ def _ft_config(a):
         distill=a.distill,
         train_limit=a.train_limit,
         channels_last=not a.no_channels_last,
+        precision=a.precision,
         seed=a.seed,
     )
 

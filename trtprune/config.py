@@ -19,6 +19,7 @@ class FinetuneConfig:
     distill: float = 0.0  # weight of the distillation loss from the unpruned teacher; 0 turns it off
     temperature: float = 4.0  # softening of the teacher's and student's logits for distillation
     channels_last: bool = True  # NHWC memory format for training
+    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the CPU computes it natively
     train_limit: int = 0  # use only the first N training images (0 = all); for quick runs
     seed: int = 0
 

@@ -45,6 +45,19 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 _RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "distill", "temperature", "train_limit", "seed")
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype for training on the CPU: bf16 if asked, or by default where the CPU has it natively."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TrtpruneError(f"unknown training precision '{precision}'", fix="use auto, fp32 or bf16")
+    if precision == "auto":
+        try:
+            native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a private probe: treat its absence as "no"
+            native = False
+        precision = "bf16" if native else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
     if not {"optimizer", "epoch", "step"} <= set(ckpt):
         raise TrtpruneError(
@@ -103,6 +116,8 @@ def finetune(
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         records = list(ckpt.get("records", []))
         log.info("resuming from %s after epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
+    amp = autocast_dtype(cfg.precision)
+    log.info("training arithmetic: %s", "bf16 autocast" if amp else "fp32")
     if cfg.distill > 0:
         assert teacher is not None, "distillation needs a teacher"
         teacher.eval().to(memory_format=fmt)
@@ -122,11 +137,13 @@ def finetune(
             for g in opt.param_groups:
                 g["lr"] = lr
             xb = xb.contiguous(memory_format=fmt)
-            out = model(xb)
+            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                out = model(xb).float()  # losses in fp32
+                if cfg.distill > 0:
+                    with torch.no_grad():
+                        soft = teacher(xb).float()
             loss = F.cross_entropy(out, yb)
             if cfg.distill > 0:
-                with torch.no_grad():
-                    soft = teacher(xb)
                 loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
