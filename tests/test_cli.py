@@ -205,7 +205,7 @@ def test_stage_commands_chain(tiny_data, tmp_path, capsys):
         (["eval", "--model", "resnet99"], "unknown model 'resnet99'"),
         (["eval", "--model", "resnet20", "--weights", "nope.pt"], "weights file 'nope.pt' does not exist"),
         (["eval", "--model", "resnet44"], "has no published weights"),
-        (["export", "--model", "resnet20", "--device", "orin", "-o", "x.onnx"], "needs the TensorRT backend"),
+        (["measure", "{onnx}", "--device", "orin"], "device 'orin' needs TensorRT: trtexec was not found"),
         (["measure", "missing.onnx"], "ONNX file 'missing.onnx' does not exist"),
         (
             ["prune", "--model", "resnet20", "--weights", "{w}", "--ratio", "1.5", "-o", "p.pt"],

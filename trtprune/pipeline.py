@@ -127,7 +127,7 @@ class Run:
     def engine_path(self) -> Path:
         from .models import model_spec
 
-        return self.engines_dir / f"{model_spec(self.cfg.model).name}-{self.device.name}.onnx"
+        return self.engines_dir / f"{model_spec(self.cfg.model).name}-{self.device.name}{self.device.engine_suffix}"
 
 
 def stage(label: str, output: str):
@@ -260,11 +260,26 @@ def stage_build(run: Run, out: Path) -> None:
 
 
 def deliver(run: Run) -> Path:
-    """Copy the deployable model to ``engines/<model>-<device>.onnx`` (always: the run may be newer)."""
-    with atomic_path(run.engine_path) as tmp:
-        shutil.copyfile(run.path("pruned.onnx"), tmp)
+    """The deployable model at ``engines/<model>-<device>.<plan|onnx>`` (always: the run may be newer): a
+    TensorRT plan built on the device, or the pruned ONNX model for ONNX Runtime."""
+    if run.device.engine_suffix == ".plan":
+        from .latency import get_backend
+
+        with get_backend(run.device) as backend:
+            backend.build(run.path("pruned.onnx"), run.engine_path)
+    else:
+        with atomic_path(run.engine_path) as tmp:
+            shutil.copyfile(run.path("pruned.onnx"), tmp)
     log.info("engine    | %s", run.engine_path)
     return run.engine_path
+
+
+def check_device(device) -> None:
+    """Open the device's backend once before hours of work: a missing engine or unreachable host fails now."""
+    from .latency import get_backend
+
+    with get_backend(device) as backend:
+        log.info("device    | %s | %s", device.name, backend.key())
 
 
 def run_all(run: Run) -> dict:
@@ -273,6 +288,7 @@ def run_all(run: Run) -> dict:
 
     if run.cfg.finetune.epochs < 1:
         raise TrtpruneError("a run fine-tunes at least one epoch", fix="use --epochs 1 or more")
+    check_device(run.device)
     stage_baseline(run)
     stage_search(run)
     stage_prune(run)

@@ -28,10 +28,16 @@ def stage_report(run) -> dict:
     base_model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
     pruned_model, _ = load_model(run.cfg.model, run.path("model.pt"))
     onnx = {"baseline": run.path("baseline.onnx"), "pruned": run.path("pruned.onnx")}
+    x, y = load_split(run.data, "test", run.cfg.eval_limit)
     with get_backend(run.device) as backend:
         timings = dict(zip(onnx, backend.compare(list(onnx.values()))))
         device_info = backend.info()
-    x, y = load_split(run.data, "test", run.cfg.eval_limit)
+        if hasattr(backend, "outputs"):  # an engine that is not ONNX Runtime: check it computes the same
+            from .data import normalize, to_tensor
+            from .parity import parity
+
+            xs = normalize(to_tensor(x[: 8 * run.device.batch]), spec.mean, spec.std).numpy()
+            device_info["parity"] = parity(backend, onnx["pruned"], xs, run.device.batch)
     report = {
         "model": spec.name,
         "device": device_info,

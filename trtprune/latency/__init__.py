@@ -13,6 +13,8 @@ from .base import Backend, Timing
 
 BACKENDS: dict[str, str] = {
     "ort": "trtprune.latency.ort:OrtBackend",  # ONNX Runtime, CPU execution provider
+    "trt": "trtprune.latency.trt:TrtBackend",  # TensorRT via trtexec (or its Python API) on this machine
+    "ssh": "trtprune.latency.ssh:SshBackend",  # TensorRT via trtexec on a device over ssh (Jetsons)
     "fake": "trtprune.latency.fake:FakeBackend",  # deterministic formula, for tests only (no device uses it)
 }
 

@@ -1,0 +1,26 @@
+"""A Jetson (or any TensorRT machine) driven over SSH: the ONNX model is copied there, trtexec builds and
+times the engine there (engines are built on the device they run on), and the JSON exports and the
+plan are copied back. See :class:`trtprune.latency.runners.SshRunner` for how commands are passed."""
+
+from __future__ import annotations
+
+from .runners import SshRunner
+from .trt import TrtBackend
+
+
+class SshBackend(TrtBackend):
+    name = "ssh"
+    python_api = False  # this machine's tensorrt would time this machine's GPU, not the device
+
+    def _make_runner(self):
+        return SshRunner(self.device.host, self.device.timeout_s)
+
+    def _missing(self):
+        from ..errors import TrtpruneError
+
+        d = self.device
+        return TrtpruneError(
+            f"trtexec was not found on {d.host} (tried '{d.trtexec}', PATH and /usr/src/tensorrt/bin/trtexec)",
+            why="the ssh backend runs NVIDIA's trtexec on the device",
+            fix="install TensorRT there (JetPack ships it in /usr/src/tensorrt/bin) or set trtexec in the device file",
+        )

@@ -1,0 +1,434 @@
+"""TensorRT: build engines and time them with ``trtexec`` (here or on a Jetson over SSH), or with the
+TensorRT Python API when ``tensorrt`` imports and ``trtexec`` is absent.
+
+Engines are built on the device they run on, once per ONNX model and settings (cached by content in
+the runner's folder, with a TensorRT timing cache shared by all builds of a session). Timing follows
+NVIDIA's guidance for stable numbers (TensorRT docs, "Performance Benchmarking using trtexec"): warm-up,
+CUDA graphs to remove launch overhead, no host/device copies, spin-wait; a burst is one ``trtexec
+--loadEngine`` run whose per-inference GPU compute times come from ``--exportTimes``. Models are
+interleaved round by round as on every backend, so clock and thermal drift hit them alike.
+
+Flags by TensorRT version: ``--memPoolSize=workspace:<MiB>`` from 8.4 (``--workspace`` before),
+``--skipInference`` from 8.6 (``--buildOnly`` before), ``--profilingVerbosity=detailed`` from 8.2.
+TensorRT 7 output can be parsed (``trtprune.trtexec``) but is not driven: it has no ``--exportTimes``
+records in the form used here.
+
+Nothing here estimates a latency: without a GPU or TensorRT, activation fails with what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TrtpruneError
+from .base import Backend, Burst
+from .runners import LocalRunner
+
+log = logging.getLogger("trtprune.latency")
+
+MIN_VERSION = (8, 0)
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    from ..trtexec import trt_version
+
+    v = trt_version(text)
+    if not v:
+        return None
+    parts = [int(x) for x in re.findall(r"\d+", v)[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
+
+
+def precision_flags(precision: str) -> list[str]:
+    """fp16 and int8 allow, not force: TensorRT picks the fastest kernel per layer among the allowed types.
+    int8 also allows fp16 for the layers that have no int8 kernel (or no Q/DQ scales)."""
+    return {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"], "best": ["--best"]}[precision]
+
+
+def trtexec_argv(
+    device,
+    version: tuple[int, ...],
+    *,
+    onnx: str | None = None,
+    load_engine: str | None = None,
+    save_engine: str | None = None,
+    timing_cache: str | None = None,
+    calib_cache: str | None = None,
+    iterations: int = 0,
+    warmup_ms: int = 200,
+    export_times: str | None = None,
+    export_profile: str | None = None,
+    export_layer_info: str | None = None,
+) -> list[str]:
+    """The trtexec argument list for one build (``onnx`` + ``save_engine``, no inference) or one timed run
+    (``load_engine`` + ``iterations``), optionally with a per-layer profile (``export_profile``)."""
+    assert (onnx is None) != (load_engine is None), "either build from ONNX or load an engine"
+    argv = [device.trtexec]
+    if onnx is not None:
+        argv += [f"--onnx={onnx}", *precision_flags(device.precision)]
+        if version >= (8, 4):
+            argv.append(f"--memPoolSize=workspace:{device.workspace_mib}")
+        else:
+            argv.append(f"--workspace={device.workspace_mib}")
+        if timing_cache:
+            argv.append(f"--timingCacheFile={timing_cache}")
+        if calib_cache:
+            argv.append(f"--calib={calib_cache}")
+        if save_engine:
+            argv.append(f"--saveEngine={save_engine}")
+        argv.append("--profilingVerbosity=detailed" if version >= (8, 2) else "--nvtxMode=verbose")
+    else:
+        argv.append(f"--loadEngine={load_engine}")
+    if device.dla_core is not None:
+        argv.append(f"--useDLACore={device.dla_core}")
+        if device.gpu_fallback and onnx is not None:
+            argv.append("--allowGPUFallback")
+    if iterations:
+        argv += [f"--warmUp={warmup_ms}", f"--iterations={iterations}", "--duration=0", "--noDataTransfers"]
+        argv.append("--useSpinWait")
+        if device.dla_core is None:  # CUDA graphs do not capture DLA work
+            argv.append("--useCudaGraph")
+        if export_times:
+            argv.append(f"--exportTimes={export_times}")
+        if export_profile:
+            argv += ["--separateProfileRun", "--dumpProfile", f"--exportProfile={export_profile}"]
+        if export_layer_info:
+            argv.append(f"--exportLayerInfo={export_layer_info}")
+    elif onnx is not None:
+        argv.append("--skipInference" if version >= (8, 6) else "--buildOnly")
+    return argv
+
+
+class TrtBackend(Backend):
+    """TensorRT engines timed with trtexec on this machine (``gpu``, or a Jetson when run on it)."""
+
+    name = "trt"
+    python_api = True  # fall back to the tensorrt package where trtexec is absent
+
+    def __init__(self, device):
+        super().__init__(device)
+        self.runner = None
+        self.version: tuple[int, int, int] | None = None
+        self.gpu = ""
+        self.trtexec = device.trtexec
+        self._engines: dict[str, str] = {}
+        self._api = None
+
+    def _make_runner(self):
+        return LocalRunner(self.device.timeout_s)
+
+    def _missing(self) -> TrtpruneError:
+        d = self.device
+        host_var = f"{d.name.upper()}_HOST"
+        return TrtpruneError(
+            f"device '{d.name}' needs TensorRT: trtexec was not found ('{d.trtexec}', or on PATH) and the tensorrt "
+            "Python package does not import here",
+            why="TensorRT engines are built and timed on the NVIDIA GPU or Jetson they run on; trtprune never "
+            "estimates a TensorRT latency",
+            fix=f"run trtprune on the Jetson or GPU machine (JetPack / the TensorRT container, see docker/), or "
+            f"drive a Jetson over ssh with {host_var}=user@host, or use --device cpu",
+        )
+
+    def activate(self) -> None:
+        self.runner = self._make_runner()
+        found = self._find_trtexec()
+        if found is None:
+            self._api = _python_api() if self.python_api else None
+            if self._api is None:
+                raise self._missing()
+            self.version, self.gpu = self._api.version, self._api.gpu
+            return
+        self.trtexec = found
+        self.device = dataclasses.replace(self.device, trtexec=found)  # the command lines use what was found
+        out = self.runner.run([found, "--help"], timeout_s=120).output
+        self.version = parse_version(out)
+        if self.version is None:
+            raise TrtpruneError(
+                f"'{found}' on {self.runner.where} did not say which TensorRT it is",
+                why=f"expected a line like '&&&& RUNNING TensorRT.trtexec [TensorRT v8502]', got: {out.strip()[:200]}",
+                fix="point trtexec in the device file at NVIDIA's trtexec",
+            )
+        if self.version < MIN_VERSION:
+            raise TrtpruneError(
+                f"TensorRT {'.'.join(map(str, self.version))} on {self.runner.where} is too old",
+                fix="use TensorRT 8.0 or newer (JetPack 4.6+)",
+            )
+        self.gpu = self._gpu_name()
+        log.info("trt | TensorRT %s | %s | %s", ".".join(map(str, self.version)), self.gpu, self.runner.where)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+        self._engines.clear()
+
+    def _find_trtexec(self) -> str | None:
+        candidates = [self.device.trtexec, "trtexec", "/usr/src/tensorrt/bin/trtexec"]
+        for c in dict.fromkeys(candidates):
+            hit = self.runner.which(c)
+            if hit:
+                return hit
+        return None
+
+    def _gpu_name(self) -> str:
+        probes = (["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], ["cat", "/proc/device-tree/model"])
+        for argv in probes:  # Jetsons have no nvidia-smi; their board name is in the device tree
+            try:
+                r = self.runner.run(argv, timeout_s=60)
+            except TrtpruneError:
+                continue
+            if r.returncode == 0 and r.output.strip():
+                return r.output.replace("\x00", "").strip().splitlines()[0].strip()
+        return "unknown NVIDIA device"
+
+    def key(self) -> str:
+        assert self.version is not None, "activate the backend first"
+        d = self.device
+        dla = f"dla{d.dla_core}{'+gpu' if d.gpu_fallback else ''}" if d.dla_core is not None else "gpu"
+        v = ".".join(map(str, self.version))
+        return f"trt-{v}|{self.gpu}|{dla}|{d.precision}|b{d.batch}|ws{d.workspace_mib}"
+
+    # -- engines -------------------------------------------------------------------------------------
+
+    def _onnx_file(self, model: Path | bytes, tmp: Path) -> tuple[Path, str]:
+        data = model if isinstance(model, bytes) else Path(model).read_bytes()
+        digest = hashlib.sha256(data + self.key().encode()).hexdigest()[:16]
+        if isinstance(model, bytes):
+            path = tmp / f"{digest}.onnx"
+            path.write_bytes(model)
+            return path, digest
+        return Path(model), digest
+
+    def engine(self, model: Path | bytes) -> str:
+        """Build (once per model and settings) and return the engine's path where the runner runs."""
+        assert self.active, "use the backend as a context manager"
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx, digest = self._onnx_file(model, Path(tmp))
+            if digest in self._engines:
+                return self._engines[digest]
+            remote_onnx = self.runner.put(onnx, f"{digest}.onnx")
+            plan = f"{self.runner.workdir}/{digest}.plan"
+            argv = trtexec_argv(
+                self.device,
+                self.version,
+                onnx=remote_onnx,
+                save_engine=plan,
+                timing_cache=f"{self.runner.workdir}/timing.cache",
+            )
+            self._call(argv, f"building {onnx.name}")
+            self._engines[digest] = plan
+            return plan
+
+    def build(self, model: Path, out: Path) -> Path:
+        """Build ``model`` into a TensorRT plan at ``out`` (atomically: a failed build leaves nothing)."""
+        if self._api is not None:
+            from ..fsutil import atomic_path
+
+            with atomic_path(out) as tmp:
+                Path(tmp).write_bytes(self._api.build(Path(model).read_bytes(), self.device))
+            return out
+        return self.runner.get(self.engine(model), Path(out))
+
+    def _call(self, argv: list[str], what: str) -> str:
+        from ..trtexec import check_output
+
+        t0 = time.perf_counter()
+        r = self.runner.run(argv)
+        try:
+            check_output(r.output, r.returncode)
+        except TrtpruneError as e:
+            raise TrtpruneError(f"{what} with TensorRT on {self.runner.where} failed: {e.what}", e.why, e.fix) from None
+        log.debug("trt | %s | %.1f s", what, time.perf_counter() - t0)
+        return r.output
+
+    # -- timing --------------------------------------------------------------------------------------
+
+    def bursts(self, models, *, rounds: int = 5, iterations: int = 200, seed: int = 0, **_ort_only):
+        """``rounds`` interleaved trtexec runs per model, ``iterations`` timed inferences each; the samples
+        are trtexec's per-inference GPU compute times (``computeMs`` of ``--exportTimes``)."""
+        assert self.active, "use the backend as a context manager"
+        if rounds < 1 or iterations < 1:
+            raise TrtpruneError(f"rounds={rounds}, iterations={iterations}: both must be at least 1")
+        if self._api is not None:
+            plans = [self._api.build(m if isinstance(m, bytes) else Path(m).read_bytes(), self.device) for m in models]
+            return self._interleave(len(models), rounds, seed, lambda i: self._api.time(plans[i], iterations))
+        engines = [self.engine(m) for m in models]
+        return self._interleave(len(models), rounds, seed, lambda i: self._time(engines[i], iterations))
+
+    @staticmethod
+    def _interleave(n: int, rounds: int, seed: int, timed) -> list[list[Burst]]:
+        rng, out = random.Random(seed), [[] for _ in range(n)]
+        for _ in range(rounds):
+            order = list(range(n))
+            rng.shuffle(order)
+            for i in order:
+                start = time.perf_counter()
+                out[i].append(Burst(start, timed(i)))
+        return out
+
+    def _time(self, engine: str, iterations: int) -> list[float]:
+        from ..trtexec import load_export_times
+
+        times = f"{engine}.times.json"
+        argv = trtexec_argv(self.device, self.version, load_engine=engine, iterations=iterations, export_times=times)
+        self._call(argv, f"timing {Path(engine).name}")
+        with tempfile.TemporaryDirectory() as tmp:
+            records = load_export_times(self.runner.get(times, Path(tmp) / "times.json"))
+        samples = [float(r["computeMs"]) for r in records if "computeMs" in r]
+        if not samples:
+            raise TrtpruneError(f"trtexec wrote no timing records to {times}", fix="check the trtexec version (8.0+)")
+        return samples
+
+    def profile_layers(self, model: Path | bytes, iterations: int = 200):
+        """Per-layer times of the engine (``--exportProfile``) and its layers with the ONNX nodes each one
+        fused (``--exportLayerInfo``): ``(list[LayerTime], list[EngineLayer])``."""
+        from ..trtexec import load_export_profile, load_layer_info
+
+        engine = self.engine(model)
+        prof, info = f"{engine}.profile.json", f"{engine}.layers.json"
+        argv = trtexec_argv(
+            self.device,
+            self.version,
+            load_engine=engine,
+            iterations=iterations,
+            export_profile=prof,
+            export_layer_info=info,
+        )
+        self._call(argv, f"profiling {Path(engine).name}")
+        with tempfile.TemporaryDirectory() as tmp:
+            layers = load_export_profile(self.runner.get(prof, Path(tmp) / "p.json"))
+            engine_layers = load_layer_info(self.runner.get(info, Path(tmp) / "l.json"))
+        return layers, engine_layers
+
+    def outputs(self, model: Path, x: np.ndarray) -> np.ndarray:
+        """The engine's first output for the input ``x`` (one batch of the static shape): for parity checks
+        against ONNX Runtime. trtexec reads raw float32 (``--loadInputs``) and writes JSON (``--exportOutput``)."""
+        import onnx
+
+        name = onnx.load(str(model), load_external_data=False).graph.input[0].name
+        if self._api is not None:
+            return self._api.infer(self._api.build(Path(model).read_bytes(), self.device), x)
+        engine = self.engine(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "input.bin"
+            np.ascontiguousarray(x, dtype=np.float32).tofile(raw)
+            remote_in, remote_out = self.runner.put(raw, "input.bin"), f"{engine}.output.json"
+            argv = [self.trtexec, f"--loadEngine={engine}", f"--loadInputs={name}:{remote_in}"]
+            argv += [f"--exportOutput={remote_out}", "--iterations=1", "--warmUp=0", "--duration=0"]
+            self._call(argv, f"running {Path(model).name} on one batch")
+            exported = json.loads(self.runner.get(remote_out, Path(tmp) / "out.json").read_text())
+        first = exported[0]
+        dims = [int(d) for d in str(first["dimensions"]).split("x") if d]
+        return np.asarray(first["values"], dtype=np.float32).reshape(dims)
+
+    def info(self) -> dict:
+        out = super().info()
+        out.update(
+            tensorrt=".".join(map(str, self.version or ())),
+            gpu=self.gpu,
+            where=self.runner.where if self.runner else "",
+            via="python-api" if self._api is not None else "trtexec",
+        )
+        return out
+
+
+class _PythonApi:
+    """TensorRT's Python API: builder + ONNX parser + builder config (workspace pool, timing cache), and
+    CUDA-event timing with torch's CUDA tensors as I/O buffers (no pycuda). TensorRT 10 tensor API."""
+
+    def __init__(self, trt, torch):
+        self.trt, self.torch = trt, torch
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.version = tuple(int(x) for x in (trt.__version__.split(".") + ["0", "0"])[:3])
+        self.gpu = torch.cuda.get_device_name(0)
+        self.cache = None
+
+    def build(self, onnx: bytes, device) -> bytes:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse(onnx):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise TrtpruneError(f"TensorRT's ONNX parser refused the model: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, device.workspace_mib << 20)
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        for flag in {"fp16": ["FP16"], "int8": ["INT8", "FP16"], "best": ["FP16", "INT8"]}.get(device.precision, []):
+            config.set_flag(getattr(trt.BuilderFlag, flag))
+        if device.dla_core is not None:
+            config.default_device_type = trt.DeviceType.DLA
+            config.DLA_core = device.dla_core
+            if device.gpu_fallback:
+                config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+        if self.cache is None:
+            self.cache = config.create_timing_cache(b"")
+        config.set_timing_cache(self.cache, ignore_mismatch=False)
+        plan = builder.build_serialized_network(network, config)
+        if plan is None:
+            raise TrtpruneError("TensorRT could not build an engine", fix="see the TensorRT messages above")
+        return bytes(plan)
+
+    def _context(self, plan: bytes):
+        trt, torch = self.trt, self.torch
+        engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
+        context = engine.create_execution_context()
+        buffers = {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            shape = tuple(engine.get_tensor_shape(name))
+            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8}.get(
+                engine.get_tensor_dtype(name), torch.float32
+            )
+            buf = torch.zeros(shape, dtype=dtype, device="cuda")
+            buffers[name] = (buf, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT)
+            context.set_tensor_address(name, buf.data_ptr())
+        return engine, context, buffers
+
+    def infer(self, plan: bytes, x: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        engine, context, buffers = self._context(plan)
+        inputs = [b for b, is_in in buffers.values() if is_in]
+        outputs = [b for b, is_in in buffers.values() if not is_in]
+        inputs[0].copy_(torch.from_numpy(np.ascontiguousarray(x)).to(inputs[0].dtype))
+        stream = torch.cuda.Stream()
+        context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+        return outputs[0].float().cpu().numpy()
+
+    def time(self, plan: bytes, iterations: int, warmup: int = 20) -> list[float]:
+        torch = self.torch
+        engine, context, buffers = self._context(plan)
+        stream = torch.cuda.Stream()
+        samples = []
+        for k in range(warmup + iterations):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record(stream)
+            context.execute_async_v3(stream.cuda_stream)
+            end.record(stream)
+            end.synchronize()
+            if k >= warmup:
+                samples.append(start.elapsed_time(end))
+        del context, engine, buffers
+        return samples
+
+
+def _python_api() -> _PythonApi | None:
+    try:
+        import tensorrt as trt
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return _PythonApi(trt, torch)
