@@ -191,3 +191,37 @@ def test_bad_plans_are_clear_errors(plan, message):
 def test_bad_uniform_settings(ratio, round_to):
     with pytest.raises(TrtpruneError):
         uniform_plan([], ratio, round_to)
+
+
+def test_dynamic_importance_follows_the_training_window_and_adjusted_cosine_redundancy():
+    import numpy as np
+
+    from trtprune.data import synthetic_cifar10, to_tensor
+    from trtprune.importance import adjusted_cosine_redundancy
+
+    # redundancy: a duplicated filter scores 1, orthogonal (after centring) filters score low
+    f = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    r = adjusted_cosine_redundancy(f)
+    assert r[0] == pytest.approx(1.0) and r[1] == pytest.approx(1.0) and (r[2:] < 0.5).all()
+
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = synthetic_cifar10(64, 3)
+    xb = to_tensor(x).float() / 255
+    batches = [(xb[i : i + 32], torch.from_numpy(y[i : i + 32]).long()) for i in (0, 32)]
+    pruner = GroupPruner(model, (3, 32, 32))
+    with pytest.raises(TrtpruneError, match="needs training data"):
+        pruner.scores("dynamic")
+    scores = pruner.scores("dynamic", batches)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # the window left no trace
+    assert set(scores) == {g.name for g in pruner.groups()}
+    assert all(
+        len(s) == g.channels and np.isfinite(s).all() and (s >= 0).all()
+        for g, s in zip(pruner.groups(), (scores[g.name] for g in pruner.groups()))
+    )
+    assert any(s.std() > 0 for s in scores.values())
+    again = GroupPruner(model, (3, 32, 32)).scores("dynamic", batches)
+    assert all(np.allclose(scores[k], again[k]) for k in scores)  # deterministic for the same batches
+    l1 = pruner.scores("l1")
+    assert any(np.argsort(scores[k]).tolist() != np.argsort(l1[k]).tolist() for k in scores)  # not magnitude

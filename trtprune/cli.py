@@ -58,7 +58,7 @@ def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
         "--importance",
         default=importance,
         choices=list(IMPORTANCE),
-        help=f"which channels go, and the search's cost (default {importance}; taylor needs data)",
+        help=f"which channels go, and the search's cost (default {importance}; taylor and dynamic need data)",
     )
 
 

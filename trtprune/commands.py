@@ -155,12 +155,12 @@ def cmd_prune(a) -> None:
     from .fsutil import write_json
     from .pipeline import resolve_weights
     from .prune import GroupPruner, prune_uniform
+    from .search.runner import channel_scores
     from .weights import load_model, save_pruned
 
     model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
     if a.plan:
         from .search import Plan
-        from .search.runner import channel_scores
 
         loaded = Plan.load(a.plan)
         if loaded.model != spec.name:
@@ -175,7 +175,8 @@ def cmd_prune(a) -> None:
             f"{sum(loaded.channels.values())} channels kept)"
         )
         return
-    plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance)
+    scores = channel_scores(model, spec, a.importance, a.data)
+    plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance, scores=scores)
     save_pruned(a.output, model, spec.name, history, plan=plan["keep_channels"])
     plan_path = Path(a.output).with_suffix(".plan.json")
     write_json(plan_path, plan)

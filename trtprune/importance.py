@@ -12,6 +12,18 @@ the lowest scores are removed first.
   gradient of the cross-entropy accumulated over a few training batches (eval-mode BN). Unlike the
   magnitudes it is in units of loss, so scores compare across groups: the latency searches use it.
 
+* ``dynamic``: after LAP (Chen et al., Neural Networks 2022), from how the filters move over a short
+  training window (one SGD pass, lr 0.01, momentum 0.9, over the same few batches as ``taylor``; the
+  model is restored afterwards). For channel c of a group:
+
+  - change  ``d_c = sum over the group's conv/linear slices of ||W_after[c] - W_before[c]||_2``: a channel
+    the loss still moves is one it relies on; one that barely moves contributes little;
+  - redundancy ``r_c = mean over the group's producer convs of max_{c' != c} ACS(w_c, w_c')``, with the
+    adjusted cosine similarity ``ACS(a, b) = cos(a - m, b - m)`` of the filters after the window,
+    ``m`` the layer's mean filter (centring removes what all filters share, as adjusted cosine removes
+    a user's mean rating in collaborative filtering);
+  - score ``d_c * (1 - max(r_c, 0))``: a moving channel that duplicates another is still cheap to lose.
+
 Sums, not means, over a group's layers: a channel that feeds many layers carries more.
 """
 
@@ -25,8 +37,12 @@ IMPORTANCE: dict[str, tuple[str, dict]] = {
     "l2": ("GroupMagnitudeImportance", {"p": 2, "group_reduction": "sum", "normalizer": None}),
     "bn": ("BNScaleImportance", {"group_reduction": "sum", "normalizer": None}),
     "taylor": ("GroupTaylorImportance", {"group_reduction": "sum", "normalizer": None, "multivariable": True}),
+    "dynamic": ("DynamicImportance", {}),  # trtprune's own (below); needs a training window, see GroupPruner.scores
 }
-NEEDS_GRADIENTS = {"taylor"}
+NEEDS_GRADIENTS = {"taylor"}  # scored from the loss gradient of a few training batches
+NEEDS_TRAINING = {"dynamic"}  # scored from a short training window on those batches
+NEEDS_DATA = NEEDS_GRADIENTS | NEEDS_TRAINING
+WINDOW_LR = 0.01
 
 
 def get_importance(name: str):
@@ -36,7 +52,80 @@ def get_importance(name: str):
     if name not in IMPORTANCE:
         raise TrtpruneError(f"unknown importance criterion '{name}'", fix=f"use one of {', '.join(IMPORTANCE)}")
     cls, kwargs = IMPORTANCE[name]
+    if name in NEEDS_TRAINING:
+        raise TrtpruneError(f"importance '{name}' is computed by GroupPruner.scores (it trains a short window)")
     return getattr(tp.importance, cls)(**kwargs)
+
+
+def training_window(model, batches) -> dict:
+    """Weights before and after one SGD pass over ``batches``; the model is left as it was (BN included)."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    saved = copy.deepcopy(model.state_dict())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=WINDOW_LR, momentum=0.9)
+    model.train()
+    with torch.enable_grad():
+        for xb, yb in batches:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.load_state_dict(saved)
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return {"before": before, "after": after}
+
+
+def adjusted_cosine_redundancy(filters):
+    """Per row of ``filters`` (channels x weights): the largest adjusted cosine similarity to another row."""
+    import torch
+
+    x = filters - filters.mean(0, keepdim=True)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    sim = x @ x.T
+    sim.fill_diagonal_(-1.0)
+    return sim.max(1).values if len(x) > 1 else torch.zeros(len(x))
+
+
+class DynamicImportance:
+    """The ``dynamic`` criterion for one Torch-Pruning group, given :func:`training_window`'s weights."""
+
+    def __init__(self, model, window: dict):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.window = window
+
+    def __call__(self, group):
+        import torch
+        import torch_pruning as tp
+        from torch import nn
+
+        outs = (tp.prune_conv_out_channels, tp.prune_linear_out_channels)
+        ins = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+        size = len(group[0].root_idxs)
+        change, redundancy, producers = torch.zeros(size), torch.zeros(size), torch.zeros(size)
+        for i, (dep, idxs) in enumerate(group):
+            layer, fn, root = dep.layer, dep.pruning_fn, group[i].root_idxs
+            if not isinstance(layer, (nn.Conv2d, nn.Linear)) or fn not in outs + ins or any(r is None for r in root):
+                continue
+            if fn in ins and isinstance(layer, nn.Conv2d) and layer.groups > 1:
+                continue  # depthwise/grouped: scored as producers
+            key = f"{self.names[layer]}.weight"
+            before, after = self.window["before"][key], self.window["after"][key]
+            if fn in ins:
+                before, after = before.transpose(0, 1), after.transpose(0, 1)
+            rows_b, rows_a = before.flatten(1)[idxs], after.flatten(1)[idxs]
+            at = torch.tensor(root, dtype=torch.long)
+            change.scatter_add_(0, at, (rows_a - rows_b).norm(dim=1).float())
+            if fn in outs:  # redundancy among the layer's own filters, after the window
+                red = adjusted_cosine_redundancy(after.flatten(1))[idxs]
+                redundancy.scatter_add_(0, at, red.float())
+                producers.scatter_add_(0, at, torch.ones(len(at)))
+        r = torch.where(producers > 0, redundancy / producers.clamp_min(1), torch.zeros_like(redundancy))
+        return change * (1 - r.clamp_min(0))
 
 
 def accumulate_gradients(model, batches) -> None:

@@ -136,15 +136,19 @@ class GroupPruner:
 
         Criteria that need gradients take them from ``batches`` (a few (x, y) training batches).
         """
-        from .importance import NEEDS_GRADIENTS, accumulate_gradients
+        from .importance import NEEDS_DATA, NEEDS_GRADIENTS, DynamicImportance, accumulate_gradients, training_window
 
-        scorer = get_importance(importance)
+        if importance in NEEDS_DATA and batches is None:
+            raise TrtpruneError(
+                f"importance '{importance}' needs training data", fix="give the data (--data), or use l1, l2 or bn"
+            )
         if importance in NEEDS_GRADIENTS:
-            if batches is None:
-                raise TrtpruneError(
-                    f"importance '{importance}' needs training data", fix="give the data (--data), or use l1, l2 or bn"
-                )
             accumulate_gradients(self.model, batches)
+        scorer = (
+            DynamicImportance(self.model, training_window(self.model, batches))
+            if importance == "dynamic"
+            else get_importance(importance)
+        )
         out = {}
         for tp_group in self._tp_groups():
             out[self._describe(tp_group).name] = scorer(tp_group).detach().cpu().numpy().astype(np.float64)
@@ -222,13 +226,19 @@ def uniform_plan(groups: list[ChannelGroup], ratio: float, round_to: int = 1) ->
 
 
 def prune_uniform(
-    model: nn.Module, input_shape: tuple[int, ...], ratio: float, round_to: int = 1, importance: str = "l1"
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    ratio: float,
+    round_to: int = 1,
+    importance: str = "l1",
+    scores: Mapping | None = None,
 ) -> tuple[dict, list]:
-    """Prune every group of ``model`` by ``ratio`` (in place). Returns the plan document and the history."""
+    """Prune every group of ``model`` by ``ratio`` (in place), by ``scores`` (from :meth:`GroupPruner.scores`)
+    if given, else by a data-free ``importance``. Returns the plan document and the history."""
     pruner = GroupPruner(model, input_shape)
     groups = pruner.groups()
     plan = uniform_plan(groups, ratio, round_to)
-    pruner.prune_to(plan, importance)
+    pruner.prune_to(plan, importance, scores=scores)
     doc = {
         "method": "uniform",
         "ratio": ratio,

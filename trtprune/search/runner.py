@@ -27,10 +27,10 @@ def score_batches(data: str | None, spec, n: int = SCORE_BATCHES, batch_size: in
 
 def channel_scores(model, spec, importance: str, data: str | None):
     """Importance of every channel of every group of ``model`` (see trtprune.importance)."""
-    from ..importance import NEEDS_GRADIENTS
+    from ..importance import NEEDS_DATA
     from ..prune import GroupPruner
 
-    batches = score_batches(data, spec) if importance in NEEDS_GRADIENTS else None
+    batches = score_batches(data, spec) if importance in NEEDS_DATA else None
     return GroupPruner(model, spec.input_shape).scores(importance, batches)
 
 
