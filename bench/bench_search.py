@@ -29,6 +29,7 @@ from trtprune.latency import get_backend
 from trtprune.log import setup
 from trtprune.metrics import top1_torch
 from trtprune.pipeline import load_split, resolve_weights
+from trtprune.plots import pareto_plot
 from trtprune.provenance import provenance
 from trtprune.prune import GroupPruner
 from trtprune.search import Budget, Plan
@@ -73,8 +74,9 @@ def plan_for(work: Path, device, budget: Budget, label: str, weights, data) -> P
     return plan
 
 
-def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) -> tuple[Path, float]:
-    """Prune to the plan, fine-tune, evaluate; cached by epochs."""
+def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) -> tuple[Path, float | None]:
+    """Prune to the plan, fine-tune, evaluate; cached by epochs. With 0 epochs: only pruned (latency does not
+    depend on the weights), and no top-1."""
     out = plan_path.parent / f"model_e{cfg.epochs}.pt"
     result = plan_path.parent / f"top1_e{cfg.epochs}.json"
     if result.is_file():
@@ -84,6 +86,10 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
     scores = channel_scores(model, spec, "taylor", data)
     pruner = GroupPruner(model, spec.input_shape)
     pruner.prune_to(plan.keep_channels, scores=scores)
+    if cfg.epochs == 0:
+        save_pruned(out, model, spec.name, pruner.history())
+        write_json(result, {"top1": None, "epochs": 0})
+        return out, None
     teacher, _ = load_model("resnet56", weights)
     ckpt = plan_path.parent / f"finetune_e{cfg.epochs}.pt"
     finetune(
@@ -127,6 +133,11 @@ def main() -> None:
     ap.add_argument("--budgets", default="0.7x,0.5x,0.35x")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for every model (default 3)")
+    ap.add_argument(
+        "--finetune-on",
+        help="devices whose models are fine-tuned (default: all); the others' plans are only pruned and measured "
+        "(for the device-specificity table: latency does not depend on the weights)",
+    )
     ap.add_argument("--work", default="bench/work/search", help="cache of plans, checkpoints and accuracies")
     ap.add_argument("--data")
     ap.add_argument("--out", default="bench/results/search.json")
@@ -139,6 +150,10 @@ def main() -> None:
     methods = a.methods.split(",")
     cfg = FinetuneConfig(epochs=a.epochs, distill=0.5)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
+    tune_on = set(a.finetune_on.split(",")) if a.finetune_on else {d.name for d in devices}
+    no_tune = FinetuneConfig(epochs=0)
+    base_model, base_spec = load_model("resnet56", weights)
+    base_top1 = top1_torch(base_model, *test, base_spec.mean, base_spec.std)
     rows, checkpoints = [], {}
     for device in devices:
         for budget in budgets:
@@ -147,7 +162,8 @@ def main() -> None:
                 if plan is None:
                     continue
                 plan_path = work / device.name / str(budget) / label / "plan.json"
-                ckpt, top1 = tuned_for(plan_path, cfg, weights, a.data, train, test)
+                dev_cfg = cfg if device.name in tune_on else no_tune
+                ckpt, top1 = tuned_for(plan_path, dev_cfg, weights, a.data, train, test)
                 checkpoints[(device.name, str(budget), label)] = ckpt
                 rows.append(
                     {
@@ -155,16 +171,14 @@ def main() -> None:
                         "method": label,
                         "budget": str(budget),
                         "top1": top1,
-                        "epochs": a.epochs,
+                        "epochs": dev_cfg.epochs,
                         "precision": cfg.precision,
                         "search_s": plan.meta["search_s"],
                         "search_measured_ratio": plan.measured_ms / plan.baseline_ms,
                     }
                 )
-                print(
-                    f"  {device.name} {budget} {label}: top-1 {top1:.2f} % after {a.epochs} epochs, "
-                    f"search {plan.meta['search_s']:.0f} s"
-                )
+                acc = f"top-1 {top1:.2f} % after {dev_cfg.epochs} epochs" if top1 is not None else "not fine-tuned"
+                print(f"  {device.name} {budget} {label}: {acc}, search {plan.meta['search_s']:.0f} s")
     measured = {}
     for device in devices:  # every model of every device, on this device, in one interleaved run
         base_ms, lat, info = measure_all(device, checkpoints, weights)
@@ -182,15 +196,30 @@ def main() -> None:
             "budget": "0.5x",
             "ratio": measured[d2]["models"][(d1, "0.5x", label)] / measured[d2]["baseline_ms"],
         }
-        for label in ("locp", "knapsack")
+        for label in ("locp", "knapsack", "lap")
         for d1 in measured
         for d2 in measured
         if (d1, "0.5x", label) in checkpoints
     ]
+    for device in devices:  # accuracy against measured latency, one marker per method and budget
+        series: dict[str, list] = {}
+        for r in rows:
+            if r["device"] == device.name and r["top1"] is not None:
+                series.setdefault(r["method"], []).append((r["measured_ms"], r["top1"]))
+        if series:
+            png = Path(a.out).with_name(f"{Path(a.out).stem}_{device.name}.png")
+            pareto_plot(
+                png,
+                f"ResNet-56 on {device.name}: top-1 after {a.epochs} epochs vs latency (measured, one run)",
+                series,
+                baseline=(measured[device.name]["baseline_ms"], base_top1),
+            )
+            print(f"wrote {png}")
     write_json(
         a.out,
         {
             **provenance("make bench-search"),
+            "baseline_top1": base_top1,
             "rows": rows,
             "device_specificity": specificity,
             "baselines": {d: {"baseline_ms": m["baseline_ms"], "device": m["device"]} for d, m in measured.items()},
@@ -198,7 +227,8 @@ def main() -> None:
     )
     print(f"{'device':8s} {'budget':6s} {'method':11s} {'ratio':>6s} {'top-1':>6s}")
     for r in rows:
-        print(f"{r['device']:8s} {r['budget']:6s} {r['method']:11s} {r['ratio']:6.3f} {r['top1']:6.2f}")
+        top1 = f"{r['top1']:6.2f}" if r["top1"] is not None else "     -"
+        print(f"{r['device']:8s} {r['budget']:6s} {r['method']:11s} {r['ratio']:6.3f} {top1}")
     print(f"wrote {a.out}")
 
 
