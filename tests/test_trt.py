@@ -337,3 +337,43 @@ def test_real_tensorrt_builds_and_times_a_model(tmp_path):
         timing = backend.measure(tmp_path / "m.onnx", rounds=2, iterations=50)
         plan = backend.build(tmp_path / "m.onnx", tmp_path / "m.plan")
     assert timing.n == 100 and timing.median_ms > 0 and plan.stat().st_size > 0
+
+
+def test_engine_layers_map_back_to_onnx_nodes_and_prunable_groups(tmp_path):
+    import onnx
+
+    from trtprune.engine_map import group_times, module_of_nodes
+    from trtprune.export import onnx_from_torch
+    from trtprune.models import build_model
+    from trtprune.prune import GroupPruner
+    from trtprune.trtexec import LayerTime, load_layer_info
+
+    model = build_model("resnet20").eval()
+    onnx_from_torch(model, tmp_path / "m.onnx", (3, 32, 32), 1)
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    modules = module_of_nodes(proto)
+    relu_after = {n.input[0]: n.name for n in proto.graph.node if n.op_type == "Relu"}
+    conv_nodes = [n for n in proto.graph.node if n.name in modules]
+    # an engine as TensorRT reports it: "conv + relu" fusions, one reformat of its own, names-only layer info
+    names = [f"{n.name} + {relu_after[n.output[0]]}" if n.output[0] in relu_after else n.name for n in conv_nodes]
+    names.append("Reformatting CopyNode for Input Tensor 0 to x")
+    engine_layers = load_layer_info({"Layers": names})
+    times = [LayerTime(name, 0.0, 0.01 * (i + 1), None, 0.0) for i, name in enumerate(names)]
+    times.append(LayerTime("a layer the info does not know", 0.0, 0.5, None, 0.0))
+    groups = GroupPruner(model, (3, 32, 32)).groups()
+    per_group, other, unknown = group_times(times, engine_layers, proto, groups)
+    by_module = {modules[n.name]: 0.01 * (i + 1) for i, n in enumerate(conv_nodes)}
+    for g, gt in zip(groups, per_group):
+        assert gt.group == g.name
+        assert gt.ms == pytest.approx(sum(by_module.get(m, 0.0) for m in (*g.producers, *g.consumers)))
+        assert gt.engine_layers  # every group of ResNet-20 is in some engine layer
+    assert other == pytest.approx(0.01 * len(names) + 0.5) and unknown == ["a layer the info does not know"]
+
+
+@needs_fixtures
+def test_the_profile_and_layer_info_of_one_engine_join_by_name():
+    from trtprune.trtexec import load_export_profile, load_layer_info
+
+    profile = load_export_profile(FIXTURES / PROFILE)
+    info = {e.name for e in load_layer_info(FIXTURES / "trt8.4era_titanrtx_mobilenetv2_qat_exportLayerInfo.json")}
+    assert profile and all(lt.name in info for lt in profile)

@@ -310,6 +310,15 @@ class TrtBackend(Backend):
             engine_layers = load_layer_info(self.runner.get(info, Path(tmp) / "l.json"))
         return layers, engine_layers
 
+    def group_profile(self, model: Path, groups, iterations: int = 200):
+        """The engine's per-layer times attributed to the model's channel groups (see trtprune.engine_map)."""
+        import onnx
+
+        from ..engine_map import group_times
+
+        layer_times, engine_layers = self.profile_layers(model, iterations)
+        return group_times(layer_times, engine_layers, onnx.load(str(model), load_external_data=False), groups)
+
     def outputs(self, model: Path, x: np.ndarray) -> np.ndarray:
         """The engine's first output for the input ``x`` (one batch of the static shape): for parity checks
         against ONNX Runtime. trtexec reads raw float32 (``--loadInputs``) and writes JSON (``--exportOutput``)."""
