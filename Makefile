@@ -9,6 +9,7 @@ METHOD  ?= locp
 BUDGET  ?= 0.5x
 SEARCH_EPOCHS ?= 3
 SEARCH_ARGS ?=
+INT8_ARGS ?=
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
@@ -16,7 +17,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast lint format clean bench-profile bench-lut bench-search
+.PHONY: help setup engine test test-fast lint format clean bench-profile bench-lut bench-search bench-int8
 .DEFAULT_GOAL := help
 
 help:
@@ -24,6 +25,7 @@ help:
 	@echo "                                                   set up, search, prune, fine-tune, build, report"
 	@echo "make test                                          set up and run the tests"
 	@echo "make bench-profile | bench-lut | bench-search      benchmarks (figures in docs/benchmarks.md)"
+	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
 	@echo "make lint | format | clean"
 
 $(BIN)/.installed: pyproject.toml
@@ -48,6 +50,9 @@ bench-lut: setup
 
 bench-search: setup
 	$(BIN)/python bench/bench_search.py --epochs $(SEARCH_EPOCHS) $(SEARCH_ARGS)
+
+bench-int8: setup
+	$(BIN)/python bench/bench_int8.py $(INT8_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

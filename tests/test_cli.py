@@ -371,3 +371,35 @@ def test_run_with_a_latency_search(tiny_data, tmp_path, capsys, fake_device):
     assert report["method"]["method"] == "knapsack" and report["method"]["budget"] == "0.5x"
     assert report["pruned"]["latency"]["median_ms"] <= 0.5 * report["baseline"]["latency"]["median_ms"] * 1.01
     assert "knapsack search for a budget of 0.5x" in (tmp_path / "k" / "report.md").read_text()
+
+
+def test_quantize_from_the_training_set_or_a_calib_folder(capsys, tiny_data, tmp_path):
+    import numpy as np
+
+    small_onnx = tmp_path / "r20.onnx"
+    w = tiny_data / WEIGHTS
+    assert run_cli(capsys, "export", "--model", "resnet20", "--weights", w, "-o", small_onnx)[0] == 0
+
+    code, out, err = run_cli(
+        capsys, "quantize", "--model", "resnet20", "--data", tiny_data, small_onnx, "-n", "8", "-o", tmp_path / "a.onnx"
+    )
+    assert code == 0 and "INT8 Q/DQ for tensorrt" in out and (tmp_path / "a.onnx").is_file(), err
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8))
+    code, out, err = run_cli(
+        capsys,
+        "quantize",
+        "--model",
+        "resnet20",
+        small_onnx,
+        "--calib",
+        tmp_path / "calib.npy",
+        "--target",
+        "ort",
+        "-o",
+        tmp_path / "b.onnx",
+    )
+    assert code == 0 and "for ort" in out, err
+    code, _, err = run_cli(
+        capsys, "quantize", "--model", "resnet20", small_onnx, "--calib", tmp_path / "none", "-o", tmp_path / "c.onnx"
+    )
+    assert code == 2 and not (tmp_path / "c.onnx").exists() and "Traceback" not in err

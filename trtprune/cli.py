@@ -1,14 +1,18 @@
 """The command line: one subcommand per pipeline stage, and `run` for all of them.
 
 User mistakes print one message (what, why, what to do) and exit 2 without a traceback; ``-v`` shows
-the traceback and debug logs.
+the traceback and debug logs. Ctrl-C (exit 130) and SIGTERM (exit 143) stop a command cleanly: files
+being written are removed, finished ones kept, so re-running resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 
 from . import commands as C
 from .errors import TrtpruneError
@@ -37,6 +41,12 @@ def _model(
         "--model", default="resnet56", help=f"{', '.join(BUILTIN)} or path/file.py:factory (default: resnet56)"
     )
     p.add_argument("--weights", help=weights_help, required=weights_required)
+    p.add_argument(
+        "--unsafe-pickle",
+        action="store_true",
+        help="also load checkpoints that need full unpickling (e.g. torch.save(model)): such a file can run "
+        "code, so only for files you trust (default: weights_only loading, tensors and plain containers only)",
+    )
 
 
 def _device(p: argparse.ArgumentParser) -> None:
@@ -124,6 +134,24 @@ def parser() -> argparse.ArgumentParser:
     _device(p)
     p.add_argument("--batch", type=int, help="static batch (default: the device's)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p = add("quantize", C.cmd_quantize, "INT8: an fp32 ONNX model -> Q/DQ ONNX, calibrated on images (calib/)")
+    _model(p)
+    p.add_argument("onnx", help="the fp32 ONNX model (from export or build)")
+    p.add_argument(
+        "--calib",
+        help="calibration images: a folder of images at the model's input size, or a .npy/.npz of uint8 NHWC "
+        "images (see trtprune/quantize.py); default: the training set",
+    )
+    p.add_argument("-n", "--images", type=int, default=512, help="calibration images to use (default 512)")
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument(
+        "--target",
+        choices=("tensorrt", "ort"),
+        default="tensorrt",
+        help="tensorrt: symmetric int8 Q/DQ for TensorRT's explicit quantization (default); ort: ONNX Runtime's "
+        "faster CPU form (uint8 activations), which TensorRT does not accept",
+    )
+    p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write")
     p = add("measure", C.cmd_measure, "time ONNX models on a device, side by side in one interleaved run")
     p.add_argument("onnx", nargs="+", help="ONNX files (the first is the reference for speed-ups)")
     _device(p)
@@ -186,21 +214,50 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that temporary files are removed and open transactions rolled back."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import log as logsetup
 
     args = parser().parse_args(argv)
     logsetup.setup(args.verbose)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
-        args.fn(args)
+        scope = contextlib.nullcontext()
+        if getattr(args, "unsafe_pickle", False):
+            from .weights import unsafe_pickle
+
+            scope = unsafe_pickle()
+        with scope:
+            args.fn(args)
     except TrtpruneError as e:
         if args.verbose:
             log.exception("details")
         print(f"trtprune {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as e:  # a path that cannot be read or written (missing folder, a file in the way, no space)
+        if args.verbose:
+            log.exception("details")
+        where = f": '{e.filename}'" if e.filename else ""
+        print(
+            f"trtprune {args.command}: error: {e.strerror or e}{where}\n"
+            "  fix: check the paths given and that their folders exist and can be written (-v shows where)",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt as e:
         print(f"trtprune {args.command}: interrupted; finished files are kept, re-run to resume", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     return 0
 
 

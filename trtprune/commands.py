@@ -65,6 +65,25 @@ def cmd_export(a) -> None:
     print(f"wrote {e.path} (batch {batch}, {e.nodes} nodes, max |onnxruntime - torch| = {e.max_abs_diff:.2e})")
 
 
+def cmd_quantize(a) -> None:
+    from .models import model_spec
+    from .pipeline import load_split
+    from .quantize import calib_array, calib_images, qdq_from_onnx, qdq_summary
+
+    spec = model_spec(a.model)
+    if a.calib:
+        calib = calib_images(a.calib, spec, a.images)
+    else:
+        x, _ = load_split(a.data, "train")
+        calib = calib_array(x, spec, a.images, "the training set")
+    out = qdq_from_onnx(a.onnx, a.output, calib, method=a.method, target=a.target)
+    s = qdq_summary(out)
+    print(
+        f"wrote {out}: INT8 Q/DQ for {a.target} ({s['quantize']} Q / {s['dequantize']} DQ nodes), {a.method} "
+        f"calibration on {len(calib)} images"
+    )
+
+
 def cmd_measure(a) -> None:
     from .devices import get_device
     from .export import read_onnx
