@@ -17,13 +17,14 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast lint format clean bench-profile bench-lut bench-search bench-int8
+.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8
 .DEFAULT_GOAL := help
 
 help:
 	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2 METHOD=locp BUDGET=0.5x]"
 	@echo "                                                   set up, search, prune, fine-tune, build, report"
 	@echo "make test                                          set up and run the tests"
+	@echo "make test-reliability                              bad inputs, kills, untrusted files, property tests"
 	@echo "make bench-profile | bench-lut | bench-search      benchmarks (figures in docs/benchmarks.md)"
 	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
 	@echo "make lint | format | clean"
@@ -59,6 +60,9 @@ test: setup
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
+
+test-reliability: setup
+	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_properties.py
 
 lint: setup
 	$(BIN)/ruff check trtprune tests bench

@@ -1,5 +1,11 @@
+import os
 import sys
 
-from .cli import main
+# `python -m trtprune` puts the working directory first on sys.path, so a stray numpy.py or onnx.py lying
+# there would be imported in place of the real module. trtprune itself is imported already: drop it.
+if not getattr(sys.flags, "safe_path", False) and sys.path and sys.path[0] in ("", os.getcwd()):
+    del sys.path[0]
+
+from .cli import main  # noqa: E402
 
 sys.exit(main())

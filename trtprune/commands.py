@@ -276,15 +276,13 @@ def cmd_run(a) -> None:
 
 
 def cmd_report(a) -> None:
-    import json
-
-    from .pipeline import Run, RunConfig
+    from .pipeline import Run, RunConfig, read_config
     from .report import stage_report
 
     path = Path(a.run_dir) / "config.json"
     if not path.is_file():
         raise TrtpruneError(f"'{a.run_dir}' is not a run directory (no config.json)", fix="give runs/<name> of a run")
-    cfg = RunConfig.from_dict(json.loads(path.read_text()), str(path))
+    cfg = RunConfig.from_dict(read_config(path), str(path))
     with Run(a.run_dir, cfg, a.data, a.engines_dir) as run:
         for name in ("baseline.onnx", "model.pt", "pruned.onnx"):
             if not run.path(name).is_file():
@@ -293,6 +291,39 @@ def cmd_report(a) -> None:
                 )
         stage_report(run)
     print(f"wrote {run.path('report.md')} and {run.path('report.json')}")
+
+
+def _profilable(gls, model) -> tuple[list, dict[str, list[str]]]:
+    """The groups with at least one layer the profiler can time, and the conv/linear modules it cannot time
+    (not a Conv or Gemm with constant weights in the exported graph), which are left out with a warning."""
+    import logging
+
+    from torch import nn
+
+    log = logging.getLogger(__name__)
+    timeable = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    kept, left_out = [], {}
+    for gl in gls:
+        found = {layer.name for layer in (*gl.producers, *gl.consumers)}
+        missing = [n for n in (*gl.group.producers, *gl.group.consumers) if n in timeable and n not in found]
+        if missing:
+            left_out[gl.group.name] = missing
+            log.warning(
+                "group %s: %s not found as Conv/Gemm with constant weights in the exported graph: %s",
+                gl.group.name,
+                ", ".join(missing),
+                "profiled without them" if found else "group not profiled",
+            )
+        if found:
+            kept.append(gl)
+    if not kept:
+        raise TrtpruneError(
+            "no channel group of the model has a layer the profiler can time",
+            why="the profiler times Conv and Gemm layers with constant weights, found by the torch module names of "
+            "their weights in the exported ONNX graph",
+            fix="use plain nn.Conv2d / nn.Linear modules whose weights are used as they are",
+        )
+    return kept, left_out
 
 
 def cmd_profile(a) -> None:
@@ -315,12 +346,13 @@ def cmd_profile(a) -> None:
         raise TrtpruneError(f"--rel {a.rel} is not a fraction", fix="use e.g. 0.01 for 1 %")
     device = get_device(a.device)
     model, spec = load_model(a.model, a.weights)
+    groups = GroupPruner(model, spec.input_shape).groups()
     out = Path(a.out or f"profiles/{spec.name}-{device.name}")
-    onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
-    gls = group_layers(GroupPruner(model, spec.input_shape).groups(), layers_of(onnx.load(str(out / "model.onnx"))))
     tol = Tolerance(rel=a.rel)
     results = {}
-    with get_backend(device) as backend, LUT(a.lut) as lut:
+    with get_backend(device) as backend, LUT(a.lut) as lut:  # an absent engine or a bad --lut fails before work
+        onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
+        gls, left_out = _profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
         profiler = Profiler(backend, lut)
         for gl in progress(gls, desc="profiling groups", unit="group"):
             s = profiler.stairs(gl, tol, a.method)
@@ -345,6 +377,7 @@ def cmd_profile(a) -> None:
         "measured": profiler.measured,
         "requested": profiler.requested,
         "saved_by_sharing": profiler.requested - profiler.measured,
+        "left_out": left_out,  # modules the profiler could not time, by group
         "seconds": profiler.seconds,
     }
     write_json(out / "stairs.json", {**summary, "groups": results})

@@ -42,7 +42,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> RunConfig:
-        """The inverse of ``to_dict``; unknown keys are an error naming them (absent ones take defaults)."""
+        """The inverse of ``to_dict``; unknown keys or values of the wrong type are an error naming them
+        (absent keys take defaults)."""
+        if not isinstance(d, dict):
+            raise TrtpruneError(
+                f"'{source}' is not a run configuration", why=f"expected a JSON object, found {type(d).__name__}"
+            )
         fields = {f.name for f in dataclasses.fields(cls)}
         ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
         ft = d.get("finetune", {})
@@ -53,4 +58,33 @@ class RunConfig:
                 f"'{source}' has unknown settings: {', '.join(unknown)}",
                 fix="it was written by another version of trtprune; start the run over with --fresh",
             )
-        return cls(**{**d, "finetune": FinetuneConfig(**ft)})
+        cfg = cls(**{**d, "finetune": FinetuneConfig(**ft)})
+        wrong = [k for k, v in _values(cfg) if not _fits(v, _TYPES[k])]
+        if wrong:
+            raise TrtpruneError(
+                f"'{source}' has settings of the wrong type: {', '.join(wrong)}",
+                fix="it was edited or written by another version of trtprune; start the run over with --fresh",
+            )
+        return cfg
+
+
+def _values(cfg: RunConfig):
+    for f in dataclasses.fields(cfg):
+        if f.name == "finetune":
+            yield from ((f"finetune.{g.name}", getattr(cfg.finetune, g.name)) for g in dataclasses.fields(cfg.finetune))
+        else:
+            yield f.name, getattr(cfg, f.name)
+
+
+def _fits(value, types: tuple) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+# The JSON types a setting of each annotation may hold (ints are accepted where floats are expected).
+_JSON_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | None": (str, type(None))}
+_TYPES = {
+    **{f"finetune.{f.name}": _JSON_TYPES[f.type] for f in dataclasses.fields(FinetuneConfig)},
+    **{f.name: _JSON_TYPES[f.type] for f in dataclasses.fields(RunConfig) if f.name != "finetune"},
+}

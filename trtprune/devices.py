@@ -23,6 +23,7 @@ User devices come from a TOML file, ``$TRTPRUNE_DEVICES`` or ``~/.config/trtprun
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -60,8 +61,8 @@ class Device:
         where = f"device '{self.name}'"
         if self.precision not in PRECISIONS:
             raise TrtpruneError(f"{where}: unknown precision '{self.precision}'", fix=f"use {', '.join(PRECISIONS)}")
-        if self.batch < 1 or self.threads < 1 or self.workspace_mib < 1 or self.timeout_s <= 0:
-            raise TrtpruneError(f"{where}: batch, threads, workspace_mib and timeout_s must be positive")
+        if self.batch < 1 or self.threads < 1 or self.workspace_mib < 1 or not 0 < self.timeout_s < math.inf:
+            raise TrtpruneError(f"{where}: batch, threads, workspace_mib and timeout_s must be positive (and finite)")
         if self.dla_core is not None and self.dla_core < 0:
             raise TrtpruneError(f"{where}: dla_core {self.dla_core} is negative", fix="use 0 or 1, or leave it out")
         if self.backend == "ssh":
@@ -128,7 +129,7 @@ def load_devices(path: str | Path) -> dict[str, Device]:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise TrtpruneError(f"device file '{path}' does not exist", fix="create it or unset TRTPRUNE_DEVICES") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # TOMLDecodeError, not UTF-8, absurd nesting or numbers
         raise TrtpruneError(f"device file '{path}' cannot be read: {e}", fix="fix the TOML syntax") from None
     unknown_top = set(doc) - {"devices"}
     if unknown_top or not isinstance(doc.get("devices", {}), dict):

@@ -112,6 +112,56 @@ def run_onnx(path: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
     return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
 
 
+def _tensors(graph):
+    """Every tensor stored in a graph: initializers, sparse ones, and node attributes (subgraphs too)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sparse in [*([a.sparse_tensor] if a.HasField("sparse_tensor") else []), *a.sparse_tensors]:
+                yield from (sparse.values, sparse.indices)
+            for sub in [*([a.g] if a.HasField("g") else []), *a.graphs]:
+                yield from _tensors(sub)
+
+
+def _inside(folder: Path, location: str) -> bool:
+    try:
+        return (folder / location).resolve().is_relative_to(folder)
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL in the name
+        return False
+
+
+def _check_external_data(proto, path: Path) -> None:
+    """Refuse external-data locations outside the model's folder (absolute, ``..``, or a link leading out):
+    a model file must not make the engine read other files of the machine."""
+    import itertools
+
+    from onnx import TensorProto
+
+    folder = path.parent.resolve()
+    tensors = itertools.chain(_tensors(proto.graph), *(_node_tensors(f.node) for f in proto.functions))
+    for t in tensors:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not location or Path(location).is_absolute() or not _inside(folder, location):
+            raise TrtpruneError(
+                f"'{path}' refers to external data outside its folder: tensor '{t.name}' at '{location}'",
+                why="an ONNX model may keep weights in files beside it, never elsewhere on the machine "
+                "(absolute paths, '..' and links leading out are refused)",
+                fix="keep the external data files in the model's folder, or save the model with its weights "
+                "inside (onnx.save(model, path, save_as_external_data=False))",
+            )
+
+
 def read_onnx(path: str | Path):
     """Load and check an ONNX file given by the user; clear errors for missing, corrupt or dynamic."""
     import onnx
@@ -119,15 +169,23 @@ def read_onnx(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise TrtpruneError(f"ONNX file '{path}' does not exist", fix="check the path, or run 'trtprune export' first")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
-    except Exception as e:
-        raise TrtpruneError(
-            f"'{path}' is not a valid ONNX model: {type(e).__name__}: {str(e).splitlines()[0]}",
+
+    def invalid(e: Exception) -> TrtpruneError:
+        return TrtpruneError(
+            f"'{path}' is not a valid ONNX model: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}",
             why="it is truncated, corrupt, or not ONNX",
             fix="export it again (trtprune export) or check how it was copied",
-        ) from e
+        )
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise invalid(e) from e
+    _check_external_data(proto, path)  # before anything reads the model's external data
+    try:
+        onnx.checker.check_model(str(path))  # by path: external data is looked for beside the model
+    except Exception as e:
+        raise invalid(e) from e
     for inp in proto.graph.input:
         dims = inp.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):

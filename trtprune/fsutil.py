@@ -1,18 +1,55 @@
-"""File writes that are complete or absent: write a temporary file beside the target, fsync, rename."""
+"""File writes that are complete or absent: write a temporary file beside the target, fsync, rename.
+
+The temporary name carries the writer's pid (``.name.tmp<pid>``): a write stopped by Ctrl-C or SIGTERM
+removes its file; one stopped by SIGKILL or a power cut leaves it, and the next write of the same target
+removes the leftovers of writers that are no longer running.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
+
+from .errors import TrtpruneError
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``.name.tmp<pid>`` files beside ``path`` left by writers that died (SIGKILL)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.tmp(\d+)")
+    with contextlib.suppress(OSError):
+        for p in path.parent.iterdir():
+            m = pattern.fullmatch(p.name)
+            if m and int(m.group(1)) != os.getpid() and not _running(int(m.group(1))):
+                p.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path to write; on success it replaces ``path`` atomically, else it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrtpruneError(
+            f"cannot write '{path}': cannot create its folder '{path.parent}': {e.strerror or e}",
+            fix="choose an output path whose folders can be created (no file of the same name in the way)",
+        ) from e
+    if path.is_dir():
+        raise TrtpruneError(f"cannot write '{path}': it is a folder", fix="give a file name as the output")
+    _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp

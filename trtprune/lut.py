@@ -46,7 +46,15 @@ class LUT:
         self.db: sqlite3.Connection | None = None
 
     def __enter__(self) -> LUT:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TrtpruneError(
+                f"cannot create the latency table '{self.path}': {e.strerror or e}",
+                fix="pass a --lut path whose folder can be created",
+            ) from e
+        if self.path.is_dir():
+            raise TrtpruneError(f"the latency table '{self.path}' is a folder", fix="pass a file path with --lut")
         try:
             self.db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -98,8 +106,9 @@ class LUT:
                 [(backend, s, ci, co, e.median_ms, e.p90_ms, e.n, e.kernel, now) for (s, ci, co), e in rows.items()],
             )
             self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
+        except BaseException:  # an error, Ctrl-C or SIGTERM: nothing of this batch is stored
+            if self.db.in_transaction:  # (an interrupt right after COMMIT finds none to roll back)
+                self.db.execute("ROLLBACK")
             raise
         return self.db.total_changes - before
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from . import data as D
+from .errors import TrtpruneError
 from .log import progress
 
 
@@ -57,6 +58,12 @@ def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, d
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]
+    image = (x.shape[3], *x.shape[1:3]) if x.ndim == 4 else tuple(x.shape[1:])  # NHWC images -> C, H, W
+    if len(inp.shape) != 4 or tuple(inp.shape[1:]) != image:
+        raise TrtpruneError(
+            f"'{path}' takes input '{inp.name}' of shape {list(inp.shape)}, but the images are {list(image)} (C, H, W)",
+            fix="evaluate the ONNX export of a model made for these images (trtprune export --model ...)",
+        )
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
     xt, yt = D.to_tensor(x), torch.from_numpy(y)
     correct = 0

@@ -35,6 +35,9 @@ def resolve_weights(model_name: str, weights: str | None, data: str | None) -> P
     if weights:
         return Path(weights)
     spec = model_spec(model_name)
+    file = spec.factory_path.rsplit(":", 1)[0]
+    if file.endswith(".py") and not Path(file).is_file():  # say that first, not that it has no weights
+        raise TrtpruneError(f"model file '{file}' does not exist", fix="check the path before ':'")
     if spec.pretrained is None:
         raise TrtpruneError(
             f"model '{model_name}' has no published weights",
@@ -48,6 +51,21 @@ def load_split(data: str | None, split: str, limit: int = 0):
     root, may_download = fetch.data_root(data)
     x, y = load_cifar10(fetch.ensure_cifar10(root, may_download), split)
     return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def read_config(path: Path) -> dict:
+    """A run's ``config.json`` as a dict; a clear error when it is not JSON (it was edited or copied badly)."""
+    try:
+        found = json.loads(path.read_text())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError
+        raise TrtpruneError(
+            f"'{path}' is not a run configuration: {e}",
+            why="trtprune writes it whole, as JSON; it was edited or damaged since",
+            fix="start the run over with --fresh, or restore the file",
+        ) from e
+    if not isinstance(found, dict):
+        raise TrtpruneError(f"'{path}' is not a run configuration (not a JSON object)", fix="start over with --fresh")
+    return found
 
 
 class Run:
@@ -115,7 +133,7 @@ class Run:
         if not path.is_file():
             write_json(path, wanted)
             return
-        found = json.loads(path.read_text())
+        found = read_config(path)
         if found != wanted:
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
             raise TrtpruneError(

@@ -129,6 +129,13 @@ class GroupPruner:
     def groups(self) -> list[ChannelGroup]:
         """Every prunable channel group, in module order of its name."""
         found = [self._describe(g) for g in self._tp_groups()]
+        if not found:
+            raise TrtpruneError(
+                "the model has no prunable channel groups",
+                why="trtprune prunes the channels of Conv2d layers and of Linear layers before the classifier; "
+                "the output layer is kept whole, and this model has nothing else",
+                fix="give a model with convolutions (or hidden linear layers), e.g. --model resnet20",
+            )
         return sorted(found, key=lambda g: self._order[g.name])
 
     def scores(self, importance: str = "l1", batches=None) -> dict[str, np.ndarray]:

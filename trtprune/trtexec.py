@@ -254,7 +254,8 @@ _SCALARS = (
     ("total_gpu_compute_s", re.compile(rf"^\s*total (?:gpu )?compute time\s*:\s*({_NUM})\s*s\s*$", re.I)),
 )
 _DEVICE = re.compile(r"^\s*Selected Device:\s*(.+?)\s*$")
-_BATCH = re.compile(r"^\s*Batch:\s*(\d+)\s*$")
+# Integers are read with at most 18 digits (int() refuses more than 4300; no trtexec figure has more than 18).
+_BATCH = re.compile(r"^\s*Batch:\s*(\d{1,18})\s*$")
 
 
 class _StatAcc:
@@ -417,7 +418,7 @@ def parse_summary(text: str) -> PerfSummary:
 
 
 # -- per-layer profile table --------------------------------------------------------------------------------
-_PROFILE_HEAD = re.compile(r"^=== Profile \(\s*(\d+)\s+iterations?\s*\) ===$")
+_PROFILE_HEAD = re.compile(r"^=== Profile \(\s*(\d{1,18})\s+iterations?\s*\) ===$")
 _ROW_NUM = rf"({_NUM})"
 
 
@@ -513,15 +514,16 @@ def _load_json(src, what: str):
         path = Path(src)
         try:
             text = path.read_text(encoding="utf-8-sig")
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a NUL in the name, or not UTF-8
             raise TrtpruneError(f"cannot read the trtexec {what} file {path}", why=str(e)) from e
         origin = str(path)
     try:
         return json.loads(text)
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError; absurd nesting or integers
+        where = f"at line {e.lineno}, column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
         raise TrtpruneError(
             f"{origin} is not a trtexec {what} JSON file",
-            why=f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}",
+            why=f"invalid JSON {where}",
             fix=f"pass the file trtexec wrote with --{what}=<file>",
         ) from e
 
@@ -547,7 +549,7 @@ def load_export_profile(src: str | Path | list) -> list[LayerTime]:
                     float(rec["percentage"]),
                 )
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise TrtpruneError(
                 f"record {i} of the --exportProfile file is incomplete",
                 why=f"expected name, timeMs, averageMs, percentage; got {sorted(rec)} ({e})",
@@ -585,7 +587,7 @@ def latency_stats(records: Iterable[dict], key: str | None = None, percentiles=(
             )
     try:
         vals = sorted(float(r[key]) for r in recs)
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise TrtpruneError(f"an --exportTimes record has no numeric {key!r}", why=str(e)) from e
     if any(math.isnan(v) for v in vals):
         raise TrtpruneError(f"an --exportTimes record has NaN {key!r}")
@@ -740,8 +742,8 @@ def device_info(text: str) -> DeviceInfo | None:
         name=fields.get("Selected Device"),
         uuid=fields.get("Selected Device UUID"),
         compute_capability=fields.get("Compute Capability"),
-        sms=num("SMs", r"(\d+)", int),
-        global_memory_mib=num("Device Global Memory", r"(\d+)\s*MiB", int),
+        sms=num("SMs", r"(\d{1,18})\b", int),
+        global_memory_mib=num("Device Global Memory", r"(\d{1,18})\s*MiB", int),
         compute_clock_ghz=num(f"{pre}Compute Clock Rate", r"([\d.]+)\s*GHz"),
         memory_clock_ghz=num(f"{pre}Memory Clock Rate", r"([\d.]+)\s*GHz"),
         application_clocks=app,
@@ -749,7 +751,7 @@ def device_info(text: str) -> DeviceInfo | None:
 
 
 _MEM = re.compile(
-    r"^((?:Total|Max) (?:Host Persistent|Device Persistent|Scratch|Activation|Weights) Memory):\s*(\d+)\s*"
+    r"^((?:Total|Max) (?:Host Persistent|Device Persistent|Scratch|Activation|Weights) Memory):\s*(\d{1,18})\s*"
     r"(bytes|B|KiB|MiB|GiB)?\s*$"
 )
 _UNIT = {None: 1, "bytes": 1, "B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -858,7 +860,9 @@ def check_output(text: str, returncode: int | None = None) -> None:
     if _OOM.search(text):
         building = re.search(r"Engine could not be created|buildSerializedNetwork|Building engine", text, re.I)
         need = ""
-        if m := re.search(r"Requested amount of GPU memory \((\d+) bytes\)|allocating (\d+)-byte buffer", text):
+        if m := re.search(
+            r"Requested amount of GPU memory \((\d{1,18}) bytes\)|allocating (\d{1,18})-byte buffer", text
+        ):
             n = int(m.group(1) or m.group(2))
             need = f"TensorRT asked for {n} bytes ({n / 2**30:.2f} GiB) of GPU memory; "
         stage = "building the engine" if building else "running inference"

@@ -1,13 +1,18 @@
 """Loading and saving weights: published checkpoints, plain state dicts, and pruned models.
 
-Every load uses ``torch.load(..., weights_only=True)``: a checkpoint cannot run code. A pruned model
+Every load uses ``torch.load(..., weights_only=True)``: a checkpoint cannot run code, unless the caller
+opts in with ``with unsafe_pickle():`` (the CLI's ``--unsafe-pickle``), for files the user trusts. A pruned model
 is saved as the dense architecture's name, its replayable pruning history and the state dict; it is
 rebuilt by replaying the history on a fresh dense model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -16,25 +21,56 @@ from torch import nn
 from .errors import TrtpruneError
 from .fsutil import atomic_path
 
+log = logging.getLogger(__name__)
+
 PRUNED_FORMAT = "trtprune.pruned/1"
 # Only these may be absent from a checkpoint (old BN checkpoints predate the counter).
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The dict stored in a checkpoint file, loaded without executing code."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrtpruneError(f"weights file '{path}' does not exist", fix="check the path given to --weights")
+_UNSAFE_PICKLE = contextvars.ContextVar("trtprune_unsafe_pickle", default=False)
+
+
+@contextlib.contextmanager
+def unsafe_pickle():
+    """Within this block checkpoints that need full unpickling (``torch.save(model)``) are loaded too.
+
+    Unpickling can run any code the file contains: only for files the user trusts and asked for.
+    """
+    token = _UNSAFE_PICKLE.set(True)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        yield
+    finally:
+        _UNSAFE_PICKLE.reset(token)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The dict stored in a checkpoint file, loaded without executing code (see :func:`unsafe_pickle`)."""
+    path = Path(path)
+    if not path.exists():
+        raise TrtpruneError(f"weights file '{path}' does not exist", fix="check the path given to --weights")
+    if not path.is_file():
+        raise TrtpruneError(f"weights path '{path}' is not a file", fix="give the checkpoint file, not a folder")
+    unsafe = _UNSAFE_PICKLE.get()
+    if unsafe:
+        log.warning("loading '%s' with full unpickling (--unsafe-pickle): the file can run code", path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # torch colours its messages
+        if not unsafe and first.startswith("Weights only load failed"):
+            first = "it holds pickled Python objects, not only tensors (e.g. a model saved by torch.save(model))"
         raise TrtpruneError(
-            f"cannot read weights file '{path}': {type(e).__name__}: {str(e).splitlines()[0]}",
-            why="trtprune loads checkpoints with weights_only=True: tensors and plain containers only, "
+            f"cannot read weights file '{path}': {type(e).__name__}: {first}",
+            why="it is truncated or not a PyTorch checkpoint"
+            if unsafe
+            else "trtprune loads checkpoints with weights_only=True: tensors and plain containers only, "
             "never pickled code or whole-model objects",
-            fix="save the model's state_dict() (torch.save(model.state_dict(), path)) and load that",
+            fix="save the model's state_dict() (torch.save(model.state_dict(), path)) and load that"
+            + ("" if unsafe else "; or, only for a file you trust, pass --unsafe-pickle"),
         ) from e
+    if unsafe and isinstance(obj, nn.Module):
+        obj = obj.state_dict()
     if not isinstance(obj, dict):
         raise TrtpruneError(f"weights file '{path}' holds a {type(obj).__name__}, not a state dict")
     return obj

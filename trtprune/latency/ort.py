@@ -69,8 +69,9 @@ def ort_session(model: str | Path | bytes, threads: int = 1, quiet_pool: bool = 
     except Exception as e:
         what = "a serialised model" if isinstance(model, bytes) else f"'{model}'"
         raise TrtpruneError(
-            f"ONNX Runtime cannot load {what}: {str(e).splitlines()[0]}",
-            fix="check the file with 'trtprune export' or onnx.checker",
+            f"ONNX Runtime cannot load {what}: {(str(e).splitlines() or [''])[0]}",
+            why="the model uses an operator or type ONNX Runtime's CPU engine does not implement, or it is broken",
+            fix="check the file with 'trtprune export' or onnx.checker; custom operators cannot be timed on cpu",
         ) from e
 
 

@@ -64,6 +64,24 @@ class Plan:
     measured_ms: float | None = None
     meta: dict = field(default_factory=dict)
 
+    def _wrong_types(self) -> list[str]:
+        def counts(d) -> bool:
+            return isinstance(d, dict) and all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in d.items()
+            )
+
+        def ms(v) -> bool:
+            return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+        checks = {
+            **{k: isinstance(getattr(self, k), str) for k in ("model", "device", "method", "budget", "lut_key")},
+            "keep_channels": counts(self.keep_channels),
+            "channels": counts(self.channels),
+            **{k: ms(getattr(self, k)) for k in ("baseline_ms", "predicted_ms", "measured_ms")},
+            "meta": isinstance(self.meta, dict),
+        }
+        return [k for k, ok in checks.items() if not ok]
+
     def save(self, path: str | Path) -> None:
         write_json(path, {"format": PLAN_FORMAT, **asdict(self)})
 
@@ -74,7 +92,7 @@ class Plan:
             raise TrtpruneError(f"plan '{path}' does not exist", fix="make one with trtprune search")
         try:
             d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, absurd nesting
             raise TrtpruneError(f"plan '{path}' is not JSON: {e}", fix="make it again with trtprune search") from e
         if not isinstance(d, dict) or d.pop("format", None) != PLAN_FORMAT:
             raise TrtpruneError(
@@ -86,6 +104,14 @@ class Plan:
             plan = cls(**d)
         except TypeError as e:
             raise TrtpruneError(f"plan '{path}' is malformed: {e}", fix="make it again with trtprune search") from e
+        wrong = plan._wrong_types()
+        if wrong:
+            raise TrtpruneError(
+                f"plan '{path}' is malformed: wrong types for {', '.join(wrong)}",
+                why="model, device, method, budget and lut_key are text; keep_channels and channels map group "
+                "names to channel counts; the latencies are numbers or null; meta is an object",
+                fix="make it again with trtprune search",
+            )
         bad = {
             g: k
             for g, k in plan.keep_channels.items()

@@ -64,7 +64,7 @@ def search(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with get_backend(device) as backend, LUT(lut_path) as lut:
-        predictor = Predictor(spec.name, backend, lut, workdir)
+        predictor = Predictor(model_name, backend, lut, workdir)  # a user file.py:factory, not its spec name
         space = SearchSpace.build(predictor, scores)
         result = get_searcher(method, **searcher_options).search(space, budget)
         key = backend.key()
