@@ -134,6 +134,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for every model (default 3)")
     ap.add_argument(
+        "--baselines-on",
+        help="devices on which the uniform and flops baselines are searched too (default: all)",
+    )
+    ap.add_argument(
         "--finetune-on",
         help="devices whose models are fine-tuned (default: all); the others' plans are only pruned and measured "
         "(for the device-specificity table: latency does not depend on the weights)",
@@ -151,6 +155,7 @@ def main() -> None:
     cfg = FinetuneConfig(epochs=a.epochs, distill=0.5)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
     tune_on = set(a.finetune_on.split(",")) if a.finetune_on else {d.name for d in devices}
+    baseline_on = set(a.baselines_on.split(",")) if a.baselines_on else {d.name for d in devices}
     no_tune = FinetuneConfig(epochs=0)
     base_model, base_spec = load_model("resnet56", weights)
     base_top1 = top1_torch(base_model, *test, base_spec.mean, base_spec.std)
@@ -158,6 +163,8 @@ def main() -> None:
     for device in devices:
         for budget in budgets:
             for label in methods:
+                if a.baselines_on and METHODS[label][0] in ("uniform", "flops") and device.name not in baseline_on:
+                    continue
                 plan = plan_for(work, device, budget, label, weights, a.data)
                 if plan is None:
                     continue
