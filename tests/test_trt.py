@@ -377,3 +377,32 @@ def test_the_profile_and_layer_info_of_one_engine_join_by_name():
     profile = load_export_profile(FIXTURES / PROFILE)
     info = {e.name for e in load_layer_info(FIXTURES / "trt8.4era_titanrtx_mobilenetv2_qat_exportLayerInfo.json")}
     assert profile and all(lt.name in info for lt in profile)
+
+
+@needs_fixtures
+def test_int8_devices_get_an_engine_built_from_a_calibrated_qdq_model(fake_tools, tiny_data, tmp_path, monkeypatch):
+    import onnx
+
+    from trtprune import devices
+    from trtprune.config import RunConfig
+    from trtprune.export import onnx_from_torch
+    from trtprune.models import build_model
+    from trtprune.pipeline import Run, deliver
+
+    monkeypatch.setitem(devices.DEVICES, "gpu-int8", replace(GPU, name="gpu-int8", precision="int8"))
+    run = Run(
+        tmp_path / "run",
+        RunConfig(model="resnet20", device="gpu-int8"),
+        data=str(tiny_data),
+        engines_dir=tmp_path / "engines",
+    )
+    run.dir.mkdir()
+    onnx_from_torch(build_model("resnet20").eval(), run.path("pruned.onnx"), (3, 32, 32), 1)
+    plan = deliver(run)
+    assert plan == tmp_path / "engines" / "resnet20-gpu-int8.plan"
+    built_from = onnx.load_from_string(plan.read_bytes()[4:])  # the fake engine holds the ONNX it was built from
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in built_from.graph.node}
+    builds = [c for c in fake_tools() if any(a.startswith("--onnx=") for a in c)]
+    assert "--int8" in builds[-1]
+    with pytest.raises(TrtpruneError, match="measure fp32 models"):
+        replace(DEVICES["cpu"], precision="int8").check()

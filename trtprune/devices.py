@@ -67,8 +67,12 @@ class Device:
             raise TrtpruneError(f"{where}: dla_core {self.dla_core} is negative", fix="use 0 or 1, or leave it out")
         if self.backend == "ssh":
             check_host(self.host, where)
-        if self.backend == "ort" and self.precision not in ("fp32", "int8"):
-            raise TrtpruneError(f"{where}: ONNX Runtime CPU runs fp32 (or an int8 QDQ model), not {self.precision}")
+        if self.backend == "ort" and self.precision != "fp32":
+            raise TrtpruneError(
+                f"{where}: the ONNX Runtime CPU devices measure fp32 models, not {self.precision}",
+                why="their latency stairs are measured on fp32 layers",
+                fix="prune for the fp32 device, then make an INT8 model with 'trtprune quantize --target ort'",
+            )
         return self
 
 

@@ -277,14 +277,30 @@ def stage_build(run: Run, out: Path) -> None:
     onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 
+def int8_onnx(run: Run) -> Path:
+    """For an int8 TensorRT device: the pruned model as a symmetric Q/DQ ONNX (TensorRT's explicit quantization),
+    calibrated on 512 training images. TensorRT's ``--int8`` on a plain fp32 model would run uncalibrated."""
+    from .models import model_spec
+    from .quantize import calib_array, qdq_from_onnx
+
+    out = run.dir / "pruned.int8.onnx"
+    if not out.is_file() or out.stat().st_mtime < run.path("pruned.onnx").stat().st_mtime:
+        x, _ = load_split(run.data, "train")
+        calib = calib_array(x, model_spec(run.cfg.model), 512, "the training set")
+        qdq_from_onnx(run.path("pruned.onnx"), out, calib, target="tensorrt")
+    return out
+
+
 def deliver(run: Run) -> Path:
     """The deployable model at ``engines/<model>-<device>.<plan|onnx>`` (always: the run may be newer): a
-    TensorRT plan built on the device, or the pruned ONNX model for ONNX Runtime."""
+    TensorRT plan built on the device (from the calibrated Q/DQ model for int8), or the pruned ONNX model for
+    ONNX Runtime."""
     if run.device.engine_suffix == ".plan":
         from .latency import get_backend
 
+        source = int8_onnx(run) if run.device.precision == "int8" else run.path("pruned.onnx")
         with get_backend(run.device) as backend:
-            backend.build(run.path("pruned.onnx"), run.engine_path)
+            backend.build(source, run.engine_path)
     else:
         with atomic_path(run.engine_path) as tmp:
             shutil.copyfile(run.path("pruned.onnx"), tmp)
