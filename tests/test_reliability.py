@@ -571,3 +571,74 @@ def test_many_fresh_sessions_keep_memory_flat_and_leave_no_temp_files(tmp_path, 
     assert after - before < 50, f"RSS grew by {after - before:.1f} MB"
     assert list(tmp.iterdir()) == []
     assert {p.name for p in tmp_path.iterdir()} <= {"tmp", "lut.sqlite", "lut.sqlite-wal", "lut.sqlite-shm"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_an_interrupted_search_writes_no_plan_keeps_its_lut_and_completes_on_rerun(sig, tmp_path):
+    """Stopped while it profiles: no plan (plans are written whole, at the end), an intact LUT, no temporary
+    file; the re-run reuses the stored points and writes a plan that loads."""
+    from trtprune.search import Plan
+
+    (tmp_path / "tiny.py").write_text(TINY_CNN)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tiny  # noqa: F401 - the test's own model file, for its weights
+
+        torch.save(sys.modules["tiny"].make().state_dict(), tmp_path / "w.pt")
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tiny", None)
+    lut, plan = tmp_path / "lut.sqlite", tmp_path / "plan.json"
+    argv = ["search", "--model", f"{tmp_path}/tiny.py:make", "--weights", tmp_path / "w.pt", "--device", "cpu",
+            "--budget", "0.7x", "--importance", "l1", "--lut", lut, "-o", plan]  # fmt: skip
+
+    def stored() -> int:
+        try:
+            with contextlib.closing(sqlite3.connect(lut, timeout=1)) as db:
+                return db.execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+    proc = _start(argv, tmp_path)
+    _wait_for(lambda: lut.exists() and stored() > 0, proc)
+    code, err = _kill(proc, sig)
+    if code == 0:
+        pytest.skip("the search finished before the signal arrived")
+    _check_stopped(sig, code, err)
+    assert not plan.exists()
+    with contextlib.closing(sqlite3.connect(lut)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    after_kill = stored()
+    if sig != signal.SIGKILL:
+        assert temp_files(tmp_path) == []
+    done = subprocess.run([sys.executable, "-m", "trtprune", *map(str, argv)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    loaded = Plan.load(plan)
+    assert loaded.measured_ms is not None and stored() >= after_kill
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_an_interrupted_build_leaves_the_engine_whole_or_absent(sig, tiny_data, tmp_path):
+    import onnx
+
+    out = tmp_path / "engines" / "r20.onnx"
+    argv = ["build", "--model", "resnet20", "--weights", tiny_data / WEIGHTS, "--device", "cpu", "-o", out]
+    proc = _start(argv, tmp_path)
+    time.sleep(2.5)  # into the export (imports take ~1.5 s)
+    code, err = _kill(proc, sig)
+    if code == 0:
+        pytest.skip("the build finished before the signal arrived")
+    _check_stopped(sig, code, err)
+    if out.exists():
+        onnx.checker.check_model(str(out))  # whole, or ...
+    if sig != signal.SIGKILL:
+        assert temp_files(tmp_path) == []  # ... absent, with nothing half-written beside it
+    done = subprocess.run([sys.executable, "-m", "trtprune", *map(str, argv)], cwd=tmp_path, env=_env(),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    onnx.checker.check_model(str(out))
+    assert temp_files(tmp_path) == []

@@ -406,3 +406,16 @@ def test_int8_devices_get_an_engine_built_from_a_calibrated_qdq_model(fake_tools
     assert "--int8" in builds[-1]
     with pytest.raises(TrtpruneError, match="measure fp32 models"):
         replace(DEVICES["cpu"], precision="int8").check()
+
+
+@needs_fixtures
+def test_build_writes_a_plan_for_tensorrt_devices(fake_tools, tiny_data, tmp_path, capsys, monkeypatch):
+    from trtprune import devices
+    from trtprune.cli import main
+
+    monkeypatch.setitem(devices.DEVICES, "gpu-test", replace(GPU, name="gpu-test"))
+    code = main(["build", "--model", "resnet20", "--weights", str(tiny_data / "weights" / "resnet20-random.th"),
+                 "--device", "gpu-test", "-o", str(tmp_path / "r20.plan")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "TensorRT engine for gpu-test (trt-10.3.0|NVIDIA RTX A5000" in out
+    assert (tmp_path / "r20.plan").read_bytes().startswith(b"PLAN")

@@ -196,7 +196,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("build", C.cmd_build, "build the deployable model for a device (ONNX for ONNX Runtime devices)")
     _model(p, "the (pruned, fine-tuned) checkpoint", weights_required=True)
     _device(p)
-    p.add_argument("-o", "--output", help="default: engines/<model>-<device>.onnx")
+    p.add_argument("-o", "--output", help="default: engines/<model>-<device>.onnx (.plan for TensorRT devices)")
     p = add("report", C.cmd_report, "re-measure and rewrite the report of a finished run")
     p.add_argument("run_dir", help="runs/<name>")
     p.add_argument("--engines-dir", default="engines")

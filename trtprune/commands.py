@@ -234,13 +234,32 @@ def cmd_finetune(a) -> None:
 
 
 def cmd_build(a) -> None:
+    import tempfile
+
     from .devices import get_device
     from .export import onnx_from_torch
     from .weights import load_model
 
     device = get_device(a.device)
     model, spec = load_model(a.model, a.weights)
-    out = Path(a.output or f"engines/{spec.name}-{device.name}.onnx")
+    out = Path(a.output or f"engines/{spec.name}-{device.name}{device.engine_suffix}")
+    if device.engine_suffix == ".plan":  # TensorRT: export, then build the engine on the device
+        from .latency import get_backend
+
+        with tempfile.TemporaryDirectory() as tmp, get_backend(device) as backend:
+            onnx = Path(tmp) / f"{spec.name}.onnx"
+            onnx_from_torch(model, onnx, spec.input_shape, device.batch)
+            if device.precision == "int8":
+                from .pipeline import load_split
+                from .quantize import calib_array, qdq_from_onnx
+
+                x, _ = load_split(a.data, "train")
+                onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib_array(x, spec, 512, "the training set"))
+            backend.build(onnx, out)
+            print(
+                f"wrote {out}: TensorRT engine for {device.name} ({backend.key()}), built on {backend.info()['where']}"
+            )
+        return
     e = onnx_from_torch(model, out, spec.input_shape, device.batch)
     print(
         f"wrote {out} for device {device.name} (batch {device.batch}, max |onnxruntime - torch| = {e.max_abs_diff:.2e})"
