@@ -192,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="unpruned weights to distil from (with --distill)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint at -o")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train in N processes on this machine with torch.distributed (DDP, gloo); the global batch stays "
+        "--batch-size, split among them (default 1; leave it out under torchrun, which starts the processes)",
+    )
     p.add_argument("-o", "--output", required=True, help="checkpoint to write")
     p = add("build", C.cmd_build, "build the deployable model for a device (ONNX for ONNX Runtime devices)")
     _model(p, "the (pruned, fine-tuned) checkpoint", weights_required=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import TrtpruneError
@@ -204,19 +205,47 @@ def cmd_prune(a) -> None:
 
 
 def cmd_finetune(a) -> None:
-    from .finetune import finetune
-    from .pipeline import load_split
-    from .weights import load_model, read_checkpoint
+    from . import distributed as DI
+    from . import fetch
 
     cfg = _ft_config(a)
-    model, spec = load_model(a.model, a.weights)
-    history = read_checkpoint(a.weights).get("history", [])
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)  # by torchrun
+    if launched > 1 and a.nproc != 1:
+        raise TrtpruneError(
+            f"--nproc {a.nproc} under torchrun (WORLD_SIZE={launched})",
+            fix="leave --nproc out: torchrun starts the processes",
+        )
+    DI.check_processes(a.nproc, cfg.batch_size)
+    DI.check_processes(launched, cfg.batch_size, source=f"WORLD_SIZE={launched} from torchrun")
     if cfg.distill > 0 and not a.teacher:
         raise TrtpruneError("--distill needs a teacher", fix="pass the unpruned weights with --teacher")
-    teacher = load_model(a.model, a.teacher)[0] if cfg.distill > 0 else None
     if Path(a.output).exists() and not a.resume:
         raise TrtpruneError(f"'{a.output}' exists", fix="pass --resume to continue it, or choose another -o")
-    records = finetune(
+    if a.nproc > 1:
+        fetch.ensure_cifar10(*fetch.data_root(a.data))  # a download, if any, once: not by every process
+        records = DI.launch(_finetune_job, a.nproc, a, cfg, verbose=a.verbose)
+    else:
+        with DI.from_env():
+            records = _finetune_job(a, cfg)
+    if os.environ.get("RANK", "0") in ("", "0"):
+        last = records[-1]
+        print(f"wrote {a.output}: top-1 {last['top1']:.2f} % after {last['epoch']} epochs")
+
+
+def _finetune_job(a, cfg) -> list[dict]:
+    """Fine-tuning in this process; with --nproc or torchrun, in each of them (see trtprune.distributed)."""
+    import contextlib
+
+    from .finetune import finetune
+    from .pipeline import load_split
+    from .weights import load_model, read_checkpoint, unsafe_pickle
+
+    # a process started by --nproc does not inherit the CLI's --unsafe-pickle scope
+    with unsafe_pickle() if a.unsafe_pickle else contextlib.nullcontext():
+        model, spec = load_model(a.model, a.weights)
+        history = read_checkpoint(a.weights).get("history", [])
+        teacher = load_model(a.model, a.teacher)[0] if cfg.distill > 0 else None
+    return finetune(
         model,
         load_split(a.data, "train"),
         load_split(a.data, "test", a.eval_limit),
@@ -229,8 +258,6 @@ def cmd_finetune(a) -> None:
         teacher=teacher,
         resume=a.resume,
     )
-    last = records[-1]
-    print(f"wrote {a.output}: top-1 {last['top1']:.2f} % after {last['epoch']} epochs")
 
 
 def cmd_build(a) -> None:

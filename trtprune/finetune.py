@@ -2,10 +2,25 @@
 
 A checkpoint (weights, optimizer, epoch, step and the pruning history needed to rebuild the
 architecture) is written atomically after every epoch; ``resume=True`` continues from it.
+
+In a torch.distributed process group (``trtprune finetune --nproc N`` or torchrun; see
+:mod:`trtprune.distributed`) every process draws the same global batch of ``batch_size`` images and trains on
+its slice, with DDP averaging the gradients and BatchNorm normalising over the global batch:
+
+* identical to one process, up to floating-point rounding: the images and augmentations of every step, the
+  gradient (losses are weighted by each slice's share of the global batch, so an uneven last batch counts
+  every image once), BatchNorm's batch statistics and running statistics, the learning rate, the optimizer
+  step, the recorded loss and top-1, and the checkpoint (written by rank 0 only; any process count resumes it);
+* not identical: the rounding, as sums over the batch are split across processes. In float64 the weights agree
+  to 1e-13; in float32 the rounding flips a few ReLUs next to zero, which moves the gradient by up to 1e-3, and
+  training amplifies that (after 2 steps the runs differ by 1.5-4 % of the update; tests/test_distributed.py).
+  Also per-process timings (``train_s``), and anything drawn from torch's global random generator (no built-in
+  model has dropout).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -16,12 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import data as D
+from . import distributed as DI
 from .config import FinetuneConfig
 from .errors import TrtpruneError
 from .log import progress
-from .metrics import top1_torch
 from .weights import load_state, read_checkpoint, save_pruned
 
 log = logging.getLogger(__name__)
@@ -93,7 +109,13 @@ def finetune(
     teacher: nn.Module | None = None,
     resume: bool = True,
 ) -> list[dict]:
-    """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds)."""
+    """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds).
+
+    In a process group of N processes (see the module's docstring) every process calls this with the same
+    arguments; each returns the same records, and only rank 0 writes ``checkpoint``.
+    """
+    rank, size = DI.world()
+    DI.check_processes(size, cfg.batch_size, source=f"a process group of {size}")
     x, y = train
     if cfg.train_limit:
         x, y = x[: cfg.train_limit], y[: cfg.train_limit]
@@ -116,65 +138,91 @@ def finetune(
         start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
         records = list(ckpt.get("records", []))
         log.info("resuming from %s after epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
+    DI.check_same(
+        f"after epoch {start_epoch}" if start_epoch else "none",
+        f"the checkpoint at '{checkpoint}' to resume",
+        fix="put -o on a filesystem that every node reads, so that all processes resume from the same checkpoint",
+    )
     amp = autocast_dtype(cfg.precision)
     log.info("training arithmetic: %s", "bf16 autocast" if amp else "fp32")
     if cfg.distill > 0:
         assert teacher is not None, "distillation needs a teacher"
         teacher.eval().to(memory_format=fmt)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        bar = progress(
-            D.batches(
-                xt, yt, cfg.batch_size, mean, std, shuffle=True, train_augment=True, seed=cfg.seed * 1000 + epoch
-            ),
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            unit="batch",
-        )
-        for xb, yb in bar:
-            lr = cosine_lr(step, total_steps, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            xb = xb.contiguous(memory_format=fmt)
-            with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
-                out = model(xb).float()  # losses in fp32
-                if cfg.distill > 0:
-                    with torch.no_grad():
-                        soft = teacher(xb).float()
-            loss = F.cross_entropy(out, yb)
-            if cfg.distill > 0:
-                loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += float(loss.detach()) * len(yb)
-            seen += len(yb)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.4f}")
-        model.eval()
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
-        if test is not None:
-            record["top1"] = top1_torch(model, *test, mean, std, desc="eval")
-        records.append(record)
-        save_pruned(
-            checkpoint,
-            model,
-            base_model,
-            history,
-            optimizer=opt.state_dict(),
-            epoch=epoch + 1,
-            step=step,
-            finetune=asdict(cfg),
-            records=records,
-        )
-        log.info(
-            "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",
-            epoch + 1,
-            cfg.epochs,
-            record["loss"],
-            f"{record['top1']:.2f} %" if "top1" in record else "-",
-            record["train_s"],
-        )
+    with contextlib.ExitStack() as stack:
+        net = model
+        if size > 1:
+            synced = stack.enter_context(DI.synced_batchnorm(model))
+            net = DistributedDataParallel(model)  # starts every process from rank 0's weights
+            log.info(
+                "%d processes, %d images each per step, %d BatchNorm layers synchronised",
+                size,
+                cfg.batch_size // size,
+                synced,
+            )
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            bar = progress(
+                D.batches(
+                    xt, yt, cfg.batch_size, mean, std, shuffle=True, train_augment=True, seed=cfg.seed * 1000 + epoch
+                ),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+            )
+            for xb, yb in bar:  # the global batch, the same in every process
+                lr = cosine_lr(step, total_steps, cfg.lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                # this process's slice; its mean loss is weighted by its share of the global batch (times N, as
+                # DDP averages N gradients), so that every image of an uneven last batch counts alike
+                n_global = len(yb)
+                xb, yb = DI.shard(xb, rank, size), DI.shard(yb, rank, size)
+                xb = xb.contiguous(memory_format=fmt)
+                with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                    out = net(xb).float()  # losses in fp32
+                    if cfg.distill > 0:
+                        with torch.no_grad():
+                            soft = teacher(xb).float()
+                if len(yb):
+                    loss = F.cross_entropy(out, yb)
+                    if cfg.distill > 0:
+                        loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
+                    objective = loss if size == 1 else loss * (len(yb) * size / n_global)
+                else:  # a last batch with fewer images than processes: this one has none, but takes part
+                    loss = objective = out.sum() * 0.0
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                opt.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(yb)
+                seen += len(yb)
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.4f}")
+            loss_sum, seen = DI.all_sum(loss_sum, seen)
+            model.eval()
+            record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
+            if test is not None:
+                record["top1"] = DI.top1(model, *test, mean, std)
+            records.append(record)
+            if rank == 0:
+                save_pruned(
+                    checkpoint,
+                    model,
+                    base_model,
+                    history,
+                    optimizer=opt.state_dict(),
+                    epoch=epoch + 1,
+                    step=step,
+                    finetune=asdict(cfg),
+                    records=records,
+                )
+            log.info(
+                "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",
+                epoch + 1,
+                cfg.epochs,
+                record["loss"],
+                f"{record['top1']:.2f} %" if "top1" in record else "-",
+                record["train_s"],
+            )
     model.to(memory_format=torch.contiguous_format).eval()
     return records

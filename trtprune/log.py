@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from tqdm import tqdm
@@ -33,8 +34,8 @@ def setup(verbose: int = 0) -> None:
 
 
 def progress(iterable=None, **kwargs):
-    """tqdm that hides itself when stderr is not a terminal."""
+    """tqdm that hides itself when stderr is not a terminal, and in processes of rank > 0 (torch.distributed)."""
     kwargs.setdefault("leave", False)
-    kwargs.setdefault("disable", None)
+    kwargs.setdefault("disable", None if os.environ.get("RANK", "0") in ("", "0") else True)
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
