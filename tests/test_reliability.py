@@ -621,9 +621,7 @@ def test_an_interrupted_search_writes_no_plan_keeps_its_lut_and_completes_on_rer
 
 
 @pytest.mark.slow
-# SIGINT/SIGTERM inside torch's ONNX export failed on an idle machine (clean CI clone, 2026-11-23): open, see the
-# closing note; SIGKILL, the case atomic writes must cover, passes
-@pytest.mark.parametrize("sig", [signal.SIGKILL], ids=["SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["SIGINT", "SIGTERM", "SIGKILL"])
 def test_an_interrupted_build_leaves_the_engine_whole_or_absent(sig, tiny_data, tmp_path):
     import onnx
 

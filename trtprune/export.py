@@ -81,6 +81,11 @@ def onnx_from_torch(
             proto = onnxslim.slim(program.model_proto)
         onnx.checker.check_model(proto)
     except Exception as e:
+        cause = e
+        while cause is not None:  # torch.export wraps a Ctrl-C/SIGTERM in its own error: it is still a stop
+            if isinstance(cause, KeyboardInterrupt):
+                raise KeyboardInterrupt from e
+            cause = cause.__cause__ or cause.__context__
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # no terminal colours
         raise TrtpruneError(
             f"exporting the model to ONNX failed: {type(e).__name__}: {first_line}",
