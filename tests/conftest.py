@@ -59,3 +59,17 @@ def tiny_data(tmp_path_factory) -> Path:
         root / "weights" / "resnet20-random.th",
     )
     return root
+
+
+def make_pruned_r20():
+    """ResNet-20 (random, seed 0) with every group pruned by half, multiples of 4; and its pruning history."""
+    import torch
+
+    from trtprune.models import build_model
+    from trtprune.prune import GroupPruner, uniform_plan
+
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    pruner = GroupPruner(model, (3, 32, 32))
+    pruner.prune_to(uniform_plan(pruner.groups(), 0.5, 4))
+    return model, pruner.history()

@@ -13,13 +13,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tests.conftest import make_pruned_r20
 from trtprune import distributed as DI
 from trtprune.cli import main
 from trtprune.data import synthetic_cifar10
 from trtprune.errors import TrtpruneError
 from trtprune.finetune import FinetuneConfig, finetune
 from trtprune.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from trtprune.prune import GroupPruner, uniform_plan
 from trtprune.weights import read_checkpoint
 
 WEIGHTS = "weights/resnet20-random.th"
@@ -36,12 +36,7 @@ class Float64(nn.Module):
         return self.net(x.double())
 
 
-def pruned_r20():
-    torch.manual_seed(0)
-    model = build_model("resnet20")
-    pruner = GroupPruner(model, (3, 32, 32))
-    pruner.prune_to(uniform_plan(pruner.groups(), 0.5, 4))
-    return model, pruner.history()
+pruned_r20 = make_pruned_r20
 
 
 def run(nproc, model, train, cfg, ckpt, history, teacher=None):

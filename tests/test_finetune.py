@@ -3,21 +3,17 @@ import copy
 import pytest
 import torch
 
+from tests.conftest import make_pruned_r20
 from trtprune.data import synthetic_cifar10
 from trtprune.errors import TrtpruneError
 from trtprune.finetune import FinetuneConfig, cosine_lr, distillation_loss, finetune
 from trtprune.models import IMAGENET_MEAN, IMAGENET_STD, build_model
-from trtprune.prune import GroupPruner, uniform_plan
 from trtprune.weights import load_model, read_checkpoint, save_pruned
 
 
 @pytest.fixture
 def pruned_r20():
-    torch.manual_seed(0)
-    model = build_model("resnet20")
-    pruner = GroupPruner(model, (3, 32, 32))
-    pruner.prune_to(uniform_plan(pruner.groups(), 0.5, 4))
-    return model, pruner.history()
+    return make_pruned_r20()
 
 
 def test_cosine_schedule():
