@@ -84,7 +84,7 @@ def onnx_from_torch(
         cause = e
         while cause is not None:  # torch.export wraps a Ctrl-C/SIGTERM in its own error: it is still a stop
             if isinstance(cause, KeyboardInterrupt):
-                raise KeyboardInterrupt from e
+                raise cause from e  # the same interrupt (SIGTERM keeps its exit status)
             cause = cause.__cause__ or cause.__context__
         first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # no terminal colours
         raise TrtpruneError(
