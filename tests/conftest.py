@@ -73,3 +73,15 @@ def make_pruned_r20():
     pruner = GroupPruner(model, (3, 32, 32))
     pruner.prune_to(uniform_plan(pruner.groups(), 0.5, 4))
     return model, pruner.history()
+
+
+def cli(capsys, *argv):
+    """(exit status, stdout, stderr) of the CLI run in this process; argparse's exits included."""
+    from trtprune.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -21,21 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from trtprune.cli import main
+from tests.conftest import cli
 from trtprune.errors import TrtpruneError
 
 WEIGHTS = "weights/resnet20-random.th"  # in the tiny_data fixture (conftest.py)
 TEMP = re.compile(r"^\..+\.tmp\d+$")  # fsutil.atomic_path's temporary names
-
-
-def cli(capsys, *argv):
-    """(exit status, stdout, stderr) of the CLI run in this process; argparse's exits included."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -198,6 +188,12 @@ CASES = [
     ("no-groups-search", ["search", *LIN, "--weights", "{dir}/lin.pt", "--importance", "l1", "--budget", "0.5x",
                           "--lut", "{out}/l.sqlite", "-o", "{out}/plan.json"],
      "the model has no prunable channel groups", ["{out}/plan.json"], {}),
+    # profiling on Ray: a worker count without a local cluster, a cluster nobody runs
+    ("ray-workers-without-local", ["profile", "--model", "resnet20", "--ray-workers", "2", "--out", "{out}/p"],
+     "--ray-workers 2 needs --ray local", ["{out}/p"], {}),
+    ("ray-address-unreachable", ["profile", "--model", "resnet20", "--ray", "127.0.0.1:1", "--lut", "{out}/l.sqlite",
+                                 "--out", "{out}/p"],
+     "cannot reach the Ray cluster at '127.0.0.1:1'", ["{out}/p"], {}),
     # budgets: zero, negative, not below the baseline (unreachable: tests/test_cli.py, test_search_then_prune...)
     ("budget-zero", [*SEARCH, "--budget", "0"], "budget 0.0x is not below the baseline", ["{out}/plan.json"], {}),
     ("budget-negative", [*SEARCH, "--budget=-0.5x"], "cannot read the budget '-0.5x'", ["{out}/plan.json"], {}),

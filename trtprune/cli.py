@@ -175,6 +175,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rel", type=float, default=0.01, help="latencies within this fraction are the same (0.01)")
     p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
     p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")
+    p.add_argument(
+        "--ray",
+        metavar="local|auto|ADDRESS",
+        help="measure on Ray workers, one per device (custom resource named like the device); 'local' starts "
+        "a cluster on this machine, 'auto' joins this machine's cluster, else HOST:6379 or ray://HOST:10001",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="with --ray local: workers to start (default: cores / device threads)",
+    )
     p = add("search", C.cmd_search, "search per-group channel counts that meet a latency budget on the device")
     _model(p)
     _device(p)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .errors import TrtpruneError
@@ -380,29 +381,45 @@ def cmd_profile(a) -> None:
     from .fsutil import write_json, write_text
     from .latency import get_backend
     from .layers import layers_of
-    from .log import progress
     from .lut import LUT
     from .plots import stairs_plot
-    from .profile import Profiler, group_layers
+    from .profile import Profiler, group_layers, profile_groups
     from .prune import GroupPruner
     from .stairs import Tolerance
     from .weights import load_model
 
     if not 0 < a.rel < 1:
         raise TrtpruneError(f"--rel {a.rel} is not a fraction", fix="use e.g. 0.01 for 1 %")
+    if a.ray_workers is not None and (a.ray != "local" or a.ray_workers < 1):
+        raise TrtpruneError(
+            f"--ray-workers {a.ray_workers} needs --ray local and a count of at least 1",
+            fix="e.g. --ray local --ray-workers 2; a cluster's workers are its nodes' device resources",
+        )
     device = get_device(a.device)
     model, spec = load_model(a.model, a.weights)
     groups = GroupPruner(model, spec.input_shape).groups()
     out = Path(a.out or f"profiles/{spec.name}-{device.name}")
     tol = Tolerance(rel=a.rel)
-    results = {}
-    with get_backend(device) as backend, LUT(a.lut) as lut:  # an absent engine or a bad --lut fails before work
+    if a.ray:
+        from .fleet import Fleet
+
+        measurer = Fleet(device, a.ray, workers=a.ray_workers)
+    else:
+        measurer = get_backend(device)
+    with measurer, LUT(a.lut) as lut:  # an absent engine, Ray cluster or a bad --lut fails before work
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
         gls, left_out = _profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
-        profiler = Profiler(backend, lut)
-        for gl in progress(gls, desc="profiling groups", unit="group"):
-            s = profiler.stairs(gl, tol, a.method)
-            g = gl.group
+        if a.ray:
+            profiler = Profiler(None, lut, fleet=measurer)
+            parallel = 2 * len(measurer.workers)  # a batch waiting for every worker keeps them all busy
+        else:
+            profiler, parallel = Profiler(measurer, lut), 1
+        t0 = time.perf_counter()
+        found = profile_groups(profiler, gls, tol, a.method, parallel)
+        wall_s = time.perf_counter() - t0
+        results = {}
+        for gl in gls:
+            s, g = found[gl.group.name], gl.group
             results[g.name] = {
                 "channels": g.channels,
                 "edges": list(s.edges),
@@ -413,7 +430,8 @@ def cmd_profile(a) -> None:
             }
             if not a.no_plots:
                 stairs_plot(out / f"{g.name}.png", f"{spec.name} / {g.name} on {device.name}", s, g.channels)
-        info, lut_path = backend.info(), lut.path
+        info, lut_path = measurer.info(), lut.path
+        fleet = measurer.summary() if a.ray else None
     summary = {
         "model": spec.name,
         "device": info,
@@ -424,7 +442,9 @@ def cmd_profile(a) -> None:
         "requested": profiler.requested,
         "saved_by_sharing": profiler.requested - profiler.measured,
         "left_out": left_out,  # modules the profiler could not time, by group
-        "seconds": profiler.seconds,
+        "seconds": profiler.seconds,  # measuring, summed over the threads of a fleet run
+        "wall_s": wall_s,
+        **({"ray": {"address": a.ray, **fleet}} if fleet else {}),
     }
     write_json(out / "stairs.json", {**summary, "groups": results})
     lines = [
@@ -444,8 +464,13 @@ def cmd_profile(a) -> None:
     write_text(out / "stairs.md", "\n".join(lines) + "\n")
     print(
         f"{len(gls)} groups: {profiler.measured} points measured, {summary['saved_by_sharing']} served by the "
-        f"LUT (latency sharing), {profiler.seconds:.1f} s measuring"
+        f"LUT (latency sharing), {wall_s:.1f} s"
     )
+    if fleet:
+        print(
+            f"Ray: {fleet['workers']} worker(s), batches per worker {sorted(fleet['jobs_per_worker'].values())}, "
+            f"{len(fleet['lost'])} lost, {fleet['retried']} batch(es) sent again, {len(fleet['left_out'])} left out"
+        )
     print(
         f"wrote {out / 'stairs.md'}, {out / 'stairs.json'}{'' if a.no_plots else ' and one plot per group'}; "
         f"LUT: {lut_path}"

@@ -56,7 +56,8 @@ class LUT:
         if self.path.is_dir():
             raise TrtpruneError(f"the latency table '{self.path}' is a folder", fix="pass a file path with --lut")
         try:
-            self.db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+            # one connection may serve several threads as long as they take turns (the profiler holds a lock)
+            self.db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(
@@ -126,6 +127,11 @@ class LUT:
         ).fetchone()
         assert stored_point == point, f"reference changed from {stored_point} to {point}"
         return nominal
+
+    def points(self, backend: str) -> set[tuple[str, int, int]]:
+        """Every stored (signature, cin, cout) of a backend key."""
+        rows = self.db.execute(f"SELECT signature, cin, cout FROM {_TABLE} WHERE backend=?", (backend,))
+        return set(rows.fetchall())
 
     def count(self, backend: str | None = None) -> int:
         if backend is None:

@@ -11,12 +11,15 @@ interleaved run per batch and stored at once, so an interrupted profile resumes 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .errors import TrtpruneError
 from .latency.base import Backend
 from .layers import Layer, Signature, micro_model
 from .lut import LUT, Entry
@@ -61,55 +64,91 @@ def group_layers(groups: Iterable[ChannelGroup], layers: dict[str, Layer]) -> li
     return out
 
 
+@dataclass(frozen=True)
+class Timed:
+    """One batch of points timed on one device, on the scale of the reference timed beside them.
+
+    ``ratios[i]`` = (median, p90 of point i's bursts / nearest reference bursts, runs, kernel). The
+    caller rescales by the reference's nominal latency kept in the LUT; ``key`` names the device that
+    timed them, so rows are never stored under another device's key.
+    """
+
+    key: str
+    ref_point: str
+    ref_ms: float
+    ratios: tuple[tuple[float, float, int, str], ...]
+
+
+def time_points(backend: Backend, points: list[Point], micro: dict) -> Timed:
+    """Time points in one interleaved run with copies of the reference (runs wherever the device is).
+
+    Each burst of a point is divided by the reference bursts nearest to it in time, so drift of the
+    machine within the run cancels as well as drift between runs.
+    """
+    sig, cin, cout = REFERENCE
+    ref = (replace(sig, batch=backend.device.batch), cin, cout)
+    copies = max(REFERENCE_COPIES, len(points) // 8)
+    models = [micro_model(*p) for p in points] + [micro_model(*ref)] * copies
+    bursts = backend.bursts(models, **micro)
+    ref_bursts = sorted((b.start_s, b.median_ms) for bs in bursts[len(points) :] for b in bs)
+    ref_t = np.array([t for t, _ in ref_bursts])
+    ref_ms = np.array([m for _, m in ref_bursts])
+    ratios = []
+    for model, bs in zip(models, bursts[: len(points)]):
+        r = [b.median_ms / np.median(ref_ms[np.argsort(np.abs(ref_t - b.start_s))[:NEAREST]]) for b in bs]
+        n = sum(len(b.samples_ms) for b in bs)
+        ratios.append((float(np.median(r)), float(np.percentile(r, 90)), n, backend.kernel(model)))
+    return Timed(backend.key(), f"{ref[0].key()}|{cin}|{cout}", float(np.median(ref_ms)), tuple(ratios))
+
+
 @dataclass
 class Profiler:
     """Measures points through a LUT. ``share=False`` measures every requested point afresh (the
-    exhaustive reference of the benchmark); its results are not stored."""
+    exhaustive reference of the benchmark); its results are not stored.
 
-    backend: Backend
+    Points are timed by ``backend`` here, or by a ``fleet`` of workers elsewhere (``trtprune.fleet``):
+    anything with ``key()`` and ``time_points(points, micro) -> Timed``. The profiler is thread-safe:
+    group searches may run in threads (see :func:`profile_groups`); a point two threads need at once
+    is timed once, and only this object writes to the LUT.
+    """
+
+    backend: Backend | None
     lut: LUT
     share: bool = True
     micro: dict = field(default_factory=lambda: dict(MICRO))
+    fleet: object | None = None
     measured: int = 0  # points timed by this profiler
     requested: int = 0  # points asked for, with repeats (what a profiler without sharing would time)
-    seconds: float = 0.0  # wall time spent measuring
+    seconds: float = 0.0  # wall time spent measuring (summed over threads)
     _seen: dict = field(default_factory=dict, repr=False)  # entries already read or timed in this process
+    _pending: dict = field(default_factory=dict, repr=False)  # row -> Future of a point being timed
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def key(self) -> str:
+        return self.fleet.key() if self.fleet is not None else self.backend.key()
 
     def _time(self, points: list[Point]) -> list[Entry]:
-        """Time points in one interleaved run with copies of the reference, on the reference scale.
-
-        Each burst of a point is divided by the reference bursts nearest to it in time, so drift of
-        the machine within the run cancels as well as drift between runs.
-        """
-        sig, cin, cout = REFERENCE
-        ref = (replace(sig, batch=self.backend.device.batch), cin, cout)
-        copies = max(REFERENCE_COPIES, len(points) // 8)
-        models = [micro_model(*p) for p in points] + [micro_model(*ref)] * copies
-        bursts = self.backend.bursts(models, **self.micro)
-        ref_bursts = sorted((b.start_s, b.median_ms) for bs in bursts[len(points) :] for b in bs)
-        ref_t = np.array([t for t, _ in ref_bursts])
-        ref_ms = np.array([m for _, m in ref_bursts])
-        nominal = self.lut.reference(self.backend.key(), f"{ref[0].key()}|{cin}|{cout}", float(np.median(ref_ms)))
-        out = []
-        for model, bs in zip(models, bursts[: len(points)]):
-            ratios = [b.median_ms / np.median(ref_ms[np.argsort(np.abs(ref_t - b.start_s))[:NEAREST]]) for b in bs]
-            out.append(
-                Entry(
-                    float(np.median(ratios)) * nominal,
-                    float(np.percentile(ratios, 90)) * nominal,
-                    sum(len(b.samples_ms) for b in bs),
-                    self.backend.kernel(model),
-                )
-            )
-        self.measured += len(points)
-        return out
+        """Time points in one interleaved run; values on the LUT's reference scale."""
+        if self.fleet is not None:
+            timed = self.fleet.time_points(points, self.micro)
+        else:
+            timed = time_points(self.backend, points, self.micro)
+        key = self.key()
+        if timed.key != key:  # a worker on another device (or engine version) never writes under this key
+            raise TrtpruneError(f"a batch was timed on '{timed.key}', not on '{key}'; it was not stored")
+        with self._lock:
+            nominal = self.lut.reference(key, timed.ref_point, timed.ref_ms)
+            self.measured += len(points)
+        return [Entry(m * nominal, p90 * nominal, n, kernel) for m, p90, n, kernel in timed.ratios]
 
     def entries(self, points: list[Point]) -> list[Entry]:
         """The LUT entry of each point (on the LUT's scale), measuring what the LUT does not hold."""
-        self.requested += len(points)
         t0 = time.perf_counter()
+        with self._lock:
+            self.requested += len(points)
         result = self._shared(points) if self.share else self._time(points)
-        self.seconds += time.perf_counter() - t0
+        with self._lock:
+            self.seconds += time.perf_counter() - t0
         return result
 
     def latencies(self, points: list[Point]) -> list[float]:
@@ -117,18 +156,41 @@ class Profiler:
         return [e.median_ms for e in self.entries(points)]
 
     def _shared(self, points: list[Point]) -> list[Entry]:
-        """Look points up (in memory, then in the LUT); time the missing ones in one batch, store them."""
-        key = self.backend.key()
+        """Look points up (in memory, then in the LUT); time the missing ones in one batch, store them.
+
+        A point another thread is timing right now is waited for, not timed twice.
+        """
+        key = self.key()
         rows = [(s.key(), ci, co) for s, ci, co in points]
-        missing = [r for r in rows if r not in self._seen]
-        if missing:
-            self._seen.update(self.lut.get_many(key, missing))
-            todo = {r: p for r, p in zip(rows, points) if r not in self._seen}
+        with self._lock:
+            missing = [r for r in rows if r not in self._seen]
+            if missing:
+                self._seen.update(self.lut.get_many(key, missing))
+            waits = {r: self._pending[r] for r in rows if r not in self._seen and r in self._pending}
+            todo = {r: p for r, p in zip(rows, points) if r not in self._seen and r not in self._pending}
+            mine = {r: Future() for r in todo}
+            self._pending.update(mine)
+        try:
             if todo:
                 new = dict(zip(todo, self._time(list(todo.values()))))
-                self.lut.put_many(key, new)
-                self._seen.update(new)
-        return [self._seen[r] for r in rows]
+                with self._lock:
+                    self.lut.put_many(key, new)
+                    self._seen.update(new)
+        except BaseException as e:
+            for f in mine.values():
+                f.set_exception(e)
+            raise
+        finally:
+            with self._lock:
+                for r in mine:
+                    self._pending.pop(r, None)
+        for f in mine.values():
+            if not f.done():
+                f.set_result(None)
+        for f in waits.values():
+            f.result()  # the other thread's error, if it failed
+        with self._lock:
+            return [self._seen[r] for r in rows]
 
     def curve(self, gl: GroupLayers, counts: list[int]) -> dict[int, float]:
         """The group's latency (sum of its layers) at each count, measured in one batch."""
@@ -144,3 +206,36 @@ class Profiler:
     def stairs(self, gl: GroupLayers, tol: Tolerance, method: str = "three_point", lo: int = 1) -> Stairs:
         search = {"three_point": three_point, "exhaustive": exhaustive}[method]
         return search(lo, gl.group.channels, lambda counts: self.curve(gl, counts), tol)
+
+
+def profile_groups(
+    profiler: Profiler,
+    gls: list[GroupLayers],
+    tol: Tolerance,
+    method: str = "three_point",
+    parallel: int = 1,
+    desc: str = "profiling groups",
+) -> dict[str, Stairs]:
+    """Each group's stairs, by group name in the order given; ``parallel`` groups searched at once.
+
+    With ``parallel > 1`` (a fleet of workers) each group's search runs in a thread whose measurement
+    batches go to whichever worker is free. Ctrl-C stops the threads after their current batch; what
+    was stored stays stored.
+    """
+    from .log import progress
+
+    if parallel <= 1:
+        return {gl.group.name: profiler.stairs(gl, tol, method) for gl in progress(gls, desc=desc, unit="group")}
+    done: dict[str, Stairs] = {}
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="trtprune-profile")
+    try:
+        futures = {pool.submit(profiler.stairs, gl, tol, method): gl.group.name for gl in gls}
+        for f in progress(as_completed(futures), total=len(futures), desc=desc, unit="group"):
+            done[futures[f]] = f.result()
+    except BaseException:
+        if profiler.fleet is not None:
+            profiler.fleet.stop()  # threads waiting on a worker give up
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return {gl.group.name: done[gl.group.name] for gl in gls}

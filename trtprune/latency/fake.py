@@ -5,11 +5,17 @@ Never measured, never reported: no device uses it, so the CLI cannot select it; 
 padded to ``BLOCK``; input channels up to one block cost what they are, above it a multiple of 4 is
 padded to ``BLOCK`` (the blocked kernel) and any other count runs a 25 % slower kernel (a dip). A Gemm
 costs its MACs; every graph pays a fixed overhead per run.
+
+Two knobs exist for fleet tests: ``TRTPRUNE_FAKE_HW`` in a process's environment names the "hardware"
+in its key (a worker on another device), and the burst option ``delay_s`` makes each model take that
+long to "time" (so a worker can be killed mid-batch).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import time
 
 import numpy as np
 
@@ -66,9 +72,12 @@ class FakeBackend(Backend):
 
     def key(self) -> str:
         d = self.device
-        return f"fake-1|{d.name}|t{d.threads}|b{d.batch}|{d.precision}"
+        hw = os.environ.get("TRTPRUNE_FAKE_HW", "")
+        return f"fake-1|{hw + '|' if hw else ''}{d.name}|t{d.threads}|b{d.batch}|{d.precision}"
 
-    def bursts(self, models, *, rounds: int = 3, seed: int = 0, noise: float = 0.0, **_ignored) -> list[list[Burst]]:
+    def bursts(
+        self, models, *, rounds: int = 3, seed: int = 0, noise: float = 0.0, delay_s: float = 0.0, **_ignored
+    ) -> list[list[Burst]]:
         """Each model's formula latency, ``rounds`` bursts of three identical runs (times multiplicative
         noise if asked)."""
         import onnx
@@ -76,6 +85,7 @@ class FakeBackend(Backend):
         rng = np.random.default_rng(seed)
         out = []
         for m in models:
+            time.sleep(delay_s)
             proto = onnx.load_from_string(m) if isinstance(m, bytes) else onnx.load(str(m))
             base = model_ms(proto)
             out.append([Burst(float(r), [base * (1 + noise * rng.standard_normal())] * 3) for r in range(rounds)])
