@@ -128,6 +128,11 @@ class LUT:
         assert stored_point == point, f"reference changed from {stored_point} to {point}"
         return nominal
 
+    def reference_ms(self, backend: str) -> float | None:
+        """The reference point's nominal latency on a backend (the scale of its rows), if one was stored."""
+        row = self.db.execute(f"SELECT median_ms FROM {_REF_TABLE} WHERE backend=?", (backend,)).fetchone()
+        return row[0] if row else None
+
     def points(self, backend: str) -> set[tuple[str, int, int]]:
         """Every stored (signature, cin, cout) of a backend key."""
         rows = self.db.execute(f"SELECT signature, cin, cout FROM {_TABLE} WHERE backend=?", (backend,))
