@@ -20,7 +20,7 @@ from trtprune.latency import get_backend
 from trtprune.layers import Signature, layers_of
 from trtprune.lut import LUT
 from trtprune.models import build_model
-from trtprune.profile import Profiler, Timed, group_layers, profile_groups
+from trtprune.profile import Profiler, Timed, group_layers, profile_groups, time_points
 from trtprune.prune import GroupPruner
 from trtprune.stairs import Tolerance
 
@@ -78,6 +78,32 @@ def test_a_batch_timed_on_another_device_is_not_stored(tmp_path):
         assert lut.count() == 0
 
 
+def test_workers_on_another_key_or_on_a_device_already_driven_are_left_out():
+    from trtprune.fleet import Worker, choose
+
+    a, b = Worker("h1", "orin|trt10", "n1", 1), Worker("h2", "orin|trt10", "n2", 2)
+    old = Worker("h3", "orin|trt8.6", "n3", 3)
+    ssh1, ssh2 = (Worker(f"s{i}", "orin|trt10", "x86", 10 + i, target="ubuntu@jetson1") for i in (1, 2))
+    key, kept, refused = choose([a, old, ssh1, b, ssh2])
+    assert key == "orin|trt10" and kept == [a, ssh1, b]
+    assert [(w, why.split(":")[0]) for w, why in refused] == [
+        (old, "another device"),
+        (ssh2, "drives the same device (ubuntu@jetson1) as worker x86"),
+    ]
+
+
+def test_a_jetson_worker_takes_its_host_from_its_own_environment(monkeypatch):
+    from trtprune.devices import get_device, host_from_env
+
+    monkeypatch.delenv("ORIN_HOST", raising=False)
+    here = get_device("orin")
+    assert here.backend == "trt" and host_from_env(here) == here
+    monkeypatch.setenv("ORIN_HOST", "ubuntu@10.0.0.7")
+    remote = host_from_env(here)
+    assert (remote.backend, remote.host) == ("ssh", "ubuntu@10.0.0.7")
+    assert host_from_env(get_device("cpu")) == get_device("cpu")  # only Jetsons take a host
+
+
 def test_profile_without_ray_installed_says_how_to_get_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     code, _, err = cli(capsys, "profile", "--model", "resnet20", "--ray", "local", "--out", tmp_path / "p")
@@ -114,6 +140,15 @@ def test_two_local_workers_build_the_serial_rows(gls, serial, tmp_path, ray):
         profiler = Profiler(None, lut, micro=dict(QUICK), fleet=fleet)
         found = profile_groups(profiler, gls, Tolerance(), parallel=4)
         summary = fleet.summary()
+        # a large batch is shared among the workers, with one result as if timed in one piece
+        points = [p for gl in gls[:3] for c in range(1, 17) for p in gl.points(c)]
+        before = [w.jobs for w in fleet.workers]
+        shared = fleet.time_points(points, QUICK)
+        assert [w.jobs - b for w, b in zip(fleet.workers, before)] == [1, 1] and len(points) > 48
+        with get_backend(FAKE) as backend:
+            alone = time_points(backend, points, QUICK)
+        assert [r[0] for r in shared.ratios] == pytest.approx([r[0] for r in alone.ratios])
+        assert shared.key == alone.key
     assert not ray.is_initialized()  # the cluster it started is gone
     assert _rows(tmp_path / "lut.sqlite", key) == rows
     assert {n: s.edges for n, s in found.items()} == {n: s.edges for n, s in stairs.items()}

@@ -185,8 +185,10 @@ def get_device(name: str) -> Device:
         raise TrtpruneError(
             f"unknown device '{name}'", fix=f"use one of {', '.join(devices)} or define it in {device_file()}"
         )
-    device = devices[name]
-    host = os.environ.get(f"{name.upper().replace('-', '_')}_HOST") if name in JETSONS else None
-    if host:  # ORIN_HOST=user@host: the same Jetson, driven over ssh
-        device = dataclasses.replace(device, backend="ssh", host=host)
-    return device.check()
+    return host_from_env(devices[name]).check()
+
+
+def host_from_env(device: Device) -> Device:
+    """A Jetson driven over ssh when this process's environment names its host (ORIN_HOST=user@host)."""
+    host = os.environ.get(f"{device.name.upper().replace('-', '_')}_HOST") if device.name in JETSONS else None
+    return dataclasses.replace(device, backend="ssh", host=host) if host else device

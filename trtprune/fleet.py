@@ -22,12 +22,14 @@ with its own cores); ``auto`` joins the cluster this machine belongs to (``ray s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import queue
 import socket
 import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .errors import TrtpruneError
@@ -35,19 +37,32 @@ from .errors import TrtpruneError
 log = logging.getLogger(__name__)
 
 WAIT_S = 0.5  # how often a thread waiting on a worker checks for Ctrl-C / stop()
+CHUNK = 48  # points: a larger batch is shared among free workers
 
 
 class DeviceWorker:
     """A Ray actor owning one device: its backend stays open between batches."""
 
     def __init__(self, device):
+        from .devices import JETSONS, host_from_env
         from .latency import get_backend
 
-        self.backend = get_backend(device).__enter__()  # an unusable engine fails here, named
+        # the device is the driver's definition, except that a built-in Jetson's host comes from this
+        # worker's environment (ORIN_HOST where the worker runs), never from the driver's
+        if device.name in JETSONS and device.backend == "ssh":
+            device = dataclasses.replace(device, backend="trt", host=None)
+        self.device = host_from_env(device).check()
+        self.backend = get_backend(self.device).__enter__()  # an unusable engine fails here, named
 
     def whoami(self) -> dict:
-        backend = self.backend
-        return {"key": backend.key(), "info": backend.info(), "host": socket.gethostname(), "pid": os.getpid()}
+        backend, target = self.backend, self.device.host or ""  # target: the device's ssh host, if remote
+        return {
+            "key": backend.key(),
+            "info": backend.info(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "target": target,
+        }
 
     def time_points(self, points, micro):
         from .profile import time_points
@@ -65,11 +80,32 @@ class Worker:
     host: str = ""
     pid: int = 0
     info: dict | None = None
+    target: str = ""  # the ssh host of the device it drives ("" if attached)
     jobs: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.host}:{self.pid}"
+
+
+def choose(found: list[Worker]) -> tuple[str, list[Worker], list[tuple[Worker, str]]]:
+    """The fleet's key (the one most workers report), the workers to use, and the others with why.
+
+    A worker on another key is another device (or engine version); of several workers driving one
+    device over ssh, only the first is used (two timing one device at once would disturb each other).
+    """
+    key = Counter(w.key for w in found).most_common(1)[0][0]
+    kept, refused, driving = [], [], {}
+    for w in found:
+        if w.key != key:
+            refused.append((w, f"another device: {w.key} (fleet: {key})"))
+        elif w.target and w.target in driving:
+            refused.append((w, f"drives the same device ({w.target}) as worker {driving[w.target].name}"))
+        else:
+            if w.target:
+                driving[w.target] = w
+            kept.append(w)
+    return key, kept, refused
 
 
 def _import_ray():
@@ -180,7 +216,7 @@ class Fleet:
             except ray.exceptions.RayError as e:
                 self.left_out.append({"worker": "?", "why": f"did not start: {_cause(e)}"})
                 continue
-            found.append(Worker(refs[ref], me["key"], me["host"], me["pid"], me["info"]))
+            found.append(Worker(refs[ref], me["key"], me["host"], me["pid"], me["info"], me["target"]))
         for ref in waiting:
             ray.kill(refs[ref])
             self.left_out.append({"worker": "?", "why": f"not ready after {self.start_timeout_s:.0f} s"})
@@ -191,14 +227,12 @@ class Fleet:
                 fix=f"run `trtprune profile --device {self.device.name}` on a worker machine to see why; Ray's logs "
                 "are in /tmp/ray/session_latest/logs there",
             )
-        self._key = Counter(w.key for w in found).most_common(1)[0][0]
-        for w in found:
-            if w.key == self._key:
-                self.workers.append(w)
-                self._idle.put(w)
-            else:
-                ray.kill(w.handle)
-                self.left_out.append({"worker": w.name, "why": f"another device: {w.key} (fleet: {self._key})"})
+        self._key, self.workers, refused = choose(found)
+        for w, why in refused:
+            ray.kill(w.handle)
+            self.left_out.append({"worker": w.name, "why": why})
+        for w in self.workers:
+            self._idle.put(w)
         self._alive = len(self.workers)
         for w in self.left_out:
             log.warning("Ray worker %s left out: %s", w["worker"], w["why"])
@@ -247,6 +281,21 @@ class Fleet:
         }
 
     def time_points(self, points, micro):
+        """Time a batch; a large one is cut into pieces timed on several workers at once (each piece with
+        its own copies of the reference, so the ratios of all pieces share one scale)."""
+        n = max(1, min(len(self.workers), -(-len(points) // CHUNK)))
+        if n == 1:
+            return self._time_on_one(points, micro)
+        size = -(-len(points) // n)
+        pieces = [points[i : i + size] for i in range(0, len(points), size)]
+        with ThreadPoolExecutor(len(pieces), thread_name_prefix="trtprune-fleet") as pool:
+            parts = list(pool.map(lambda piece: self._time_on_one(piece, micro), pieces))
+        if len({p.key for p in parts}) > 1:
+            raise TrtpruneError(f"one batch was timed on several devices: {', '.join(sorted({p.key for p in parts}))}")
+        ratios = tuple(r for part in parts for r in part.ratios)
+        return dataclasses.replace(parts[0], ratios=ratios)
+
+    def _time_on_one(self, points, micro):
         """Time one batch on a free worker; if the worker dies meanwhile, on another."""
         import ray
 
