@@ -177,3 +177,55 @@ def test_bf16_autocast_trains_close_to_fp32_and_bad_precisions_are_refused(prune
             base_model="resnet20",
             history=history,
         )
+
+
+def test_the_training_device_is_the_gpu_when_there_is_one_and_cuda_without_one_is_refused(monkeypatch):
+    from trtprune import distributed as DI
+    from trtprune.finetune import autocast_dtype, training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto") == torch.device("cpu") and training_device("cpu") == torch.device("cpu")
+    with pytest.raises(TrtpruneError, match="--train-device cuda, but torch sees no CUDA GPU") as e:
+        training_device("cuda")
+    assert "--train-device cpu" in e.value.fix
+    with pytest.raises(TrtpruneError, match="unknown training device 'tpu'"):
+        training_device("tpu")
+    assert DI.backend() == "gloo"
+
+    # a machine with one GPU (simulated): auto takes it; a second process on the node has none of its own
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert training_device("auto") == torch.device("cuda", 0) and chosen == [0]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(TrtpruneError, match="process 1 on this node has no GPU of its own"):
+        training_device("cuda")
+    assert DI.backend() == "cpu:gloo,cuda:nccl"  # gradients on NCCL, bookkeeping on gloo
+
+    # bf16 on a GPU only where it computes it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert autocast_dtype("auto", "cuda") is None
+    with pytest.raises(TrtpruneError, match="this GPU has no bf16 arithmetic"):
+        autocast_dtype("bf16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert autocast_dtype("auto", "cuda") == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with a CUDA build of torch")
+def test_fine_tuning_on_a_gpu_takes_the_steps_of_the_cpu(tmp_path):
+    train = synthetic_cifar10(128, 1)
+    weights = {}
+    for dev in ("cpu", "cuda"):
+        model, history = make_pruned_r20()
+        cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.05, precision="fp32", train_device=dev)
+        finetune(model, train, None, IMAGENET_MEAN, IMAGENET_STD, cfg, checkpoint=tmp_path / f"{dev}.pt",
+                 base_model="resnet20", history=history)  # fmt: skip
+        assert next(model.parameters()).device.type == "cpu"  # handed back on the CPU
+        weights[dev] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    start = torch.cat([p.detach().flatten() for p in make_pruned_r20()[0].parameters()])  # the same seed
+    assert not torch.allclose(weights["cpu"], start)  # it trained ...
+    assert torch.allclose(weights["cuda"], weights["cpu"], atol=1e-3, rtol=1e-3)  # ... alike on both

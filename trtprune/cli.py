@@ -107,7 +107,14 @@ def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
         choices=("auto", "fp32", "bf16"),
         default="auto",
         help="training arithmetic: bf16 autocast (about 1.5x faster on CPUs with AVX512-BF16/AMX), fp32, or "
-        "auto = bf16 where the CPU has it natively (default)",
+        "auto = bf16 where the CPU or GPU has it natively (default)",
+    )
+    p.add_argument(
+        "--train-device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to fine-tune: an NVIDIA GPU (cuda; one per process with --nproc/torchrun), the CPU, or auto = "
+        "the GPU when torch sees one (default)",
     )
     p.add_argument("--seed", type=int, default=0)
 

@@ -25,6 +25,7 @@ def _ft_config(a):
         train_limit=a.train_limit,
         channels_last=not a.no_channels_last,
         precision=a.precision,
+        train_device=a.train_device,
         seed=a.seed,
     )
 

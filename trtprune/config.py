@@ -19,7 +19,8 @@ class FinetuneConfig:
     distill: float = 0.0  # weight of the distillation loss from the unpruned teacher; 0 turns it off
     temperature: float = 4.0  # softening of the teacher's and student's logits for distillation
     channels_last: bool = True  # NHWC memory format for training
-    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the CPU computes it natively
+    precision: str = "auto"  # "fp32", "bf16" (autocast) or "auto": bf16 where the hardware computes it natively
+    train_device: str = "auto"  # "cpu", "cuda" or "auto": an NVIDIA GPU when torch sees one, else the CPU
     train_limit: int = 0  # use only the first N training images (0 = all); for quick runs
     seed: int = 0
 

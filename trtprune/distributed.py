@@ -16,8 +16,10 @@ Together this computes the gradient of one process training on the global batch:
 one-process run up to floating-point rounding (sums are split differently), not bit for bit; see
 :mod:`trtprune.finetune` for how far apart that leaves them.
 
-The backend is gloo: trtprune trains on the CPU (the fine-tuning loop never moves the model to a GPU), and
-NCCL reduces only CUDA tensors.
+Backends: gloo for CPU tensors always; where torch sees CUDA GPUs and NCCL, the group is created as
+``cpu:gloo,cuda:nccl``, so that training on GPUs (``--train-device``, one GPU per process, by LOCAL_RANK)
+reduces its gradients and BatchNorm statistics with NCCL while the small bookkeeping collectives (losses,
+counts, checks) stay on gloo.
 """
 
 from __future__ import annotations
@@ -89,11 +91,17 @@ def check_processes(n: int, batch_size: int, source: str | None = None) -> None:
         )
 
 
+def backend() -> str:
+    """gloo, plus NCCL for CUDA tensors where torch has both CUDA GPUs and NCCL."""
+    return "cpu:gloo,cuda:nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
 @contextlib.contextmanager
 def process_group(init_method: str, rank: int, size: int):
-    """Join a gloo process group of ``size`` processes as ``rank``; leave it on exit. Logs of ranks > 0 are quiet."""
+    """Join a process group of ``size`` processes as ``rank`` (:func:`backend`); leave it on exit. Logs of ranks
+    > 0 are quiet."""
     try:
-        dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=size, timeout=timeout())
+        dist.init_process_group(backend(), init_method=init_method, rank=rank, world_size=size, timeout=timeout())
     except (RuntimeError, ValueError) as e:  # DistStoreError, DistNetworkError (timeouts, refused connections)
         first = str(e).strip().split("\n")[0]
         raise TrtpruneError(
@@ -194,8 +202,9 @@ class _SyncBatchNormFn(torch.autograd.Function):
         if n:
             var, mean = torch.var_mean(xf, dims, correction=0)
         else:  # an empty slice (a last batch with fewer images than processes) adds nothing
-            var = mean = torch.zeros(c, dtype=ftype)
-        local = torch.cat([torch.tensor([float(n)], dtype=torch.float64), mean.double(), var.double()])
+            var = mean = torch.zeros(c, dtype=ftype, device=x.device)
+        count = torch.tensor([float(n)], dtype=torch.float64, device=x.device)
+        local = torch.cat([count, mean.double(), var.double()])
         gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
         dist.all_gather(gathered, local, group=group)
         g = torch.stack(gathered)
@@ -280,7 +289,9 @@ def synced_batchnorm(model: nn.Module):
     The layers keep their parameters, buffers and state-dict keys (only their class changes, back on exit), so
     checkpoints written meanwhile are ordinary. Yields the number of layers synchronised.
     """
-    group = dist.new_group(backend="gloo")  # apart from DDP's gradient reductions
+    # apart from DDP's gradient reductions; NCCL for a model on a GPU
+    on_gpu = any(p.is_cuda for p in model.parameters())
+    group = dist.new_group(backend="nccl" if on_gpu else "gloo")
     swapped = []
     for m in model.modules():
         if type(m) in _SYNCED:
@@ -379,7 +390,7 @@ def _failure(tmp: Path, size: int, exc: Exception) -> Exception:
 
 
 def launch(fn: Callable, nproc: int, *args, verbose: int = 0, **kwargs):
-    """Run ``fn(*args, **kwargs)`` in ``nproc`` new processes joined in a gloo process group on 127.0.0.1.
+    """Run ``fn(*args, **kwargs)`` in ``nproc`` new processes joined in a process group on 127.0.0.1.
 
     Returns what rank 0's call returned. Each process gets its own copy of the arguments (they are pickled, so
     ``fn`` must be importable). An exception in any process stops them all and is raised here: a TrtpruneError

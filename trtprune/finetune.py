@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -61,15 +62,46 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 _RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "distill", "temperature", "train_limit", "seed")
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype for training on the CPU: bf16 if asked, or by default where the CPU has it natively."""
+def training_device(requested: str = "auto") -> torch.device:
+    """Where to train: ``cpu``, ``cuda`` or ``auto`` (a GPU when torch sees one). In a process group on GPUs,
+    each process takes the GPU of its LOCAL_RANK (set by torchrun and --nproc)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise TrtpruneError(f"unknown training device '{requested}'", fix="use auto, cpu or cuda")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrtpruneError(
+            "--train-device cuda, but torch sees no CUDA GPU",
+            why=f"this torch ({torch.__version__}) is a CPU build or finds no driver"
+            if torch.version.cuda is None
+            else "no GPU is visible (driver, CUDA_VISIBLE_DEVICES)",
+            fix="install a CUDA build of torch on a machine with an NVIDIA GPU, or train with --train-device cpu",
+        )
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if local >= torch.cuda.device_count():
+        raise TrtpruneError(
+            f"process {local} on this node has no GPU of its own ({torch.cuda.device_count()} visible)",
+            fix="start at most one process per GPU on each node (--nproc / --nproc_per_node)",
+        )
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """The autocast dtype: bf16 if asked, or by default where the hardware has it natively (CPUs with
+    AVX512-BF16/AMX, GPUs from Ampere on); None for fp32."""
     if precision not in ("auto", "fp32", "bf16"):
         raise TrtpruneError(f"unknown training precision '{precision}'", fix="use auto, fp32 or bf16")
-    if precision == "auto":
+    if torch.device(device).type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not native:
+            raise TrtpruneError("this GPU has no bf16 arithmetic", fix="train with --precision fp32 (or auto)")
+    elif precision == "auto":
         try:
             native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):  # a private probe: treat its absence as "no"
             native = False
+    if precision == "auto":
         precision = "bf16" if native else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
 
@@ -123,7 +155,8 @@ def finetune(
     steps_per_epoch = -(-len(xt) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
+    device = training_device(cfg.train_device)
+    model.to(device=device, memory_format=fmt)  # before the optimizer: its state follows the parameters
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
@@ -143,16 +176,17 @@ def finetune(
         f"the checkpoint at '{checkpoint}' to resume",
         fix="put -o on a filesystem that every node reads, so that all processes resume from the same checkpoint",
     )
-    amp = autocast_dtype(cfg.precision)
-    log.info("training arithmetic: %s", "bf16 autocast" if amp else "fp32")
+    amp = autocast_dtype(cfg.precision, device)
+    log.info("training on %s, arithmetic: %s", device, "bf16 autocast" if amp else "fp32")
     if cfg.distill > 0:
         assert teacher is not None, "distillation needs a teacher"
-        teacher.eval().to(memory_format=fmt)
+        teacher.eval().to(device=device, memory_format=fmt)
     with contextlib.ExitStack() as stack:
         net = model
         if size > 1:
             synced = stack.enter_context(DI.synced_batchnorm(model))
-            net = DistributedDataParallel(model)  # starts every process from rank 0's weights
+            # starts every process from rank 0's weights
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
             log.info(
                 "%d processes, %d images each per step, %d BatchNorm layers synchronised",
                 size,
@@ -178,8 +212,9 @@ def finetune(
                 # DDP averages N gradients), so that every image of an uneven last batch counts alike
                 n_global = len(yb)
                 xb, yb = DI.shard(xb, rank, size), DI.shard(yb, rank, size)
-                xb = xb.contiguous(memory_format=fmt)
-                with torch.autocast("cpu", dtype=amp or torch.bfloat16, enabled=amp is not None):
+                xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                yb = yb.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                     out = net(xb).float()  # losses in fp32
                     if cfg.distill > 0:
                         with torch.no_grad():
@@ -224,5 +259,7 @@ def finetune(
                 f"{record['top1']:.2f} %" if "top1" in record else "-",
                 record["train_s"],
             )
-    model.to(memory_format=torch.contiguous_format).eval()
+    model.to(device="cpu", memory_format=torch.contiguous_format).eval()
+    if teacher is not None:
+        teacher.to("cpu")
     return records

@@ -42,13 +42,14 @@ def top1_torch(
 ) -> float:
     """Top-1 accuracy in percent of ``model`` on uint8 NHWC images ``x`` with labels ``y``."""
     model.eval()
+    device = next(model.parameters()).device  # where the model is (a GPU while fine-tuning on one)
     xt, yt = D.to_tensor(x), torch.from_numpy(y)
     correct = 0
     with torch.no_grad():
         for xb, yb in progress(
             D.batches(xt, yt, batch_size, mean, std), total=-(-len(x) // batch_size), desc=desc, unit="batch"
         ):
-            correct += int((model(xb).argmax(1) == yb).sum())
+            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
     return 100.0 * correct / len(x)
 
 
