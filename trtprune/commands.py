@@ -70,15 +70,10 @@ def cmd_export(a) -> None:
 
 def cmd_quantize(a) -> None:
     from .models import model_spec
-    from .pipeline import load_split
-    from .quantize import calib_array, calib_images, qdq_from_onnx, qdq_summary
+    from .quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
 
     spec = model_spec(a.model)
-    if a.calib:
-        calib = calib_images(a.calib, spec, a.images)
-    else:
-        x, _ = load_split(a.data, "train")
-        calib = calib_array(x, spec, a.images, "the training set")
+    calib = calib_images(a.calib, spec, a.images) if a.calib else calib_from_training(a.data, spec, a.images)
     out = qdq_from_onnx(a.onnx, a.output, calib, method=a.method, target=a.target)
     s = qdq_summary(out)
     print(
@@ -279,11 +274,9 @@ def cmd_build(a) -> None:
             onnx = Path(tmp) / f"{spec.name}.onnx"
             onnx_from_torch(model, onnx, spec.input_shape, device.batch)
             if device.precision == "int8":
-                from .pipeline import load_split
-                from .quantize import calib_array, qdq_from_onnx
+                from .quantize import calib_from_training, qdq_from_onnx
 
-                x, _ = load_split(a.data, "train")
-                onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib_array(x, spec, 512, "the training set"))
+                onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib_from_training(a.data, spec))
             backend.build(onnx, out)
             print(
                 f"wrote {out}: TensorRT engine for {device.name} ({backend.key()}), built on {backend.info()['where']}"

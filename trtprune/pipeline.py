@@ -281,12 +281,11 @@ def int8_onnx(run: Run) -> Path:
     """For an int8 TensorRT device: the pruned model as a symmetric Q/DQ ONNX (TensorRT's explicit quantization),
     calibrated on 512 training images. TensorRT's ``--int8`` on a plain fp32 model would run uncalibrated."""
     from .models import model_spec
-    from .quantize import calib_array, qdq_from_onnx
+    from .quantize import calib_from_training, qdq_from_onnx
 
     out = run.dir / "pruned.int8.onnx"
     if not out.is_file() or out.stat().st_mtime < run.path("pruned.onnx").stat().st_mtime:
-        x, _ = load_split(run.data, "train")
-        calib = calib_array(x, model_spec(run.cfg.model), 512, "the training set")
+        calib = calib_from_training(run.data, model_spec(run.cfg.model))
         qdq_from_onnx(run.path("pruned.onnx"), out, calib, target="tensorrt")
     return out
 

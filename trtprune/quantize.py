@@ -105,6 +105,15 @@ def _check_n(n: int) -> None:
         raise TrtpruneError(f"asked for {n!r} calibration images", fix="ask for at least 1 (a few hundred is usual)")
 
 
+def calib_from_training(data: str | None, spec, n: int = 512) -> np.ndarray:
+    """``n`` training images of CIFAR-10 under ``data`` (see ``--data``), normalised for ``spec``: the
+    calibration set when the user gives none."""
+    from .pipeline import load_split
+
+    x, _ = load_split(data, "train")
+    return calib_array(x, spec, n, "the training set")
+
+
 def calib_array(x: np.ndarray, spec, n: int, source: str = "the calibration array") -> np.ndarray:
     """``n`` of the uint8 NHWC images ``x`` (evenly spaced), normalised for ``spec``: float32 NCHW."""
     spec = _spec_of(spec)

@@ -122,6 +122,7 @@ class TrtBackend(Backend):
         self.gpu = ""
         self.trtexec = device.trtexec
         self._engines: dict[str, str] = {}
+        self._digests: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> digest
         self._api = None
 
     def _make_runner(self):
@@ -171,6 +172,7 @@ class TrtBackend(Backend):
             self.runner.close()
             self.runner = None
         self._engines.clear()
+        self._digests.clear()
 
     def _find_trtexec(self) -> str | None:
         candidates = [self.device.trtexec, "trtexec", "/usr/src/tensorrt/bin/trtexec"]
@@ -201,13 +203,19 @@ class TrtBackend(Backend):
     # -- engines -------------------------------------------------------------------------------------
 
     def _onnx_file(self, model: Path | bytes, tmp: Path) -> tuple[Path, str]:
-        data = model if isinstance(model, bytes) else Path(model).read_bytes()
-        digest = hashlib.sha256(data + self.key().encode()).hexdigest()[:16]
+        """The model as a file, and the digest that names its engine (content + backend key). A file is
+        read and hashed once while it stays unchanged (same size and modification time)."""
         if isinstance(model, bytes):
+            digest = hashlib.sha256(model + self.key().encode()).hexdigest()[:16]
             path = tmp / f"{digest}.onnx"
             path.write_bytes(model)
             return path, digest
-        return Path(model), digest
+        path = Path(model)
+        st = path.stat()
+        seen = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+        if seen not in self._digests:
+            self._digests[seen] = hashlib.sha256(path.read_bytes() + self.key().encode()).hexdigest()[:16]
+        return path, self._digests[seen]
 
     def engine(self, model: Path | bytes) -> str:
         """Build (once per model and settings) and return the engine's path where the runner runs."""

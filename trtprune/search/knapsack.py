@@ -22,11 +22,13 @@ class Knapsack(Searcher):
     def propose(
         self, space: SearchSpace, target_ms: float, start: Mapping[str, int], iterations: int = 4, resolution: int = 400
     ) -> dict[str, int]:
-        keep = dict(start)
+        # from the full model every time, not from ``start``: savings are measured against the current plan
+        # and options slower than it are never taken, so starting from a tighter plan could not loosen it
+        origin = keep = dict(space.full)
         for _ in range(iterations):
             current = space.predict([keep])[0]
             need = current - target_ms
-            if need <= 0 and keep != start:
+            if need <= 0 and keep != origin:
                 break
             options = {g: [k for k in cands] for g, cands in space.candidates.items()}
             plans = [({**keep, g: k}, g, k) for g, ks in options.items() for k in ks]
