@@ -45,12 +45,9 @@ def run(config: str, device, gls, tol, method: str, lut_path: Path) -> dict:
     measurer = get_backend(device) if not workers else Fleet(device, "local", workers=workers)
     with measurer, LUT(lut_path) as lut:
         start_s = time.perf_counter() - t0
-        if workers:
-            profiler, parallel = Profiler(None, lut, fleet=measurer), 2 * workers
-        else:
-            profiler, parallel = Profiler(measurer, lut), 1
+        profiler = Profiler.on(measurer, lut)
         t1 = time.perf_counter()
-        stairs = profile_groups(profiler, gls, tol, method, parallel)
+        stairs = profile_groups(profiler, gls, tol, method)
         wall_s = time.perf_counter() - t1
         key = profiler.key()
         nominal = lut.reference_ms(key)

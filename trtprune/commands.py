@@ -403,13 +403,9 @@ def cmd_profile(a) -> None:
     with measurer, LUT(a.lut) as lut:  # an absent engine, Ray cluster or a bad --lut fails before work
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
         gls, left_out = _profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
-        if a.ray:
-            profiler = Profiler(None, lut, fleet=measurer)
-            parallel = 2 * len(measurer.workers)  # a batch waiting for every worker keeps them all busy
-        else:
-            profiler, parallel = Profiler(measurer, lut), 1
+        profiler = Profiler.on(measurer, lut)
         t0 = time.perf_counter()
-        found = profile_groups(profiler, gls, tol, a.method, parallel)
+        found = profile_groups(profiler, gls, tol, a.method)
         wall_s = time.perf_counter() - t0
         results = {}
         for gl in gls:

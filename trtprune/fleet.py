@@ -148,11 +148,9 @@ class Fleet:
         self._given = handles
         self.workers: list[Worker] = []
         self.left_out: list[dict] = []  # workers not used, with why
-        self.lost: list[str] = []  # workers that died during the run
-        self.retried = 0  # batches sent again after their worker was lost
+        self.lost: list[str] = []  # workers that died during the run (each one's batch was sent again)
         self._key = ""
         self._idle: queue.Queue[Worker] = queue.Queue()
-        self._alive = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._started_ray = False
@@ -176,7 +174,6 @@ class Fleet:
         name = self.device.name
         if self.address == "local":
             n = self.local_workers or max(1, (os.cpu_count() or 1) // max(1, self.device.threads))
-            self.local_workers = n
             kwargs = {"num_cpus": n, "resources": {name: n}, "object_store_memory": 100 * 2**20}
         else:
             _reachable(self.address)
@@ -233,7 +230,6 @@ class Fleet:
             self.left_out.append({"worker": w.name, "why": why})
         for w in self.workers:
             self._idle.put(w)
-        self._alive = len(self.workers)
         for w in self.left_out:
             log.warning("Ray worker %s left out: %s", w["worker"], w["why"])
         log.info(
@@ -245,9 +241,7 @@ class Fleet:
         )
 
     def __exit__(self, *exc) -> None:
-        if not _ray_loaded():
-            return
-        import ray
+        import ray  # imported by __enter__, the only way here
 
         self._stop.set()
         if ray.is_initialized():
@@ -266,6 +260,16 @@ class Fleet:
         info = dict(self.workers[0].info) if self.workers else {"key": self._key}
         info["workers"] = [w.name for w in self.workers]
         return info
+
+    @property
+    def retried(self) -> int:
+        """Batches sent again after their worker was lost: one per lost worker (a worker runs one at a time)."""
+        return len(self.lost)
+
+    @property
+    def parallel(self) -> int:
+        """Group searches to run at once: two per worker, so a batch is always waiting for each worker."""
+        return 2 * len(self.workers)
 
     def stop(self) -> None:
         """Threads waiting for a worker or a result give up (Ctrl-C in the driver)."""
@@ -328,7 +332,7 @@ class Fleet:
                 return self._idle.get(timeout=WAIT_S)
             except queue.Empty:
                 with self._lock:
-                    if self._alive == 0:
+                    if len(self.lost) == len(self.workers):
                         raise TrtpruneError(
                             f"every Ray worker for '{self.device.name}' was lost ({', '.join(self.lost)})",
                             fix="restart the workers and run the same command again: what was measured is "
@@ -337,9 +341,7 @@ class Fleet:
 
     def _lose(self, worker: Worker, e: BaseException) -> None:
         with self._lock:
-            self._alive -= 1
             self.lost.append(worker.name)
-            self.retried += 1
         log.warning("Ray worker %s was lost (%s); its batch goes to another worker", worker.name, _cause(e))
 
 
@@ -357,9 +359,3 @@ def _reachable(address: str, timeout_s: float = 10.0) -> None:
             fix="check the head's address and port (`ray status` on the head prints it), or pass --ray local "
             "for this machine alone",
         ) from e
-
-
-def _ray_loaded() -> bool:
-    import sys
-
-    return "ray" in sys.modules

@@ -124,6 +124,13 @@ class Profiler:
     _pending: dict = field(default_factory=dict, repr=False)  # row -> Future of a point being timed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @classmethod
+    def on(cls, measurer, lut: LUT, **options) -> Profiler:
+        """A profiler timing on ``measurer``: a backend here, or a ``trtprune.fleet.Fleet``."""
+        if isinstance(measurer, Backend):
+            return cls(measurer, lut, **options)
+        return cls(None, lut, fleet=measurer, **options)
+
     def key(self) -> str:
         return self.fleet.key() if self.fleet is not None else self.backend.key()
 
@@ -180,13 +187,13 @@ class Profiler:
             for f in mine.values():
                 f.set_exception(e)
             raise
+        else:
+            for f in mine.values():
+                f.set_result(None)
         finally:
             with self._lock:
                 for r in mine:
                     self._pending.pop(r, None)
-        for f in mine.values():
-            if not f.done():
-                f.set_result(None)
         for f in waits.values():
             f.result()  # the other thread's error, if it failed
         with self._lock:
@@ -213,10 +220,11 @@ def profile_groups(
     gls: list[GroupLayers],
     tol: Tolerance,
     method: str = "three_point",
-    parallel: int = 1,
+    parallel: int | None = None,
     desc: str = "profiling groups",
 ) -> dict[str, Stairs]:
-    """Each group's stairs, by group name in the order given; ``parallel`` groups searched at once.
+    """Each group's stairs, by group name in the order given; ``parallel`` groups searched at once
+    (default: what the profiler's fleet keeps busy, else 1).
 
     With ``parallel > 1`` (a fleet of workers) each group's search runs in a thread whose measurement
     batches go to whichever worker is free. Ctrl-C stops the threads after their current batch; what
@@ -224,6 +232,8 @@ def profile_groups(
     """
     from .log import progress
 
+    if parallel is None:
+        parallel = profiler.fleet.parallel if profiler.fleet is not None else 1
     if parallel <= 1:
         return {gl.group.name: profiler.stairs(gl, tol, method) for gl in progress(gls, desc=desc, unit="group")}
     done: dict[str, Stairs] = {}
