@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 WAIT_S = 0.5  # how often a thread waiting on a worker checks for Ctrl-C / stop()
 CHUNK = 48  # points: a larger batch is shared among free workers
+CLOSE_S = 30  # how long workers may take to close their backends at the end
 
 
 class DeviceWorker:
@@ -245,6 +246,11 @@ class Fleet:
 
         self._stop.set()
         if ray.is_initialized():
+            # let each live worker close its backend (an ssh backend removes its folder on the device), then stop it
+            closing = [w.handle.close.remote() for w in self.workers if w.name not in self.lost]
+            if closing:
+                with contextlib.suppress(Exception):
+                    ray.wait(closing, num_returns=len(closing), timeout=CLOSE_S)
             for w in self.workers:
                 with contextlib.suppress(Exception):  # already gone
                     ray.kill(w.handle)
