@@ -74,11 +74,17 @@ def plan_for(work: Path, device, budget: Budget, label: str, weights, data) -> P
     return plan
 
 
+def recipe_tag(cfg: FinetuneConfig) -> str:
+    """The cache name of a fine-tuning recipe: epochs, and the peak lr where it is not the default."""
+    return f"e{cfg.epochs}" + ("" if cfg.lr == FinetuneConfig.lr else f"_lr{cfg.lr:g}")
+
+
 def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) -> tuple[Path, float | None]:
-    """Prune to the plan, fine-tune, evaluate; cached by epochs. With 0 epochs: only pruned (latency does not
-    depend on the weights), and no top-1."""
-    out = plan_path.parent / f"model_e{cfg.epochs}.pt"
-    result = plan_path.parent / f"top1_e{cfg.epochs}.json"
+    """Prune to the plan, fine-tune, evaluate; cached by recipe (``recipe_tag``). With 0 epochs: only pruned
+    (latency does not depend on the weights), and no top-1."""
+    tag = recipe_tag(cfg)
+    out = plan_path.parent / f"model_{tag}.pt"
+    result = plan_path.parent / f"top1_{tag}.json"
     if result.is_file():
         return out, json.loads(result.read_text())["top1"]
     plan = Plan.load(plan_path)
@@ -91,7 +97,7 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
         write_json(result, {"top1": None, "epochs": 0})
         return out, None
     teacher, _ = load_model("resnet56", weights)
-    ckpt = plan_path.parent / f"finetune_e{cfg.epochs}.pt"
+    ckpt = plan_path.parent / f"finetune_{tag}.pt"
     finetune(
         model,
         train,
@@ -107,7 +113,7 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
     )
     save_pruned(out, model, spec.name, read_checkpoint(ckpt)["history"])
     top1 = top1_torch(model, *test, spec.mean, spec.std)
-    write_json(result, {"top1": top1, "epochs": cfg.epochs})
+    write_json(result, {"top1": top1, "epochs": cfg.epochs, "lr": cfg.lr})
     return out, top1
 
 
@@ -133,6 +139,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="0.7x,0.5x,0.35x")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs for every model (default 3)")
+    ap.add_argument("--lr", type=float, default=FinetuneConfig.lr, help="peak learning rate of the cosine schedule")
     ap.add_argument(
         "--baselines-on",
         help="devices on which the uniform and flops baselines are searched too (default: all)",
@@ -152,7 +159,7 @@ def main() -> None:
     devices = [get_device(d) for d in a.devices.split(",")]
     budgets = [Budget.parse(b) for b in a.budgets.split(",")]
     methods = a.methods.split(",")
-    cfg = FinetuneConfig(epochs=a.epochs, distill=0.5)
+    cfg = FinetuneConfig(epochs=a.epochs, lr=a.lr, distill=0.5)
     train, test = load_split(a.data, "train"), load_split(a.data, "test")
     tune_on = set(a.finetune_on.split(",")) if a.finetune_on else {d.name for d in devices}
     baseline_on = set(a.baselines_on.split(",")) if a.baselines_on else {d.name for d in devices}
@@ -179,6 +186,7 @@ def main() -> None:
                         "budget": str(budget),
                         "top1": top1,
                         "epochs": dev_cfg.epochs,
+                        "lr": dev_cfg.lr,
                         "precision": cfg.precision,
                         "search_s": plan.meta["search_s"],
                         "search_measured_ratio": plan.measured_ms / plan.baseline_ms,
