@@ -51,7 +51,7 @@ def run(config: str, device, gls, tol, method: str, lut_path: Path) -> dict:
         wall_s = time.perf_counter() - t1
         key = profiler.key()
         nominal = lut.reference_ms(key)
-        values = {p: e.median_ms / nominal for p, e in lut.get_many(key, lut.points(key)).items()}
+        values = {p: e.ms / nominal for p, e in lut.get_many(key, lut.points(key)).items()}
         jobs = measurer.summary()["jobs_per_worker"] if workers else {}
     return {
         "config": config,

@@ -106,3 +106,24 @@ def test_one_model_alone_keeps_the_default_thread_pool(monkeypatch, tmp_path):
         with pytest.raises(TrtpruneError, match="rounds=0"):
             backend.measure(tmp_path / "a.onnx", rounds=0)
     assert _FakeSession.options[0][2] is None  # spinning left as ONNX Runtime ships it
+
+
+def test_a_short_run_is_stretched_to_its_time_span(monkeypatch, tmp_path):
+    import time
+
+    import onnxruntime
+
+    class SlowSession(_FakeSession):
+        def run(self, outputs, feed):
+            time.sleep(0.0005)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", SlowSession)
+    models = [tmp_path / f"{m}.onnx" for m in "ab"]
+    with get_backend(get_device("cpu")) as backend:
+        plain = backend.bursts(models, rounds=2, warmup=1, max_runs=1)
+        spread = backend.bursts(models, rounds=2, warmup=1, max_runs=1, span_s=0.05)
+        capped = backend.bursts(models, rounds=2, warmup=1, max_runs=1, span_s=1e6)
+    assert [len(b) for b in plain] == [2, 2]
+    # a round of two 0.5 ms runs lasts ~1 ms: 50 ms need more rounds than asked, and every model gets each
+    assert len(spread[0]) == len(spread[1]) > 2
+    assert len(capped[0]) == 2 * 50  # never beyond MAX_SPAN_ROUNDS times the rounds asked for

@@ -53,7 +53,7 @@ def test_the_table_name_carries_the_schema_version(tmp_path):
     with LUT(tmp_path / "l.sqlite"):
         pass
     tables = sqlite3.connect(tmp_path / "l.sqlite").execute("SELECT name FROM sqlite_master").fetchall()
-    assert ("latency_v1",) in tables
+    assert ("latency_v2",) in tables
 
 
 @pytest.mark.slow
@@ -85,7 +85,7 @@ def test_a_profile_killed_mid_sweep_resumes_without_remeasuring(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if lut_path.exists():
             try:
-                stored = sqlite3.connect(lut_path, timeout=1).execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+                stored = sqlite3.connect(lut_path, timeout=1).execute("SELECT COUNT(*) FROM latency_v2").fetchone()[0]
             except sqlite3.OperationalError:
                 stored = 0
             if stored >= 20:

@@ -6,12 +6,13 @@ import pytest
 from trtprune.devices import Device
 from trtprune.export import onnx_from_torch
 from trtprune.latency import get_backend
+from trtprune.latency.base import Backend, Burst
 from trtprune.latency.fake import model_ms
-from trtprune.layers import layers_of
+from trtprune.layers import Signature, layers_of
 from trtprune.lut import LUT
 from trtprune.models import build_model
 from trtprune.predict import Overhead, Predictor
-from trtprune.profile import Profiler, group_layers
+from trtprune.profile import MICRO, RETRIES, Profiler, group_layers, time_points
 from trtprune.prune import GroupPruner, uniform_plan
 from trtprune.stairs import Tolerance
 
@@ -83,6 +84,81 @@ def test_lut_predictions_match_whole_networks_on_the_fake_engine(tmp_path):
         for i, keep in enumerate([uniform_plan(groups, 0.3, 1), {g.name: max(1, g.channels - 5) for g in groups}]):
             whole = model_ms(onnx.load(str(predictor.subnet(keep, tmp_path / f"t{i}.onnx"))))
             assert predictor.predict(keep) == pytest.approx(whole, rel=1e-9)
+
+
+class _Spells(Backend):
+    """Replays designed runs: the reference's are all 0.5 ms; a point's are 1.0 ms, except during a spell of
+    interference that doubles most of them."""
+
+    name = "spells"
+
+    def key(self):
+        return "spells"
+
+    def bursts(self, models, **_):
+        out = []
+        for i in range(len(models)):
+            if i >= 2:  # the reference copies
+                out.append([Burst(float(r), [0.5] * 10) for r in range(10)])
+            else:  # point 0: 7 of 10 bursts in a spell; point 1: quiet
+                slow = 7 if i == 0 else 0
+                out.append([Burst(float(r), [2.0 if r < slow else 1.0] * 10) for r in range(10)])
+        return out
+
+
+def test_a_point_counts_by_its_fast_runs_over_the_references():
+    sig = Signature("conv", (3, 3), hw=(8, 8))
+    with _Spells(FAKE) as backend:
+        timed = time_points(backend, [(sig, 4, 4), (sig, 4, 8)], MICRO)
+    (disturbed, p90, n, _), (quiet, *_) = timed.ratios
+    assert timed.ref_ms == 0.5 and n == 100
+    assert disturbed == quiet == pytest.approx(2.0)  # the median of point 0's runs would say 4.0
+    assert p90 == pytest.approx(4.0)  # the spread stays in the entry's p90
+
+
+class _SlowRefs(Backend):
+    """Each call times the reference at the next latency of ``refs``; every point at twice that (so the ratios
+    of a spell look like any other batch's: only the reference's own latency tells it apart)."""
+
+    name = "slow-refs"
+
+    def __init__(self, device, refs):
+        super().__init__(device)
+        self.refs, self.calls = list(refs), 0
+
+    def key(self):
+        return "slow-refs"
+
+    def bursts(self, models, **_):
+        ref = self.refs[min(self.calls, len(self.refs) - 1)]
+        self.calls += 1
+        return [[Burst(0.0, [ref if i >= 2 else 2 * ref] * 5)] for i in range(len(models))]
+
+
+def test_a_batch_timed_in_a_spell_is_timed_again():
+    sig = Signature("conv", (3, 3), hw=(8, 8))
+    points = [(sig, 4, 4), (sig, 4, 8)]
+    with _SlowRefs(FAKE, [0.60, 0.50]) as backend:  # the first attempt's reference 20 % slow
+        timed = time_points(backend, points, MICRO, usual_ref_ms=0.5)
+    assert backend.calls == 2 and timed.ref_ms == 0.5 and timed.timed == 4
+    with _SlowRefs(FAKE, [0.60, 0.70, 0.55, 0.5]) as backend:  # never usual: RETRIES more, then the nearest
+        timed = time_points(backend, points, MICRO, usual_ref_ms=0.5)
+    assert backend.calls == 1 + RETRIES == 3 and timed.ref_ms == 0.55 and timed.timed == 6
+    with _SlowRefs(FAKE, [0.52]) as backend:  # within SPELL, or no usual latency known yet: timed once
+        assert time_points(backend, points, MICRO, usual_ref_ms=0.5).timed == 2
+        assert time_points(backend, points, MICRO).timed == 2 and backend.calls == 2
+
+
+def test_the_profiler_counts_spells_and_keeps_the_usual_from_its_batches(tmp_path):
+    sig = Signature("conv", (3, 3), hw=(8, 8))
+    with _SlowRefs(FAKE, [0.5, 0.5, 0.8, 0.5]) as backend, LUT(tmp_path / "lut.sqlite") as lut:
+        profiler = Profiler(backend, lut)
+        profiler.entries([(sig, 4, 4)])
+        profiler.entries([(sig, 4, 8)])
+        profiler.entries([(sig, 4, 12), (sig, 4, 16)])  # the reference at 0.8: a spell, timed again
+        assert (profiler.measured, profiler.retimed) == (4, 2)
+        stored = [e.ms for e in lut.get_many("slow-refs", lut.points("slow-refs")).values()]
+        assert stored == pytest.approx([1.0] * 4)  # 2 x the reference, on the LUT's scale (its first, 0.5 ms)
 
 
 def test_overhead_fit():

@@ -392,7 +392,7 @@ def test_an_interrupted_profile_keeps_an_intact_lut_and_resumes_without_remeasur
             return 0
         try:
             with contextlib.closing(sqlite3.connect(lut, timeout=1)) as db:
-                return db.execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+                return db.execute("SELECT COUNT(*) FROM latency_v2").fetchone()[0]
         except sqlite3.OperationalError:  # the table is not created yet
             return 0
 
@@ -405,7 +405,7 @@ def test_an_interrupted_profile_keeps_an_intact_lut_and_resumes_without_remeasur
     _check_stopped(sig, code, err)
     with contextlib.closing(sqlite3.connect(lut)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        after_kill = db.execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+        after_kill = db.execute("SELECT COUNT(*) FROM latency_v2").fetchone()[0]
     assert after_kill > 0
     assert not (tmp_path / "prof" / "stairs.json").exists()  # written only at the end, whole
     if sig != signal.SIGKILL:
@@ -416,7 +416,7 @@ def test_an_interrupted_profile_keeps_an_intact_lut_and_resumes_without_remeasur
     measured = int(re.search(r"(\d+) points measured", done.stdout).group(1))
     with contextlib.closing(sqlite3.connect(lut)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        final = db.execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+        final = db.execute("SELECT COUNT(*) FROM latency_v2").fetchone()[0]
     assert measured == final - after_kill  # nothing stored before the signal was timed again
     assert json.loads((tmp_path / "prof" / "stairs.json").read_text())["measured"] == measured
     assert temp_files(tmp_path) == []
@@ -592,7 +592,7 @@ def test_an_interrupted_search_writes_no_plan_keeps_its_lut_and_completes_on_rer
     def stored() -> int:
         try:
             with contextlib.closing(sqlite3.connect(lut, timeout=1)) as db:
-                return db.execute("SELECT COUNT(*) FROM latency_v1").fetchone()[0]
+                return db.execute("SELECT COUNT(*) FROM latency_v2").fetchone()[0]
         except sqlite3.OperationalError:
             return 0
 

@@ -429,6 +429,7 @@ def cmd_profile(a) -> None:
         "tolerance_rel": a.rel,
         "lut": str(lut_path),
         "measured": profiler.measured,
+        "retimed_in_spells": profiler.retimed,
         "requested": profiler.requested,
         "saved_by_sharing": profiler.requested - profiler.measured,
         "left_out": left_out,  # modules the profiler could not time, by group

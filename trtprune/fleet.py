@@ -65,10 +65,10 @@ class DeviceWorker:
             "target": target,
         }
 
-    def time_points(self, points, micro):
+    def time_points(self, points, micro, usual_ref_ms=None):
         from .profile import time_points
 
-        return time_points(self.backend, points, micro)
+        return time_points(self.backend, points, micro, usual_ref_ms)
 
     def close(self) -> None:
         self.backend.__exit__(None, None, None)
@@ -290,28 +290,28 @@ class Fleet:
             "left_out": list(self.left_out),
         }
 
-    def time_points(self, points, micro):
+    def time_points(self, points, micro, usual_ref_ms=None):
         """Time a batch; a large one is cut into pieces timed on several workers at once (each piece with
         its own copies of the reference, so the ratios of all pieces share one scale)."""
         n = max(1, min(len(self.workers), -(-len(points) // CHUNK)))
         if n == 1:
-            return self._time_on_one(points, micro)
+            return self._time_on_one(points, micro, usual_ref_ms)
         size = -(-len(points) // n)
         pieces = [points[i : i + size] for i in range(0, len(points), size)]
         with ThreadPoolExecutor(len(pieces), thread_name_prefix="trtprune-fleet") as pool:
-            parts = list(pool.map(lambda piece: self._time_on_one(piece, micro), pieces))
+            parts = list(pool.map(lambda piece: self._time_on_one(piece, micro, usual_ref_ms), pieces))
         if len({p.key for p in parts}) > 1:
             raise TrtpruneError(f"one batch was timed on several devices: {', '.join(sorted({p.key for p in parts}))}")
         ratios = tuple(r for part in parts for r in part.ratios)
-        return dataclasses.replace(parts[0], ratios=ratios)
+        return dataclasses.replace(parts[0], ratios=ratios, timed=sum(p.timed for p in parts))
 
-    def _time_on_one(self, points, micro):
+    def _time_on_one(self, points, micro, usual_ref_ms=None):
         """Time one batch on a free worker; if the worker dies meanwhile, on another."""
         import ray
 
         while True:
             worker = self._take()
-            ref = worker.handle.time_points.remote(points, micro)
+            ref = worker.handle.time_points.remote(points, micro, usual_ref_ms)
             try:
                 while True:
                     ready, _ = ray.wait([ref], timeout=WAIT_S)

@@ -5,7 +5,7 @@ threads, batch, precision). Rows are inserted one transaction per batch and neve
 measurement of a point wins, so two processes profiling into one table lose nothing, and a sweep killed
 at any moment resumes without re-measuring what it stored. WAL mode lets readers and one writer work
 at once; a busy timeout lets concurrent writers take turns. The table name carries the schema version
-(``latency_v1``), so a new schema never misreads old rows.
+(``latency_v2``), so a new schema never misreads old rows.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 
 from .errors import TrtpruneError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a layer's latency is a low quantile of its runs (1: the median of bursts)
 _TABLE = f"latency_v{SCHEMA_VERSION}"
 _REF_TABLE = f"reference_v{SCHEMA_VERSION}"
 
 
 @dataclass(frozen=True)
 class Entry:
-    median_ms: float
+    ms: float  # the layer's latency on the LUT's scale (trtprune.profile.QUANTILE of its runs)
     p90_ms: float
     n: int
     kernel: str = ""  # how the engine ran the layer, e.g. ONNX Runtime's blocked NCHWc kernels or not
@@ -62,13 +62,13 @@ class LUT:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute(
                 f"CREATE TABLE IF NOT EXISTS {_TABLE} (backend TEXT NOT NULL, signature TEXT NOT NULL, "
-                "cin INTEGER NOT NULL, cout INTEGER NOT NULL, median_ms REAL NOT NULL, p90_ms REAL NOT NULL, "
+                "cin INTEGER NOT NULL, cout INTEGER NOT NULL, ms REAL NOT NULL, p90_ms REAL NOT NULL, "
                 "n INTEGER NOT NULL, kernel TEXT NOT NULL, created REAL NOT NULL, "
                 "PRIMARY KEY (backend, signature, cin, cout))"
             )
             self.db.execute(
                 f"CREATE TABLE IF NOT EXISTS {_REF_TABLE} (backend TEXT PRIMARY KEY, point TEXT NOT NULL, "
-                "median_ms REAL NOT NULL, created REAL NOT NULL)"
+                "ms REAL NOT NULL, created REAL NOT NULL)"
             )
         except sqlite3.DatabaseError as e:
             raise TrtpruneError(
@@ -88,8 +88,7 @@ class LUT:
         out = {}
         for sig, cin, cout in set(points):
             row = self.db.execute(
-                f"SELECT median_ms, p90_ms, n, kernel FROM {_TABLE} "
-                "WHERE backend=? AND signature=? AND cin=? AND cout=?",
+                f"SELECT ms, p90_ms, n, kernel FROM {_TABLE} WHERE backend=? AND signature=? AND cin=? AND cout=?",
                 (backend, sig, cin, cout),
             ).fetchone()
             if row:
@@ -104,7 +103,7 @@ class LUT:
             before = self.db.total_changes
             self.db.executemany(
                 f"INSERT OR IGNORE INTO {_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(backend, s, ci, co, e.median_ms, e.p90_ms, e.n, e.kernel, now) for (s, ci, co), e in rows.items()],
+                [(backend, s, ci, co, e.ms, e.p90_ms, e.n, e.kernel, now) for (s, ci, co), e in rows.items()],
             )
             self.db.execute("COMMIT")
         except BaseException:  # an error, Ctrl-C or SIGTERM: nothing of this batch is stored
@@ -123,14 +122,14 @@ class LUT:
             f"INSERT OR IGNORE INTO {_REF_TABLE} VALUES (?, ?, ?, ?)", (backend, point, measured_ms, time.time())
         )
         stored_point, nominal = self.db.execute(
-            f"SELECT point, median_ms FROM {_REF_TABLE} WHERE backend=?", (backend,)
+            f"SELECT point, ms FROM {_REF_TABLE} WHERE backend=?", (backend,)
         ).fetchone()
         assert stored_point == point, f"reference changed from {stored_point} to {point}"
         return nominal
 
     def reference_ms(self, backend: str) -> float | None:
         """The reference point's nominal latency on a backend (the scale of its rows), if one was stored."""
-        row = self.db.execute(f"SELECT median_ms FROM {_REF_TABLE} WHERE backend=?", (backend,)).fetchone()
+        row = self.db.execute(f"SELECT ms FROM {_REF_TABLE} WHERE backend=?", (backend,)).fetchone()
         return row[0] if row else None
 
     def points(self, backend: str) -> set[tuple[str, int, int]]:

@@ -45,7 +45,7 @@ def layer_sums(profiler: Profiler, plans: list[list[Point]]) -> list[dict[str, f
     for plan in plans:
         per_kernel: dict[str, float] = {}
         for e in entries[i : i + len(plan)]:
-            per_kernel[e.kernel] = per_kernel.get(e.kernel, 0.0) + e.median_ms
+            per_kernel[e.kernel] = per_kernel.get(e.kernel, 0.0) + e.ms
         sums.append(per_kernel)
         i += len(plan)
     return sums

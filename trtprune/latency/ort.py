@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 import random
 import time
@@ -75,6 +76,9 @@ def ort_session(model: str | Path | bytes, threads: int = 1, quiet_pool: bool = 
         ) from e
 
 
+MAX_SPAN_ROUNDS = 50  # span_s never stretches a run beyond this many times its rounds
+
+
 def _timed_runs(sess, feed: dict, n: int) -> list[float]:
     """Milliseconds of ``n`` back-to-back runs."""
     out = []
@@ -132,6 +136,7 @@ class OrtBackend(Backend):
         max_runs: int = 20,
         seed: int = 0,
         renew: bool = False,
+        span_s: float = 0.0,
     ) -> list[list[Burst]]:
         """Interleaved timing of files or serialised models; ``result[model][round]`` is one burst.
 
@@ -139,7 +144,9 @@ class OrtBackend(Backend):
         runs. With ``renew`` every burst runs in a newly built session (warmed up again), so only one
         session is alive at a time and per-session effects - where the engine happened to place weights
         and buffers, worth 1-2 % on micro-layers here - average out over the rounds instead of biasing a
-        model for the whole run.
+        model for the whole run. ``span_s``: more rounds than ``rounds`` if needed for the run to last that
+        long (estimated from the first round, at most ``MAX_SPAN_ROUNDS`` times ``rounds``), so that a spell
+        of interference cannot cover all of a model's bursts.
         """
         assert self.active, "use the backend as a context manager"
         if rounds < 1 or warmup < 1:
@@ -157,16 +164,24 @@ class OrtBackend(Backend):
         out: list[list[Burst]] = [[] for _ in models]
         rng = random.Random(seed)
         order = list(range(len(models)))
+
+        def one_round() -> None:
+            rng.shuffle(order)
+            for i in order:
+                sess = sessions[i]
+                if sess is None:
+                    sess = ort_session(models[i], threads)
+                    _timed_runs(sess, feeds[i], max(2, warmup // 3))
+                out[i].append(Burst(time.perf_counter(), _timed_runs(sess, feeds[i], runs[i])))
+                del sess
+
         try:
-            for _ in progress(range(rounds), desc=f"timing {len(models)} model(s)", unit="round"):
-                rng.shuffle(order)
-                for i in order:
-                    sess = sessions[i]
-                    if sess is None:
-                        sess = ort_session(models[i], threads)
-                        _timed_runs(sess, feeds[i], max(2, warmup // 3))
-                    out[i].append(Burst(time.perf_counter(), _timed_runs(sess, feeds[i], runs[i])))
-                    del sess
+            t0 = time.perf_counter()
+            one_round()
+            first_s = time.perf_counter() - t0
+            total = max(rounds, min(MAX_SPAN_ROUNDS * rounds, math.ceil(span_s / max(first_s, 1e-9))))
+            for _ in progress(range(1, total), desc=f"timing {len(models)} model(s)", unit="round"):
+                one_round()
         finally:
             sessions.clear()
         return out
