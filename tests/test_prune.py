@@ -225,3 +225,41 @@ def test_dynamic_importance_follows_the_training_window_and_adjusted_cosine_redu
     assert all(np.allclose(scores[k], again[k]) for k in scores)  # deterministic for the same batches
     l1 = pruner.scores("l1")
     assert any(np.argsort(scores[k]).tolist() != np.argsort(l1[k]).tolist() for k in scores)  # not magnitude
+
+
+def test_fisher_importance_is_the_squared_gradient_of_a_channel_mask():
+    """Per batch, the sum of w * dL/dw over the readers' input slices of a channel is dL/dm for a mask m on
+    the channel at every layer that reads it; the score is B/2 times the batches' mean of its square."""
+    import torch.nn.functional as F
+
+    from trtprune.data import synthetic_cifar10, to_tensor
+
+    torch.manual_seed(0)
+    model = build_model("resnet20").eval()
+    x, y = synthetic_cifar10(96, 3)
+    xb = to_tensor(x).float() / 255
+    batches = [(xb[i : i + 32], torch.from_numpy(y[i : i + 32]).long()) for i in (0, 32, 64)]
+    pruner = GroupPruner(model, SHAPE)
+    with pytest.raises(TrtpruneError, match="needs training data"):
+        pruner.scores("fisher")
+    scores = pruner.scores("fisher", batches)
+    assert set(scores) == {g.name for g in pruner.groups()} and all((s >= 0).all() for s in scores.values())
+    modules = dict(model.named_modules())
+    for name, readers, width in (
+        ("layer2.1.conv1", ["layer2.1.conv2"], 32),  # inside a block
+        ("layer3.0.conv2", ["layer3.1.conv1", "layer3.2.conv1", "linear"], 64),  # a residual stream
+    ):
+        squares = []
+        for xi, yi in batches:
+            mask = torch.ones(width, requires_grad=True)
+
+            def masked(module, inp, mask=mask):
+                return (inp[0] * (mask if inp[0].dim() == 2 else mask[:, None, None]),)
+
+            hooks = [modules[r].register_forward_pre_hook(masked) for r in readers]
+            (grad,) = torch.autograd.grad(F.cross_entropy(model(xi), yi), mask)
+            for h in hooks:
+                h.remove()
+            squares.append(grad.double() ** 2)
+        expected = (torch.stack(squares).mean(0) * 32 / 2).numpy()
+        np.testing.assert_allclose(scores[name], expected, rtol=1e-3, atol=1e-9)

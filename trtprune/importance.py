@@ -12,6 +12,15 @@ the lowest scores are removed first.
   gradient of the cross-entropy accumulated over a few training batches (eval-mode BN). Unlike the
   magnitudes it is in units of loss, so scores compare across groups: the latency searches use it.
 
+* ``fisher``: the loss increase when the channel is removed, to second order at a minimum (Theis et al.
+  2018, "Fisher pruning"; Molchanov et al. 2019's squared Taylor term): ``B/2 * mean over batches of
+  (sum over the consumers' input slices of the channel of w * dL/dw)^2``, with ``dL/dw`` the gradient of
+  one batch's mean cross-entropy (eval-mode BN, batches of ``B`` images). Masking a channel at every layer
+  that reads it removes it, so the inner sum is the mask's gradient; at a pretrained minimum the gradient of
+  the whole set is ~0 and ``taylor`` is mostly noise, while the spread of the per-batch gradients (the
+  empirical Fisher, ``B`` times their covariance) measures how much the loss curves there. In units of
+  loss, like ``taylor``. Depthwise layers are skipped as readers: the layer after them reads the channel.
+
 * ``dynamic``: after LAP (Chen et al., Neural Networks 2022), from how the filters move over a short
   training window (one SGD pass, lr 0.01, momentum 0.9, over the same few batches as ``taylor``; the
   model is restored afterwards). For channel c of a group:
@@ -37,11 +46,13 @@ IMPORTANCE: dict[str, tuple[str, dict]] = {
     "l2": ("GroupMagnitudeImportance", {"p": 2, "group_reduction": "sum", "normalizer": None}),
     "bn": ("BNScaleImportance", {"group_reduction": "sum", "normalizer": None}),
     "taylor": ("GroupTaylorImportance", {"group_reduction": "sum", "normalizer": None, "multivariable": True}),
+    "fisher": ("FisherImportance", {}),  # trtprune's own (below); needs per-batch gradients, see GroupPruner.scores
     "dynamic": ("DynamicImportance", {}),  # trtprune's own (below); needs a training window, see GroupPruner.scores
 }
 NEEDS_GRADIENTS = {"taylor"}  # scored from the loss gradient of a few training batches
+NEEDS_BATCH_GRADIENTS = {"fisher"}  # scored from the gradient of each training batch
 NEEDS_TRAINING = {"dynamic"}  # scored from a short training window on those batches
-NEEDS_DATA = NEEDS_GRADIENTS | NEEDS_TRAINING
+NEEDS_DATA = NEEDS_GRADIENTS | NEEDS_BATCH_GRADIENTS | NEEDS_TRAINING
 WINDOW_LR = 0.01
 
 
@@ -52,8 +63,8 @@ def get_importance(name: str):
     if name not in IMPORTANCE:
         raise TrtpruneError(f"unknown importance criterion '{name}'", fix=f"use one of {', '.join(IMPORTANCE)}")
     cls, kwargs = IMPORTANCE[name]
-    if name in NEEDS_TRAINING:
-        raise TrtpruneError(f"importance '{name}' is computed by GroupPruner.scores (it trains a short window)")
+    if name in NEEDS_TRAINING | NEEDS_BATCH_GRADIENTS:
+        raise TrtpruneError(f"importance '{name}' is computed by GroupPruner.scores (it needs training batches)")
     return getattr(tp.importance, cls)(**kwargs)
 
 
@@ -126,6 +137,50 @@ class DynamicImportance:
                 producers.scatter_add_(0, at, torch.ones(len(at)))
         r = torch.where(producers > 0, redundancy / producers.clamp_min(1), torch.zeros_like(redundancy))
         return change * (1 - r.clamp_min(0))
+
+
+def batch_gradients(model, batches) -> list[dict]:
+    """The gradient of each batch's mean cross-entropy (BN in eval mode), for every conv and linear weight."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    weights = {f"{n}.weight": m.weight for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    model.eval()
+    out = []
+    with torch.enable_grad():
+        for xb, yb in batches:
+            grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), list(weights.values()))
+            out.append(dict(zip(weights, grads)))
+    return out
+
+
+class FisherImportance:
+    """The ``fisher`` criterion for one Torch-Pruning group, given :func:`batch_gradients` and the batch size."""
+
+    def __init__(self, model, grads: list[dict], batch_size: int):
+        self.names = {m: n for n, m in model.named_modules()}
+        self.grads, self.batch_size = grads, batch_size
+
+    def __call__(self, group):
+        import torch
+        import torch_pruning as tp
+        from torch import nn
+
+        ins = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
+        mask_grad = torch.zeros(len(self.grads), len(group[0].root_idxs), dtype=torch.float64)
+        for i, (dep, idxs) in enumerate(group):
+            layer, fn, root = dep.layer, dep.pruning_fn, group[i].root_idxs
+            if not isinstance(layer, (nn.Conv2d, nn.Linear)) or fn not in ins or any(r is None for r in root):
+                continue
+            if isinstance(layer, nn.Conv2d) and layer.groups > 1:
+                continue  # depthwise: the layer after it reads the channel
+            key, w = f"{self.names[layer]}.weight", layer.weight.detach()
+            at = torch.tensor(root, dtype=torch.long)
+            for b, g in enumerate(self.grads):
+                per_channel = (w * g[key]).transpose(0, 1).flatten(1)[idxs].sum(1)
+                mask_grad[b].scatter_add_(0, at, per_channel.double())
+        return (mask_grad.pow(2).mean(0) * self.batch_size / 2).float()
 
 
 def accumulate_gradients(model, batches) -> None:

@@ -143,7 +143,16 @@ class GroupPruner:
 
         Criteria that need gradients take them from ``batches`` (a few (x, y) training batches).
         """
-        from .importance import NEEDS_DATA, NEEDS_GRADIENTS, DynamicImportance, accumulate_gradients, training_window
+        from .importance import (
+            NEEDS_BATCH_GRADIENTS,
+            NEEDS_DATA,
+            NEEDS_GRADIENTS,
+            DynamicImportance,
+            FisherImportance,
+            accumulate_gradients,
+            batch_gradients,
+            training_window,
+        )
 
         if importance in NEEDS_DATA and batches is None:
             raise TrtpruneError(
@@ -151,11 +160,12 @@ class GroupPruner:
             )
         if importance in NEEDS_GRADIENTS:
             accumulate_gradients(self.model, batches)
-        scorer = (
-            DynamicImportance(self.model, training_window(self.model, batches))
-            if importance == "dynamic"
-            else get_importance(importance)
-        )
+        if importance == "dynamic":
+            scorer = DynamicImportance(self.model, training_window(self.model, batches))
+        elif importance in NEEDS_BATCH_GRADIENTS:
+            scorer = FisherImportance(self.model, batch_gradients(self.model, batches), len(batches[0][1]))
+        else:
+            scorer = get_importance(importance)
         out = {}
         for tp_group in self._tp_groups():
             out[self._describe(tp_group).name] = scorer(tp_group).detach().cpu().numpy().astype(np.float64)
