@@ -68,7 +68,7 @@ def test_a_batch_timed_on_another_device_is_not_stored(tmp_path):
         def key(self):
             return "fake-1|orin"
 
-        def time_points(self, points, micro, usual_ref_ms=None):
+        def time_points(self, points, micro, usual_ref_ms=None, witnesses=()):
             return Timed("fake-1|xavier", "ref", 0.01, tuple((1.0, 1.0, 3, "") for _ in points))
 
     sig = Signature("conv", (3, 3), (1, 1), (1, 1, 1, 1), hw=(8, 8))

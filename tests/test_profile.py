@@ -8,11 +8,11 @@ from trtprune.export import onnx_from_torch
 from trtprune.latency import get_backend
 from trtprune.latency.base import Backend, Burst
 from trtprune.latency.fake import model_ms
-from trtprune.layers import Signature, layers_of
+from trtprune.layers import Signature, layers_of, micro_model
 from trtprune.lut import LUT
 from trtprune.models import build_model
 from trtprune.predict import Overhead, Predictor
-from trtprune.profile import MICRO, RETRIES, Profiler, group_layers, time_points
+from trtprune.profile import MICRO, REFERENCE, RETRIES, Profiler, choose_witnesses, group_layers, time_points
 from trtprune.prune import GroupPruner, uniform_plan
 from trtprune.stairs import Tolerance
 
@@ -116,6 +116,9 @@ def test_a_point_counts_by_its_fast_runs_over_the_references():
     assert p90 == pytest.approx(4.0)  # the spread stays in the entry's p90
 
 
+_REF_MODEL = micro_model(*REFERENCE)
+
+
 class _SlowRefs(Backend):
     """Each call times the reference at the next latency of ``refs``; every point at twice that (so the ratios
     of a spell look like any other batch's: only the reference's own latency tells it apart)."""
@@ -132,7 +135,7 @@ class _SlowRefs(Backend):
     def bursts(self, models, **_):
         ref = self.refs[min(self.calls, len(self.refs) - 1)]
         self.calls += 1
-        return [[Burst(0.0, [ref if i >= 2 else 2 * ref] * 5)] for i in range(len(models))]
+        return [[Burst(0.0, [ref if m == _REF_MODEL else 2 * ref] * 5)] for m in models]
 
 
 def test_a_batch_timed_in_a_spell_is_timed_again():
@@ -144,7 +147,7 @@ def test_a_batch_timed_in_a_spell_is_timed_again():
     with _SlowRefs(FAKE, [0.60, 0.70, 0.55, 0.5]) as backend:  # never usual: RETRIES more, then the nearest
         timed = time_points(backend, points, MICRO, usual_ref_ms=0.5)
     assert backend.calls == 1 + RETRIES == 3 and timed.ref_ms == 0.55 and timed.timed == 6
-    with _SlowRefs(FAKE, [0.52]) as backend:  # within SPELL, or no usual latency known yet: timed once
+    with _SlowRefs(FAKE, [0.51]) as backend:  # within SPELL, or no usual latency known yet: timed once
         assert time_points(backend, points, MICRO, usual_ref_ms=0.5).timed == 2
         assert time_points(backend, points, MICRO).timed == 2 and backend.calls == 2
 
@@ -156,9 +159,45 @@ def test_the_profiler_counts_spells_and_keeps_the_usual_from_its_batches(tmp_pat
         profiler.entries([(sig, 4, 4)])
         profiler.entries([(sig, 4, 8)])
         profiler.entries([(sig, 4, 12), (sig, 4, 16)])  # the reference at 0.8: a spell, timed again
-        assert (profiler.measured, profiler.retimed) == (4, 2)
+        # re-timed: 1 witness beside the 2nd point; 2 witnesses beside the last two, and all four again
+        assert (profiler.measured, profiler.retimed) == (4, 1 + 2 + 4)
         stored = [e.ms for e in lut.get_many("slow-refs", lut.points("slow-refs")).values()]
         assert stored == pytest.approx([1.0] * 4)  # 2 x the reference, on the LUT's scale (its first, 0.5 ms)
+
+
+class _SlowKernels(Backend):
+    """The reference always at 0.5 ms; every other layer at 2.2x it in the first call (a spell that spares
+    the reference), 2x after."""
+
+    name = "slow-kernels"
+
+    def key(self):
+        return "slow-kernels"
+
+    def bursts(self, models, **_):
+        self.calls = getattr(self, "calls", 0) + 1
+        layer = 0.5 * (2.2 if self.calls == 1 else 2.0)
+        return [[Burst(0.0, [0.5 if m == _REF_MODEL else layer] * 5)] for m in models]
+
+
+def test_witnesses_catch_a_spell_that_spares_the_reference():
+    sig = Signature("conv", (3, 3), hw=(8, 8))
+    witnesses = [((sig, 4, 2), 2.0), ((sig, 4, 3), 2.0)]  # stored at 2x the reference
+    with _SlowKernels(FAKE) as backend:
+        timed = time_points(backend, [(sig, 4, 4)], MICRO, usual_ref_ms=0.5, witnesses=witnesses)
+    assert backend.calls == 2 and timed.ratios[0][0] == pytest.approx(2.0) and timed.timed == 2 * 3
+    assert timed.witness_off == pytest.approx(0.0)
+    with _SlowKernels(FAKE) as backend:  # without witnesses nothing looks wrong: the first timing stays
+        assert time_points(backend, [(sig, 4, 4)], MICRO, usual_ref_ms=0.5).ratios[0][0] == pytest.approx(2.2)
+
+
+def test_witnesses_are_the_nearest_known_points_of_each_new_signature():
+    a, b, c = (Signature("conv", (3, 3), hw=(s, s)) for s in (8, 16, 32))
+    known = {(a, 4, 1): 1.0, (a, 4, 8): 1.1, (a, 4, 30): 1.2, (a, 4, 5): 9.0, (b, 2, 2): 2.0, (c, 1, 1): 3.0}
+    chosen = choose_witnesses([(a, 4, 4), (a, 4, 5), (b, 8, 8)], known, per_signature=2)
+    # a: (4, 8) is 3 from (4, 5), (4, 1) 3 from (4, 4); (4, 5) is itself new, not a witness; b: the only one
+    assert chosen == [((a, 4, 1), 1.0), ((a, 4, 8), 1.1), ((b, 2, 2), 2.0)]
+    assert choose_witnesses([(c, 2, 2)], {}) == []
 
 
 def test_overhead_fit():

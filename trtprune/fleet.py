@@ -65,10 +65,10 @@ class DeviceWorker:
             "target": target,
         }
 
-    def time_points(self, points, micro, usual_ref_ms=None):
+    def time_points(self, points, micro, usual_ref_ms=None, witnesses=()):
         from .profile import time_points
 
-        return time_points(self.backend, points, micro, usual_ref_ms)
+        return time_points(self.backend, points, micro, usual_ref_ms, witnesses)
 
     def close(self) -> None:
         self.backend.__exit__(None, None, None)
@@ -290,28 +290,28 @@ class Fleet:
             "left_out": list(self.left_out),
         }
 
-    def time_points(self, points, micro, usual_ref_ms=None):
+    def time_points(self, points, micro, usual_ref_ms=None, witnesses=()):
         """Time a batch; a large one is cut into pieces timed on several workers at once (each piece with
-        its own copies of the reference, so the ratios of all pieces share one scale)."""
+        its own copies of the reference and the witnesses, so the ratios of all pieces share one scale)."""
         n = max(1, min(len(self.workers), -(-len(points) // CHUNK)))
         if n == 1:
-            return self._time_on_one(points, micro, usual_ref_ms)
+            return self._time_on_one(points, micro, usual_ref_ms, witnesses)
         size = -(-len(points) // n)
         pieces = [points[i : i + size] for i in range(0, len(points), size)]
         with ThreadPoolExecutor(len(pieces), thread_name_prefix="trtprune-fleet") as pool:
-            parts = list(pool.map(lambda piece: self._time_on_one(piece, micro, usual_ref_ms), pieces))
+            parts = list(pool.map(lambda piece: self._time_on_one(piece, micro, usual_ref_ms, witnesses), pieces))
         if len({p.key for p in parts}) > 1:
             raise TrtpruneError(f"one batch was timed on several devices: {', '.join(sorted({p.key for p in parts}))}")
         ratios = tuple(r for part in parts for r in part.ratios)
         return dataclasses.replace(parts[0], ratios=ratios, timed=sum(p.timed for p in parts))
 
-    def _time_on_one(self, points, micro, usual_ref_ms=None):
+    def _time_on_one(self, points, micro, usual_ref_ms=None, witnesses=()):
         """Time one batch on a free worker; if the worker dies meanwhile, on another."""
         import ray
 
         while True:
             worker = self._take()
-            ref = worker.handle.time_points.remote(points, micro, usual_ref_ms)
+            ref = worker.handle.time_points.remote(points, micro, usual_ref_ms, witnesses)
             try:
                 while True:
                     ready, _ = ray.wait([ref], timeout=WAIT_S)
