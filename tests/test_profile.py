@@ -159,8 +159,8 @@ def test_the_profiler_counts_spells_and_keeps_the_usual_from_its_batches(tmp_pat
         profiler.entries([(sig, 4, 4)])
         profiler.entries([(sig, 4, 8)])
         profiler.entries([(sig, 4, 12), (sig, 4, 16)])  # the reference at 0.8: a spell, timed again
-        # re-timed: 1 witness beside the 2nd point; 2 witnesses beside the last two, and all four again
-        assert (profiler.measured, profiler.retimed) == (4, 1 + 2 + 4)
+        # re-timed: a witness beside the 2nd point; one beside the last two, and those three again
+        assert (profiler.measured, profiler.retimed) == (4, 1 + 1 + 3)
         stored = [e.ms for e in lut.get_many("slow-refs", lut.points("slow-refs")).values()]
         assert stored == pytest.approx([1.0] * 4)  # 2 x the reference, on the LUT's scale (its first, 0.5 ms)
 
