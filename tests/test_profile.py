@@ -191,6 +191,18 @@ def test_witnesses_catch_a_spell_that_spares_the_reference():
         assert time_points(backend, [(sig, 4, 4)], MICRO, usual_ref_ms=0.5).ratios[0][0] == pytest.approx(2.2)
 
 
+def test_witnesses_come_from_this_run_not_from_rows_stored_before(tmp_path):
+    sig = Signature("conv", (3, 3), hw=(8, 8))
+    with _SlowRefs(FAKE, [0.5]) as backend, LUT(tmp_path / "lut.sqlite") as lut:
+        Profiler(backend, lut).entries([(sig, 4, 4)])  # an earlier run: the scale, and one row
+        lut.db.execute("UPDATE latency_v2 SET ms = ms * 1.5")  # that row now 50 % off what the machine says
+        later = Profiler(backend, lut)
+        later.entries([(sig, 4, 4), (sig, 4, 8)])  # reads the old row, times the new one beside no witness
+        assert (later.measured, later.retimed) == (1, 0)
+        later.entries([(sig, 4, 12)])  # beside (4, 8), timed in this run: no spell either
+        assert (later.measured, later.retimed) == (2, 1)
+
+
 def test_witnesses_are_the_nearest_known_points_of_each_new_signature():
     a, b, c = (Signature("conv", (3, 3), hw=(s, s)) for s in (8, 16, 32))
     known = {(a, 4, 1): 1.0, (a, 4, 8): 1.1, (a, 4, 30): 1.2, (a, 4, 5): 9.0, (b, 2, 2): 2.0, (c, 1, 1): 3.0}

@@ -197,7 +197,7 @@ class Profiler:
     _seen: dict = field(default_factory=dict, repr=False)  # entries already read or timed in this process
     _pending: dict = field(default_factory=dict, repr=False)  # row -> Future of a point being timed
     _refs: list = field(default_factory=list, repr=False)  # the reference's ms in recent batches
-    _points: dict = field(default_factory=dict, repr=False)  # row -> Point of the rows asked for (witnesses)
+    _timed_here: dict = field(default_factory=dict, repr=False)  # Point -> Entry timed by this profiler
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -215,12 +215,10 @@ class Profiler:
         key = self.key()
         with self._lock:  # the reference's latency of late in this process, else the LUT's first
             usual = float(np.median(self._refs[-8:])) if self._refs else self.lut.reference_ms(key)
-            nominal = self.lut.reference_ms(key)
-            known = (
-                {self._points[r]: e.ms / nominal for r, e in self._seen.items() if r in self._points}
-                if self.share and nominal
-                else {}
-            )
+            # witnesses from this profiler's own batches: rows stored days ago may sit a few % off today's
+            # machine for some kernels, and would make every batch look like a spell
+            scale = self.lut.reference_ms(key)
+            known = {p: e.ms / scale for p, e in self._timed_here.items()} if self.share and scale else {}
         witnesses = choose_witnesses(points, known)
         if self.fleet is not None:
             timed = self.fleet.time_points(points, self.micro, usual, witnesses)
@@ -257,7 +255,6 @@ class Profiler:
         key = self.key()
         rows = [(s.key(), ci, co) for s, ci, co in points]
         with self._lock:
-            self._points.update(zip(rows, points))
             missing = [r for r in rows if r not in self._seen]
             if missing:
                 self._seen.update(self.lut.get_many(key, missing))
@@ -267,10 +264,12 @@ class Profiler:
             self._pending.update(mine)
         try:
             if todo:
-                new = dict(zip(todo, self._time(list(todo.values()))))
+                entries = self._time(list(todo.values()))
+                new = dict(zip(todo, entries))
                 with self._lock:
                     self.lut.put_many(key, new)
                     self._seen.update(new)
+                    self._timed_here.update(zip(todo.values(), entries))
         except BaseException as e:
             for f in mine.values():
                 f.set_exception(e)
