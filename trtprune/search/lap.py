@@ -15,6 +15,7 @@ Seeded (numpy and torch), episodes configurable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 
@@ -36,10 +37,26 @@ def _mlp(n_in: int, n_out: int, hidden: int = 64, out: nn.Module | None = None) 
     return nn.Sequential(*layers, *([out] if out is not None else []))
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """The agent's networks are tiny: one thread runs an update in ~4 ms here, two threads with another job
+    on the cores took 68 ms (thread hand-offs dominate). The caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class LAP(Searcher):
     name = "lap"
 
     def propose(self, space: SearchSpace, target_ms: float, start: Mapping[str, int]) -> dict[str, int]:
+        with _one_thread():
+            return self._propose(space, target_ms)
+
+    def _propose(self, space: SearchSpace, target_ms: float) -> dict[str, int]:
         episodes = int(self.options.get("episodes", 300))
         warmup = int(self.options.get("warmup", 50))
         seed = int(self.options.get("seed", 0))
