@@ -339,7 +339,10 @@ def _check_stopped(sig: int, code: int, err: str) -> None:
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL
     else:  # Ctrl-C and SIGTERM stop cleanly with the conventional status and one line
-        assert code == 128 + sig, err
+        # 128 + signal, or death by the signal, which a shell reports as the same status: CPython exits by
+        # re-raising SIGINT when a KeyboardInterrupt once escaped code run through PyRun_String (pybind11's
+        # py::exec inside an extension's import), even if the program caught it later (seen once under load)
+        assert code in (128 + sig, -sig), err
         assert "interrupted; finished files are kept, re-run to resume" in err and "Traceback" not in err
 
 
