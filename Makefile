@@ -11,6 +11,7 @@ SEARCH_EPOCHS ?= 3
 SEARCH_ARGS ?=
 INT8_ARGS ?=
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
+# (one retry: offline, with the wheel in a local index, each of 5 default retries per package cost seconds)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
 # else trtprune downloads them into the user cache (~/.cache/trtprune).
@@ -32,7 +33,7 @@ help:
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0 --extra-index-url $(TORCH_INDEX)
+	$(BIN)/pip install --quiet --retries 1 torch==2.13.0 --extra-index-url $(TORCH_INDEX)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

@@ -78,6 +78,7 @@ def test_a_profile_killed_mid_sweep_resumes_without_remeasuring(tmp_path):
         "--lut",
         str(lut_path),
         "--no-plots",
+        "--quick",  # the resume logic does not depend on the protocol; the full one is run in test_reliability
     ]
     proc = subprocess.Popen([*argv, "--out", str(tmp_path / "a")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stored = 0

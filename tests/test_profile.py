@@ -4,6 +4,7 @@ import onnx
 import pytest
 
 from trtprune.devices import Device
+from trtprune.errors import TrtpruneError
 from trtprune.export import onnx_from_torch
 from trtprune.latency import get_backend
 from trtprune.latency.base import Backend, Burst
@@ -240,3 +241,21 @@ def test_profile_command_writes_tables_and_plots(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "prof" / "layer3.1.conv1.png").read_bytes()[:4] == b"\x89PNG"
     assert main([*argv, "--out", str(tmp_path / "prof2"), "--no-plots"]) == 0  # same model again
     assert "0 points measured" in capsys.readouterr().out
+
+
+def test_a_quick_profile_is_kept_apart_from_full_measurements(tmp_path):
+    sig = Signature("conv", (3, 3), hw=(8, 8))
+    with get_backend(FAKE) as backend, LUT(tmp_path / "lut.sqlite") as lut:
+        quick = Profiler(backend, lut, protocol="quick")
+        assert quick.micro["rounds"] < MICRO["rounds"] and quick.key() == backend.key() + "|quick"
+        quick.entries([(sig, 4, 4), (sig, 4, 8)])
+        assert quick.measured == 2 and lut.count() == 2
+        full = Profiler(backend, lut)
+        assert full.key() == backend.key() and full.micro == MICRO
+        full.entries([(sig, 4, 4)])  # the quick row is not served to a full profile: timed afresh
+        assert full.measured == 1 and lut.count() == 3
+        again = Profiler(backend, lut, protocol="quick")
+        again.entries([(sig, 4, 8)])  # ... but is to the next quick one
+        assert again.measured == 0
+        with pytest.raises(TrtpruneError, match="unknown profiling protocol 'fast'"):
+            Profiler(backend, lut, protocol="fast")

@@ -55,6 +55,15 @@ def _device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"{', '.join(DEVICES)} (default: {DEFAULT_DEVICE})")
 
 
+def _quick(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="profile layers with a short protocol (5 rounds): several times faster, noisier stairs; kept apart "
+        "in the LUT from full measurements",
+    )
+
+
 def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
     from .importance import IMPORTANCE
 
@@ -182,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rel", type=float, default=0.01, help="latencies within this fraction are the same (0.01)")
     p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
     p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")
+    _quick(p)
     p.add_argument(
         "--ray",
         metavar="local|auto|ADDRESS",
@@ -198,6 +208,7 @@ def parser() -> argparse.ArgumentParser:
     _model(p)
     _device(p)
     _searching(p, budget=None)
+    _quick(p)
     _pruning(p, importance="taylor")
     p.add_argument("-o", "--output", required=True, help="plan to write (.json)")
     p = add("prune", C.cmd_prune, "prune to a plan (from trtprune search), or every group by a uniform ratio")

@@ -159,6 +159,7 @@ def cmd_search(a) -> None:
             importance=a.importance,
             data=a.data,
             round_to=a.round_to,
+            protocol="quick" if a.quick else "full",
         )
     plan.save(a.output)
     print(
@@ -403,7 +404,7 @@ def cmd_profile(a) -> None:
     with measurer, LUT(a.lut) as lut:  # an absent engine, Ray cluster or a bad --lut fails before work
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
         gls, left_out = _profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
-        profiler = Profiler.on(measurer, lut)
+        profiler = Profiler.on(measurer, lut, protocol="quick" if a.quick else "full")
         t0 = time.perf_counter()
         found = profile_groups(profiler, gls, tol, a.method)
         wall_s = time.perf_counter() - t0
@@ -427,7 +428,9 @@ def cmd_profile(a) -> None:
         "device": info,
         "method": a.method,
         "tolerance_rel": a.rel,
+        "protocol": profiler.protocol,
         "lut": str(lut_path),
+        "lut_key": profiler.key(),
         "measured": profiler.measured,
         "retimed_in_spells": profiler.retimed,
         "requested": profiler.requested,
@@ -441,7 +444,8 @@ def cmd_profile(a) -> None:
     lines = [
         f"# Stairs of {spec.name} on `{device.name}`",
         "",
-        f"{info['key']}; {a.method} search, 'same latency' within {a.rel:.0%}. Edges are the counts worth "
+        f"{profiler.key()}; {a.method} search, 'same latency' within {a.rel:.0%}"
+        f"{' (quick protocol: noisier)' if a.quick else ''}. Edges are the counts worth "
         "keeping (the largest on each stair); dips are counts the engine runs slower than a larger one.",
         "",
         "| group | channels | edges (recommended counts) | dips measured |",

@@ -104,7 +104,7 @@ class Predictor:
     the overhead model; ``subnet`` builds and exports any sub-net, checking its layers are the planned ones.
     """
 
-    def __init__(self, model: str, backend, lut, workdir: str | Path):
+    def __init__(self, model: str, backend, lut, workdir: str | Path, protocol: str = "full"):
         import onnx
 
         from .export import onnx_from_torch
@@ -117,7 +117,7 @@ class Predictor:
         self.groups = GroupPruner(dense, self.spec.input_shape).groups()
         onnx_from_torch(dense, self.workdir / "dense.onnx", self.spec.input_shape, backend.device.batch)
         self.layers = layers_of(onnx.load(str(self.workdir / "dense.onnx")))
-        self.profiler = Profiler(backend, lut)
+        self.profiler = Profiler(backend, lut, protocol=protocol)
         self.overhead: Overhead | None = None
 
     def points(self, keep: Mapping[str, int]) -> list[Point]:

@@ -35,6 +35,10 @@ Point = tuple[Signature, int, int]  # a layer signature at (cin, cout)
 # not 10: two exhaustive sweeps of ResNet-56 agreed on 96 % of their stair edges instead of 84-95 %.
 # ``span_s``: a batch of few points gets more rounds, so that its runs spread over at least a second.
 MICRO = {"rounds": 20, "warmup": 5, "round_ms": 2.0, "max_runs": 20, "renew": True, "span_s": 1.0}
+# ``--quick``: a first look in a fraction of the time (5 rounds, no spread), noisier stairs. Its rows are
+# kept under their own LUT key (the device's key + "|quick"), so a full profile never reuses them.
+QUICK = {"rounds": 5, "warmup": 2, "round_ms": 1.0, "max_runs": 10, "renew": True, "span_s": 0.0}
+PROTOCOLS = {"full": MICRO, "quick": QUICK}
 
 # A point counts by a low quantile of all its runs, divided by the same quantile of every reference run
 # of the batch: interference on a shared machine only ever adds time, in spells that cover part of a
@@ -190,6 +194,7 @@ class Profiler:
     share: bool = True
     micro: dict = field(default_factory=lambda: dict(MICRO))
     fleet: object | None = None
+    protocol: str = "full"  # a key of PROTOCOLS; any other than "full" replaces ``micro`` and tags the LUT key
     measured: int = 0  # points timed by this profiler
     retimed: int = 0  # witnesses timed, and points timed again because their batch ran in a spell (see SPELL)
     requested: int = 0  # points asked for, with repeats (what a profiler without sharing would time)
@@ -207,8 +212,19 @@ class Profiler:
             return cls(measurer, lut, **options)
         return cls(None, lut, fleet=measurer, **options)
 
-    def key(self) -> str:
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise TrtpruneError(f"unknown profiling protocol '{self.protocol}'", fix=f"use one of {list(PROTOCOLS)}")
+        if self.protocol != "full":
+            self.micro = dict(PROTOCOLS[self.protocol])
+
+    def device_key(self) -> str:
+        """The key of the device that times the points (engine, version, hardware, threads, batch...)."""
         return self.fleet.key() if self.fleet is not None else self.backend.key()
+
+    def key(self) -> str:
+        """The LUT key of this profiler's rows: the device's, tagged with the protocol unless it is "full"."""
+        return self.device_key() + ("" if self.protocol == "full" else f"|{self.protocol}")
 
     def _time(self, points: list[Point]) -> list[Entry]:
         """Time points in one interleaved run; values on the LUT's reference scale."""
@@ -224,8 +240,8 @@ class Profiler:
             timed = self.fleet.time_points(points, self.micro, usual, witnesses)
         else:
             timed = time_points(self.backend, points, self.micro, usual, witnesses)
-        if timed.key != key:  # a worker on another device (or engine version) never writes under this key
-            raise TrtpruneError(f"a batch was timed on '{timed.key}', not on '{key}'; it was not stored")
+        if timed.key != self.device_key():  # a worker on another device (or engine version) never writes here
+            raise TrtpruneError(f"a batch was timed on '{timed.key}', not on '{self.device_key()}'; it was not stored")
         with self._lock:
             nominal = self.lut.reference(key, timed.ref_point, timed.ref_ms)
             self._refs.append(timed.ref_ms)

@@ -46,6 +46,7 @@ def search(
     importance: str = "taylor",
     data: str | None = None,
     round_to: int = 1,
+    protocol: str = "full",
 ) -> Plan:
     """Search a plan for ``model_name`` on ``device`` under ``budget``; sub-nets are written to ``workdir``."""
     from ..latency import get_backend
@@ -64,10 +65,11 @@ def search(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with get_backend(device) as backend, LUT(lut_path) as lut:
-        predictor = Predictor(model_name, backend, lut, workdir)  # a user file.py:factory, not its spec name
+        # a user file.py:factory, not its spec name; ``protocol``: see trtprune.profile.PROTOCOLS
+        predictor = Predictor(model_name, backend, lut, workdir, protocol)
         space = SearchSpace.build(predictor, scores)
         result = get_searcher(method, **searcher_options).search(space, budget)
-        key = backend.key()
+        key = predictor.profiler.key()
     if not result["met"]:
         raise TrtpruneError(
             f"{method} did not reach the budget {budget} as measured: {result['measured_ms']:.3f} ms against a "
