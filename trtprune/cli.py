@@ -59,7 +59,7 @@ def _quick(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="profile layers with a short protocol (5 rounds): several times faster, noisier stairs; kept apart "
+        help="profile layers with a short protocol (5 rounds, no spread): faster, noisier stairs; kept apart "
         "in the LUT from full measurements",
     )
 
