@@ -58,7 +58,10 @@ def _device(p: argparse.ArgumentParser) -> None:
 def _quick(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick",
-        action="store_true",
+        dest="protocol",
+        action="store_const",
+        const="quick",
+        default="full",
         help="profile layers with a short protocol (5 rounds, no spread): faster, noisier stairs; kept apart "
         "in the LUT from full measurements",
     )

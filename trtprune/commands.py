@@ -159,7 +159,7 @@ def cmd_search(a) -> None:
             importance=a.importance,
             data=a.data,
             round_to=a.round_to,
-            protocol="quick" if a.quick else "full",
+            protocol=a.protocol,
         )
     plan.save(a.output)
     print(
@@ -404,7 +404,7 @@ def cmd_profile(a) -> None:
     with measurer, LUT(a.lut) as lut:  # an absent engine, Ray cluster or a bad --lut fails before work
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
         gls, left_out = _profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
-        profiler = Profiler.on(measurer, lut, protocol="quick" if a.quick else "full")
+        profiler = Profiler.on(measurer, lut, protocol=a.protocol)
         t0 = time.perf_counter()
         found = profile_groups(profiler, gls, tol, a.method)
         wall_s = time.perf_counter() - t0
@@ -445,7 +445,7 @@ def cmd_profile(a) -> None:
         f"# Stairs of {spec.name} on `{device.name}`",
         "",
         f"{profiler.key()}; {a.method} search, 'same latency' within {a.rel:.0%}"
-        f"{' (quick protocol: noisier)' if a.quick else ''}. Edges are the counts worth "
+        f"{' (quick protocol: noisier)' if a.protocol == 'quick' else ''}. Edges are the counts worth "
         "keeping (the largest on each stair); dips are counts the engine runs slower than a larger one.",
         "",
         "| group | channels | edges (recommended counts) | dips measured |",
