@@ -61,3 +61,19 @@ def test_a_wrong_export_is_not_written(tmp_path, monkeypatch):
     with pytest.raises(TrtpruneError, match="differs from torch"):
         onnx_from_torch(build_model("resnet20"), tmp_path / "m.onnx", (3, 32, 32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_export_gets_its_own_copy_of_the_once_built_registry(exported, tmp_path):
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    assert ONNXRegistry.from_torchlib.__func__.trtprune_once  # the fixture's export installed it
+    first, second = ONNXRegistry.from_torchlib(), ONNXRegistry.from_torchlib()
+    assert first is not second and first.functions.keys() == second.functions.keys()
+    op = next(iter(first.functions))
+    first.functions[op].clear()
+    first.functions.pop(op)
+    assert second.functions[op] and op in ONNXRegistry.from_torchlib().functions
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    again = onnx_from_torch(model, tmp_path / "again.onnx", (3, 32, 32), batch=4)
+    assert again.nodes == exported.nodes and again.max_abs_diff < 1e-4
