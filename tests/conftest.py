@@ -48,7 +48,7 @@ def write_npz_dataset(root: Path, n_train: int = 256, n_test: int = 128) -> Path
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    """A data root in the shared layout with generated images and random ResNet-20 weights."""
+    """A data root in the shared layout with generated images and random ResNet-20 and ResNet-8 weights."""
     from trtprune.models import build_model
 
     root = write_npz_dataset(tmp_path_factory.mktemp("data"))
@@ -58,6 +58,9 @@ def tiny_data(tmp_path_factory) -> Path:
         {"state_dict": {f"module.{k}": v for k, v in build_model("resnet20").state_dict().items()}},
         root / "weights" / "resnet20-random.th",
     )
+    from .small_models import resnet8
+
+    torch.save({"state_dict": resnet8().state_dict()}, root / "weights" / "resnet8-random.th")
     return root
 
 

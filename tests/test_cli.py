@@ -7,7 +7,10 @@ import pytest
 
 from trtprune.cli import main
 
+from .small_models import RESNET8
+
 WEIGHTS = "weights/resnet20-random.th"
+WEIGHTS8 = "weights/resnet8-random.th"
 
 
 def run_cli(capsys, *argv):
@@ -269,14 +272,14 @@ def fake_device(monkeypatch):
 
 
 def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device):
-    w = tiny_data / WEIGHTS
+    w = tiny_data / WEIGHTS8
     code, out, err = run_cli(
         capsys,
         "search",
         "--data",
         tiny_data,
         "--model",
-        "resnet20",
+        RESNET8,
         "--weights",
         w,
         "--device",
@@ -298,7 +301,7 @@ def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device)
         "--data",
         tiny_data,
         "--model",
-        "resnet20",
+        RESNET8,
         "--weights",
         w,
         "--plan",
@@ -312,7 +315,7 @@ def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device)
     from trtprune.prune import GroupPruner
     from trtprune.weights import load_model
 
-    model, _ = load_model("resnet20", tmp_path / "p.pt")
+    model, _ = load_model(RESNET8, tmp_path / "p.pt")
     assert {g.name: g.channels for g in GroupPruner(model, (3, 32, 32)).groups()} == plan["keep_channels"]
     code, _, err = run_cli(
         capsys,
@@ -320,7 +323,7 @@ def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device)
         "--data",
         tiny_data,
         "--model",
-        "resnet20",
+        RESNET8,
         "--weights",
         w,
         "--device",
@@ -342,9 +345,9 @@ def test_run_with_a_latency_search(tiny_data, tmp_path, capsys, fake_device):
         "--data",
         tiny_data,
         "--model",
-        "resnet20",
+        RESNET8,
         "--weights",
-        tiny_data / WEIGHTS,
+        tiny_data / WEIGHTS8,
         "--device",
         fake_device,
         "--method",

@@ -12,6 +12,8 @@ from trtprune.prune import GroupPruner
 from trtprune.search import SEARCHERS, Budget, Plan, get_searcher
 from trtprune.search.space import SearchSpace
 
+from .small_models import RESNET8
+
 FAKE = Device("fake-test", "fake")
 
 
@@ -19,7 +21,7 @@ FAKE = Device("fake-test", "fake")
 def space(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     with get_backend(FAKE) as backend, LUT(tmp / "lut.sqlite") as lut:
-        predictor = Predictor("resnet20", backend, lut, tmp)
+        predictor = Predictor(RESNET8, backend, lut, tmp)
         rng = np.random.default_rng(0)
         scores = {g.name: rng.random(g.channels) for g in predictor.groups}
         yield SearchSpace.build(predictor, scores)
@@ -77,7 +79,7 @@ def test_candidates_are_measured_edges_above_the_floor(space):
     for g, cands in space.candidates.items():
         assert cands == sorted(cands) and cands[-1] == space.full[g]
         assert min(cands) >= max(1, int(np.ceil(0.1 * space.full[g])))
-    assert 32 in space.candidates["layer2.1.conv1"] and 16 in space.candidates["layer2.1.conv1"]
+    assert 32 in space.candidates["layer2.0.conv1"] and 16 in space.candidates["layer2.0.conv1"]
 
 
 def test_an_unreachable_budget_names_the_smallest_latency(space):
