@@ -373,7 +373,13 @@ def test_run_with_a_latency_search(tiny_data, tmp_path, capsys, fake_device):
     report = json.loads((tmp_path / "k" / "report.json").read_text())
     assert report["method"]["method"] == "knapsack" and report["method"]["budget"] == "0.5x"
     assert report["pruned"]["latency"]["median_ms"] <= 0.5 * report["baseline"]["latency"]["median_ms"] * 1.01
-    assert "knapsack search for a budget of 0.5x" in (tmp_path / "k" / "report.md").read_text()
+    md = (tmp_path / "k" / "report.md").read_text()
+    assert "knapsack search for a budget of 0.5x" in md
+    assert report["budget"]["met"] and "**Budget 0.5x: met**" in md
+    from trtprune.report import markdown
+
+    slower = {**report, "budget": {**report["budget"], "ratio": 0.61, "met": False}}
+    assert "**Budget 0.5x: not met** (" in markdown(slower) and "0.610x of the baseline" in markdown(slower)
 
 
 def test_quantize_from_the_training_set_or_a_calib_folder(capsys, tiny_data, tmp_path):

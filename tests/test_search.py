@@ -133,3 +133,9 @@ def test_scores_come_from_the_pruner():
     model = build_model("resnet20")
     scores = GroupPruner(model, (3, 32, 32)).scores("l1")
     assert len(scores) == 12 and scores["layer3.0.conv2"].shape == (64,)
+
+
+def test_a_budget_is_met_within_the_noise_slack():
+    half, ms = Budget(fraction=0.5), Budget.parse(ms=1.2)
+    assert half.met(1.005, 2.0) and not half.met(1.02, 2.0)
+    assert ms.met(1.2, 99.0) and not ms.met(1.25, 1.0)

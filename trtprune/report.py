@@ -20,7 +20,7 @@ def stage_report(run) -> dict:
     """Measure baseline and pruned ONNX in one interleaved run, evaluate both, write report.json/.md."""
     from .latency import get_backend
     from .metrics import top1_onnx
-    from .pipeline import load_split, resolve_weights
+    from .pipeline import budget_of, load_split, resolve_weights
     from .plots import channels_plot
     from .provenance import provenance
     from .weights import load_model, read_checkpoint
@@ -53,6 +53,7 @@ def stage_report(run) -> dict:
             **_model_facts(model, spec),
         }
     report["speedup"] = timings["baseline"].median_ms / timings["pruned"].median_ms
+    report["budget"] = budget_verdict(budget_of(run.cfg), timings["pruned"].median_ms, timings["baseline"].median_ms)
     report["engine"] = str(run.engine_path)
     report["provenance"] = provenance()
     write_json(run.path("report.json"), report)
@@ -64,6 +65,8 @@ def stage_report(run) -> dict:
         report["method"]["keep_channels"],
     )
     write_text(run.path("report.md"), markdown(report))
+    if report["budget"] and not report["budget"]["met"]:
+        log.warning("report    | %s", _budget_line(report))
     log.info(
         "report    | %.3f -> %.3f ms (%.2fx) | top-1 %.2f -> %.2f %%",
         timings["baseline"].median_ms,
@@ -73,6 +76,33 @@ def stage_report(run) -> dict:
         report["pruned"]["top1"],
     )
     return report
+
+
+def budget_verdict(budget, pruned_ms: float, baseline_ms: float) -> dict | None:
+    """Whether the delivered model meets the run's budget in the report's own measurement (None: no budget)."""
+    if budget is None:
+        return None
+    return {
+        "budget": str(budget),
+        "target_ms": budget.target_ms(baseline_ms),
+        "ratio": pruned_ms / baseline_ms,
+        "met": budget.met(pruned_ms, baseline_ms),
+    }
+
+
+def _budget_line(r: dict) -> str:
+    v, m = r["budget"], r["method"]
+    here = f"{r['pruned']['latency']['median_ms']:.3f} ms = {v['ratio']:.3f}x of the baseline in this run"
+    if v["met"]:
+        return f"**Budget {v['budget']}: met** ({here})."
+    searched = ""
+    if m.get("measured_ms") and m.get("baseline_ms"):
+        searched = f"; the search measured {m['measured_ms'] / m['baseline_ms']:.3f}x"
+    return (
+        f"**Budget {v['budget']}: not met** ({here}, target {v['target_ms']:.3f} ms{searched}). The device "
+        "measures differently from when the plan was searched (other load, clocks or engine version): "
+        "run again on an idle device, or with --fresh to search anew."
+    )
 
 
 def _method(m: dict) -> str:
@@ -113,6 +143,7 @@ def markdown(r: dict) -> str:
         f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
+        *([_budget_line(r), ""] if r.get("budget") else []),
         f"Deployable model: `{r['engine']}`.",
         "",
         "## Channels kept per group",

@@ -26,7 +26,7 @@ class Searcher(abc.ABC):
         """Channel counts whose *predicted* latency is at most ``target_ms`` (starting from ``start``)."""
 
     def search(
-        self, space: SearchSpace, budget: Budget, max_rounds: int = 8, slack: float = 0.01, band: float = 0.03
+        self, space: SearchSpace, budget: Budget, max_rounds: int = 8, slack: float = Budget.SLACK, band: float = 0.03
     ) -> dict:
         """Propose, measure whole next to the baseline, adjust, until the measured latency is within
         ``band`` below the budget (``slack`` above it is measurement noise). The target moves by what each
@@ -42,7 +42,7 @@ class Searcher(abc.ABC):
             predicted = space.predict([keep])[0]
             base_ms, sub_ms = space.confirm(keep, f"{self.name}-round{rnd}")
             wanted = budget.target_ms(base_ms)  # the baseline of this run: drift between runs cancels
-            met = sub_ms <= wanted * (1 + slack)
+            met = budget.met(sub_ms, base_ms, slack)
             cost = space.total_cost(keep)
             history.append(
                 {
@@ -88,7 +88,7 @@ class Searcher(abc.ABC):
             }
         return {
             **best,
-            "met": best["measured_ms"] <= budget.target_ms(best["baseline_ms"]) * (1 + slack),
+            "met": budget.met(best["measured_ms"], best["baseline_ms"], slack),
             "rounds": history,
             "search_s": time.perf_counter() - t0,
             "evaluations": space.evaluations,

@@ -17,6 +17,8 @@ PLAN_FORMAT = "trtprune.plan/1"
 class Budget:
     """A latency budget: a fraction of the baseline measured on the device, or milliseconds."""
 
+    SLACK = 0.01  # measured up to 1 % above the budget counts as meeting it: whole-network measurement noise
+
     fraction: float | None = None
     ms: float | None = None
 
@@ -43,6 +45,10 @@ class Budget:
 
     def target_ms(self, baseline_ms: float) -> float:
         return self.ms if self.ms is not None else self.fraction * baseline_ms
+
+    def met(self, measured_ms: float, baseline_ms: float, slack: float = SLACK) -> bool:
+        """Whether ``measured_ms`` meets the budget, the baseline measured in the same run."""
+        return measured_ms <= self.target_ms(baseline_ms) * (1 + slack)
 
     def __str__(self) -> str:
         return f"{self.fraction:g}x" if self.fraction is not None else f"{self.ms:g} ms"
