@@ -139,3 +139,12 @@ def test_a_budget_is_met_within_the_noise_slack():
     half, ms = Budget(fraction=0.5), Budget.parse(ms=1.2)
     assert half.met(1.005, 2.0) and not half.met(1.02, 2.0)
     assert ms.met(1.2, 99.0) and not ms.met(1.25, 1.0)
+
+
+def test_plans_are_confirmed_with_the_backends_deciding_rounds(space, monkeypatch):
+    backend, seen = space.predictor.backend, []
+    real = backend.compare
+    monkeypatch.setattr(backend, "compare", lambda models, **kw: seen.append(kw["rounds"]) or real(models, **kw))
+    monkeypatch.setattr(type(backend), "deciding_rounds", 7)
+    space.confirm(space.full, "rounds")
+    assert seen == [7]

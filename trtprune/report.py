@@ -30,7 +30,7 @@ def stage_report(run) -> dict:
     onnx = {"baseline": run.path("baseline.onnx"), "pruned": run.path("pruned.onnx")}
     x, y = load_split(run.data, "test", run.cfg.eval_limit)
     with get_backend(run.device) as backend:
-        timings = dict(zip(onnx, backend.compare(list(onnx.values()))))
+        timings = dict(zip(onnx, backend.compare(list(onnx.values()), rounds=backend.deciding_rounds)))
         device_info = backend.info()
         if hasattr(backend, "outputs"):  # an engine that is not ONNX Runtime: check it computes the same
             from .data import normalize, to_tensor

@@ -49,6 +49,10 @@ class Backend(abc.ABC):
     """
 
     name = "base"
+    # Rounds of the interleaved runs whose ratio decides something: a search's confirmation of a plan, the
+    # report's budget verdict. What a round costs differs by backend (ONNX Runtime: a burst of runs in this
+    # process; trtexec: one process per model and round), so each backend says how many it takes.
+    deciding_rounds = 30
 
     def __init__(self, device):
         self.device = device

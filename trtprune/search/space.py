@@ -94,9 +94,9 @@ class SearchSpace:
         self.evaluations += len(plans)
         return [p.overhead(s) for s in layer_sums(p.profiler, [p.points(k) for k in plans])]
 
-    def confirm(self, keep: Mapping[str, int], tag: str, rounds: int = 30) -> tuple[float, float]:
-        """(baseline ms, sub-net ms), both measured whole in one interleaved run."""
+    def confirm(self, keep: Mapping[str, int], tag: str, rounds: int | None = None) -> tuple[float, float]:
+        """(baseline ms, sub-net ms), both measured whole in one interleaved run (the backend's deciding rounds)."""
         p = self.predictor
         path = p.subnet(keep, p.workdir / f"{tag}.onnx")
-        base, sub = p.backend.compare([p.workdir / "dense.onnx", path], rounds=rounds)
+        base, sub = p.backend.compare([p.workdir / "dense.onnx", path], rounds=rounds or p.backend.deciding_rounds)
         return base.median_ms, sub.median_ms
