@@ -117,8 +117,9 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
     return out, top1
 
 
-def measure_all(device, checkpoints: dict, weights, rounds: int = 30) -> tuple[float, dict, dict]:
-    """The baseline and every checkpoint exported at the device's batch and measured in one run."""
+def measure_all(device, checkpoints: dict, weights) -> tuple[float, dict, dict]:
+    """The baseline and every checkpoint exported at the device's batch and measured in one run (the
+    backend's deciding rounds: the table says which plans meet their budget)."""
     with tempfile.TemporaryDirectory() as tmp:
         base, spec = load_model("resnet56", weights)
         paths = {"baseline": Path(tmp) / "baseline.onnx"}
@@ -128,7 +129,7 @@ def measure_all(device, checkpoints: dict, weights, rounds: int = 30) -> tuple[f
             paths[key] = Path(tmp) / f"{len(paths)}.onnx"
             onnx_from_torch(model, paths[key], spec.input_shape, device.batch)
         with get_backend(device) as backend:
-            timings = dict(zip(paths, backend.compare(list(paths.values()), rounds=rounds)))
+            timings = dict(zip(paths, backend.compare(list(paths.values()), rounds=backend.deciding_rounds)))
             info = backend.info()
     return timings.pop("baseline").median_ms, {k: t.median_ms for k, t in timings.items()}, info
 
