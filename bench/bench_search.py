@@ -8,6 +8,11 @@ fine-tuned model and the baseline are measured whole in ONE interleaved run - th
 table come from that run, not from the searches. Device specificity: the 0.5x plans of each
 latency-aware method made for cpu and for cpu-b32 are both measured on both devices.
 
+Each row also carries the plan itself (channels kept per group, the LUT key with the CPU's ISA), the
+importance it removed, and its pruned model's top-1 before fine-tuning by the searchers' fast proxy
+(adaptive BN, held-out training images): a plan can be re-measured on another machine, and with
+``--epochs 0`` (search, prune, measure; no fine-tuning) methods are still compared on accuracy.
+
 Every step is cached under bench/work/ (plans, checkpoints, accuracies), so an interrupted benchmark
 resumes and a larger one (more epochs, other budgets) reuses what exists. Writes bench/results/search.json.
 """
@@ -31,6 +36,7 @@ from trtprune.metrics import top1_torch
 from trtprune.pipeline import load_split, resolve_weights
 from trtprune.plots import pareto_plot
 from trtprune.provenance import provenance
+from trtprune.proxy import adaptive_bn_top1
 from trtprune.prune import GroupPruner
 from trtprune.search import Budget, Plan
 from trtprune.search.runner import channel_scores, search
@@ -117,6 +123,21 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
     return out, top1
 
 
+def proxy_for(plan_path: Path, weights, data, train) -> float:
+    """The plan's pruned model before any fine-tuning, scored by the searchers' fast proxy (EagleEye: BN
+    statistics re-estimated, top-1 on a held-out slice of the training set); cached beside the plan."""
+    cached = plan_path.parent / "proxy.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())["adaptive_bn_top1"]
+    model, spec = load_model("resnet56", weights)
+    GroupPruner(model, spec.input_shape).prune_to(
+        Plan.load(plan_path).keep_channels, scores=channel_scores(model, spec, "taylor", data)
+    )
+    top1 = adaptive_bn_top1(model, train, spec.mean, spec.std)
+    write_json(cached, {"adaptive_bn_top1": top1})
+    return top1
+
+
 def measure_all(device, checkpoints: dict, weights) -> tuple[float, dict, dict]:
     """The baseline and every checkpoint exported at the device's batch and measured in one run (the
     backend's deciding rounds: the table says which plans meet their budget)."""
@@ -191,6 +212,11 @@ def main() -> None:
                         "precision": cfg.precision,
                         "search_s": plan.meta["search_s"],
                         "search_measured_ratio": plan.measured_ms / plan.baseline_ms,
+                        "importance_removed": plan.meta.get("cost"),
+                        "proxy_top1": proxy_for(plan_path, weights, a.data, train),
+                        "kept": sum(plan.keep_channels.values()),
+                        "keep_channels": plan.keep_channels,
+                        "lut_key": plan.lut_key,
                     }
                 )
                 acc = f"top-1 {top1:.2f} % after {dev_cfg.epochs} epochs" if top1 is not None else "not fine-tuned"
@@ -241,10 +267,13 @@ def main() -> None:
             "baselines": {d: {"baseline_ms": m["baseline_ms"], "device": m["device"]} for d, m in measured.items()},
         },
     )
-    print(f"{'device':8s} {'budget':6s} {'method':11s} {'ratio':>6s} {'top-1':>6s}")
+    print(f"{'device':8s} {'budget':6s} {'method':11s} {'kept':>5s} {'ratio':>6s} {'proxy':>6s} {'top-1':>6s}")
     for r in rows:
         top1 = f"{r['top1']:6.2f}" if r["top1"] is not None else "     -"
-        print(f"{r['device']:8s} {r['budget']:6s} {r['method']:11s} {r['ratio']:6.3f} {top1}")
+        print(
+            f"{r['device']:8s} {r['budget']:6s} {r['method']:11s} {r['kept']:5d} {r['ratio']:6.3f} "
+            f"{r['proxy_top1']:6.2f} {top1}"
+        )
     print(f"wrote {a.out}")
 
 
