@@ -18,7 +18,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm
+.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune
 .DEFAULT_GOAL := help
 
 help:
@@ -29,6 +29,7 @@ help:
 	@echo "make bench-profile | bench-lut | bench-search      benchmarks (figures in docs/benchmarks.md)"
 	@echo "make bench-fleet                                   profiling wall time with 1 and 2 Ray workers"
 	@echo "make bench-confirm                                 spread of a whole-network ratio by rounds per run"
+	@echo "make bench-finetune                                seconds per fine-tuning step, eager and --compile"
 	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
 	@echo "make lint | format | clean"
 
@@ -57,6 +58,9 @@ bench-search: setup
 
 bench-confirm: setup
 	$(BIN)/python bench/bench_confirm.py --device $(DEVICE)
+
+bench-finetune: setup
+	$(BIN)/python bench/bench_finetune.py
 
 bench-fleet: setup
 	$(BIN)/python bench/bench_fleet.py

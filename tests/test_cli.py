@@ -137,6 +137,27 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
         pass
 
 
+def test_a_run_resumes_with_compile_toggled_but_not_with_another_recipe(tmp_path):
+    import dataclasses
+
+    from trtprune.config import FinetuneConfig, RunConfig
+    from trtprune.errors import TrtpruneError
+    from trtprune.pipeline import Run
+
+    with Run(tmp_path / "r", RunConfig()):
+        pass
+    with Run(tmp_path / "r", RunConfig(finetune=FinetuneConfig(compile=True))):  # speed only: same run
+        pass
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    saved["finetune"].pop("compile")  # a run directory made before the setting existed
+    (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
+    with Run(tmp_path / "r", RunConfig()):
+        pass
+    other = RunConfig(finetune=dataclasses.replace(FinetuneConfig(), lr=0.1))
+    with pytest.raises(TrtpruneError, match=r"other settings \(finetune\)"), Run(tmp_path / "r", other):
+        pass
+
+
 def test_stage_commands_chain(tiny_data, tmp_path, capsys):
     w = tiny_data / WEIGHTS
     assert run_cli(capsys, "export", "--model", "resnet20", "--weights", w, "-o", tmp_path / "b.onnx")[0] == 0

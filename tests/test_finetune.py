@@ -229,3 +229,53 @@ def test_fine_tuning_on_a_gpu_takes_the_steps_of_the_cpu(tmp_path):
     start = torch.cat([p.detach().flatten() for p in make_pruned_r20()[0].parameters()])  # the same seed
     assert not torch.allclose(weights["cpu"], start)  # it trained ...
     assert torch.allclose(weights["cuda"], weights["cpu"], atol=1e-3, rtol=1e-3)  # ... alike on both
+
+
+def test_compile_wraps_the_student_and_the_teacher_and_checkpoints_stay_plain(pruned_r20, tmp_path, monkeypatch):
+    """torch.compile itself takes minutes on this CPU (make bench-finetune measures it); here a stand-in records
+    what is compiled and how often each compiled module runs."""
+    import trtprune.finetune as ft
+
+    calls = {}
+
+    class Recorded(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.name = inner, type(inner).__name__ + str(len(calls))
+            calls[self.name] = 0
+
+        def forward(self, x):
+            calls[self.name] += 1
+            return self.inner(x)
+
+    monkeypatch.setattr(ft.torch, "compile", Recorded)
+    model, history = pruned_r20
+    torch.manual_seed(1)
+    cfg = FinetuneConfig(epochs=1, batch_size=32, distill=0.5, compile=True)
+    finetune(
+        model,
+        synthetic_cifar10(96, 1),
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        cfg,
+        checkpoint=tmp_path / "ft.pt",
+        base_model="resnet20",
+        history=history,
+        teacher=build_model("resnet20"),
+    )
+    assert sorted(calls.values()) == [3, 3]  # teacher and student, once per step of 3
+    assert set(read_checkpoint(tmp_path / "ft.pt")["state_dict"]) == set(model.state_dict())
+    monkeypatch.setattr(ft.shutil, "which", lambda name: None)
+    with pytest.raises(TrtpruneError, match="needs a C\\+\\+ compiler"):
+        finetune(
+            model,
+            synthetic_cifar10(32, 1),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            FinetuneConfig(epochs=1, batch_size=32, compile=True),
+            checkpoint=tmp_path / "ft2.pt",
+            base_model="resnet20",
+            history=history,
+        )

@@ -128,6 +128,12 @@ def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
         help="where to fine-tune: an NVIDIA GPU (cuda; one per process with --nproc/torchrun), the CPU, or auto = "
         "the GPU when torch sees one (default)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the models being trained and distilled from: a few minutes to compile, then faster "
+        "steps (see docs/benchmarks.md, make bench-finetune); for runs of several epochs",
+    )
     p.add_argument("--seed", type=int, default=0)
 
 

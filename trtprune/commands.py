@@ -26,6 +26,7 @@ def _ft_config(a):
         channels_last=not a.no_channels_last,
         precision=a.precision,
         train_device=a.train_device,
+        compile=a.compile,
         seed=a.seed,
     )
 

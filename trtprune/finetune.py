@@ -24,6 +24,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,16 @@ def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.
     return torch.bfloat16 if precision == "bf16" else None
 
 
+def compiled(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)``, after checking that the compiler it needs on a CPU is there."""
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise TrtpruneError(
+            "--compile needs a C++ compiler (torch.compile generates and builds C++ kernels for the CPU)",
+            fix="install one (Debian: apt install g++), or fine-tune without --compile",
+        )
+    return torch.compile(module)
+
+
 def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
     if not {"optimizer", "epoch", "step"} <= set(ckpt):
         raise TrtpruneError(
@@ -178,9 +189,11 @@ def finetune(
     )
     amp = autocast_dtype(cfg.precision, device)
     log.info("training on %s, arithmetic: %s", device, "bf16 autocast" if amp else "fp32")
+    soft_targets = teacher
     if cfg.distill > 0:
         assert teacher is not None, "distillation needs a teacher"
         teacher.eval().to(device=device, memory_format=fmt)
+        soft_targets = compiled(teacher) if cfg.compile else teacher
     with contextlib.ExitStack() as stack:
         net = model
         if size > 1:
@@ -193,6 +206,9 @@ def finetune(
                 cfg.batch_size // size,
                 synced,
             )
+        if cfg.compile:  # the checkpoints, the evaluation and the caller keep the module itself
+            net = compiled(net)
+            log.info("torch.compile: the first steps compile the model (minutes on a CPU), the rest run faster")
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
@@ -218,7 +234,7 @@ def finetune(
                     out = net(xb).float()  # losses in fp32
                     if cfg.distill > 0:
                         with torch.no_grad():
-                            soft = teacher(xb).float()
+                            soft = soft_targets(xb).float()
                 if len(yb):
                     loss = F.cross_entropy(out, yb)
                     if cfg.distill > 0:

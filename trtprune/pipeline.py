@@ -68,6 +68,19 @@ def read_config(path: Path) -> dict:
     return found
 
 
+# Settings that change how fast a run goes, not what it produces: a run may resume with them changed.
+_SPEED_ONLY = {"finetune": ("compile",)}
+
+
+def _outcome(cfg: dict) -> dict:
+    """``cfg`` without its speed-only settings: what two configurations must agree on to share a run."""
+    out = dict(cfg)
+    for section, keys in _SPEED_ONLY.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
+
+
 class Run:
     """A run directory for one configuration. Use as a context manager: it holds the directory lock."""
 
@@ -134,7 +147,8 @@ class Run:
             write_json(path, wanted)
             return
         found = read_config(path)
-        if found != wanted:
+        if _outcome(found) != _outcome(wanted):
+            found, wanted = _outcome(found), _outcome(wanted)
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
             raise TrtpruneError(
                 f"run directory '{self.dir}' was made with other settings ({', '.join(diff)})",

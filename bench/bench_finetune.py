@@ -1,0 +1,93 @@
+"""make bench-finetune: wall time of a fine-tuning step, eager and with --compile (torch.compile).
+
+ResNet-56 (published weights) pruned uniformly (37 % of every group, about as many channels as the 0.5x
+plans keep), fine-tuned as bench-search does it (batch 128, distillation 0.5 from the unpruned model, the
+machine's default arithmetic) for 2 short epochs on the first ``--images`` training images: 50 full batches
+and one ragged last batch, as a whole epoch has. Epoch 1 includes torch.compile's compilations (one per
+batch shape); epoch 2 is the steady state. Figures: seconds per step in epoch 2, the compile overhead
+(epoch 1 minus epoch 2), the epoch count after which --compile has paid for itself on a full epoch of
+CIFAR-10, and how far the two runs' losses agree. Writes bench/results/finetune.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from trtprune.config import FinetuneConfig
+from trtprune.finetune import autocast_dtype, finetune
+from trtprune.fsutil import write_json
+from trtprune.log import setup
+from trtprune.pipeline import load_split, resolve_weights
+from trtprune.provenance import provenance
+from trtprune.prune import GroupPruner, uniform_plan
+from trtprune.weights import load_model
+
+FULL_EPOCH_STEPS = 391  # CIFAR-10's 50,000 training images in batches of 128
+
+
+def one_run(cfg: FinetuneConfig, weights, train, work: Path) -> dict:
+    model, spec = load_model("resnet56", weights)
+    pruner = GroupPruner(model, spec.input_shape)
+    pruner.prune_to(uniform_plan(pruner.groups(), 0.37))
+    teacher, _ = load_model("resnet56", weights)
+    records = finetune(
+        model,
+        train,
+        None,
+        spec.mean,
+        spec.std,
+        cfg,
+        checkpoint=work / f"compile{int(cfg.compile)}.pt",
+        base_model=spec.name,
+        history=pruner.history(),
+        teacher=teacher,
+        resume=False,
+    )
+    steps = -(-cfg.train_limit // cfg.batch_size)
+    first, steady = (r["train_s"] for r in records)
+    return {
+        "compile": cfg.compile,
+        "epoch_s": [first, steady],
+        "step_s": steady / steps,
+        "first_epoch_extra_s": first - steady,
+        "loss": [r["loss"] for r in records],
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=6480, help="images per epoch (default 6480: 50 batches + 80)")
+    ap.add_argument("--data")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/finetune.json"))
+    a = ap.parse_args(argv)
+    setup(0)
+    weights = resolve_weights("resnet56", None, a.data)
+    train = load_split(a.data, "train")
+    cfg = FinetuneConfig(epochs=2, distill=0.5, train_limit=a.images)
+    with tempfile.TemporaryDirectory() as tmp:
+        eager = one_run(cfg, weights, train, Path(tmp))
+        comp = one_run(replace(cfg, compile=True), weights, train, Path(tmp))
+    saved = eager["step_s"] - comp["step_s"]
+    result = {
+        **provenance("make bench-finetune"),
+        "arithmetic": "bf16 autocast" if autocast_dtype(cfg.precision) else "fp32",
+        "images_per_epoch": a.images,
+        "runs": [eager, comp],
+        "speedup": eager["step_s"] / comp["step_s"],
+        "break_even_full_epochs": comp["first_epoch_extra_s"] / (saved * FULL_EPOCH_STEPS) if saved > 0 else None,
+        "max_loss_rel_diff": max(abs(e - c) / e for e, c in zip(eager["loss"], comp["loss"])),
+    }
+    write_json(a.out, result)
+    print(
+        f"eager {eager['step_s']:.3f} s/step, compiled {comp['step_s']:.3f} s/step ({result['speedup']:.2f}x), "
+        f"compile overhead {comp['first_epoch_extra_s']:.0f} s; losses agree to {result['max_loss_rel_diff']:.1e}"
+    )
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
