@@ -148,3 +148,13 @@ def test_plans_are_confirmed_with_the_backends_deciding_rounds(space, monkeypatc
     monkeypatch.setattr(type(backend), "deciding_rounds", 7)
     space.confirm(space.full, "rounds")
     assert seen == [7]
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.35])
+def test_lap_proposals_are_within_the_target_by_the_joint_estimate(space, fraction):
+    """The agent learns on a separable latency model that is optimistic where both sides of a conv shrink;
+    what it proposes must still be within the target by the coupled (joint) LUT estimate."""
+    target = fraction * space.baseline_ms
+    plan = get_searcher("lap", episodes=20, warmup=10).propose(space, target, space.full)
+    assert space.predict([plan])[0] <= target
+    assert all(k in space.candidates[g] for g, k in plan.items())

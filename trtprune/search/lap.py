@@ -9,7 +9,8 @@ within the budget.
 * Reward, at the end of an episode and shared by its steps (AMC): minus the proxy error (the share of
   importance removed), minus a penalty for predicted latency over the target.
 * Episodes use the separable latency estimate (each group's stairs with the others at full width), which
-  costs no measurement; the best plans are then re-checked with the joint LUT estimate.
+  costs no measurement; the best plans are then re-checked with the joint LUT estimate, and when none is
+  within the target by it, the best is brought under it by LOCP's stage 1 (``locp.walk_down``).
 Seeded (numpy and torch), episodes configurable.
 """
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from ..profile import group_layers
 from .base import Searcher
+from .locp import walk_down
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,17 @@ class LAP(Searcher):
         for _, plan in found[:20]:  # the best episodes, checked with the joint estimate
             if space.predict([plan])[0] <= target_ms:
                 return plan
-        return found[0][1]
+        # The agent's latency model is separable (each group's saving with the others at full width); pruning
+        # both sides of a conv saves less than the two savings added, so with coupled layers (large batches)
+        # every episode can be over the target by the joint estimate. The best one is then brought under it
+        # by the cheapest further removals (LOCP's stage 1), as AMC's limits would have with the true model.
+        best = found[0][1]
+        log.info(
+            "lap: best episode predicted %.3f ms, over %.3f ms jointly: removing more",
+            space.predict([best])[0],
+            target_ms,
+        )
+        return walk_down(space, best, target_ms)
 
     @staticmethod
     def _act(actor, state, rng, sigma, random_phase) -> float:

@@ -20,25 +20,8 @@ class LOCP(Searcher):
     name = "locp"
 
     def propose(self, space: SearchSpace, target_ms: float, start: Mapping[str, int]) -> dict[str, int]:
-        keep = dict(start)
+        keep = walk_down(space, start, target_ms)  # stage 1
         lat = space.predict([keep])[0]
-        while lat > target_ms:  # stage 1: most latency saved per importance lost
-            moves = [(g, k) for g, cands in space.candidates.items() for k in cands if k < keep[g]]
-            if not moves:
-                break
-            best = None
-            for (g, k), new in zip(moves, space.predict([{**keep, g: k} for g, k in moves])):
-                saved = lat - new
-                if saved <= 0:
-                    continue
-                lost = space.cost(g, k) - space.cost(g, keep[g])
-                benefit = saved / lost if lost > 0 else float("inf")
-                if best is None or benefit > best[0]:
-                    best = (benefit, g, k, new)
-            if best is None:
-                break  # nothing lower is faster: the caller reports what is reachable
-            _, g, k, lat = best
-            keep[g] = k
         while True:  # stage 2: give channels back where the coupled prediction leaves room
             ups = [(g, k) for g, cands in space.candidates.items() for k in cands if k > keep[g]]
             best = None
@@ -53,3 +36,28 @@ class LOCP(Searcher):
                 return keep
             _, g, k, lat = best
             keep[g] = k
+
+
+def walk_down(space: SearchSpace, start: Mapping[str, int], target_ms: float) -> dict[str, int]:
+    """LOCP's stage 1 from ``start``: while the coupled prediction is over ``target_ms``, take the move to a
+    lower stair edge with the most latency saved per unit of importance removed."""
+    keep = dict(start)
+    lat = space.predict([keep])[0]
+    while lat > target_ms:
+        moves = [(g, k) for g, cands in space.candidates.items() for k in cands if k < keep[g]]
+        if not moves:
+            break
+        best = None
+        for (g, k), new in zip(moves, space.predict([{**keep, g: k} for g, k in moves])):
+            saved = lat - new
+            if saved <= 0:
+                continue
+            lost = space.cost(g, k) - space.cost(g, keep[g])
+            benefit = saved / lost if lost > 0 else float("inf")
+            if best is None or benefit > best[0]:
+                best = (benefit, g, k, new)
+        if best is None:
+            break  # nothing lower is faster: the caller reports what is reachable
+        _, g, k, lat = best
+        keep[g] = k
+    return keep
