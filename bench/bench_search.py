@@ -85,6 +85,14 @@ def recipe_tag(cfg: FinetuneConfig) -> str:
     return f"e{cfg.epochs}" + ("" if cfg.lr == FinetuneConfig.lr else f"_lr{cfg.lr:g}")
 
 
+def pruned_to(plan_path: Path, weights, data):
+    """The published ResNet-56 pruned to the plan by Taylor scores: (model, spec, pruner)."""
+    model, spec = load_model("resnet56", weights)
+    pruner = GroupPruner(model, spec.input_shape)
+    pruner.prune_to(Plan.load(plan_path).keep_channels, scores=channel_scores(model, spec, "taylor", data))
+    return model, spec, pruner
+
+
 def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) -> tuple[Path, float | None]:
     """Prune to the plan, fine-tune, evaluate; cached by recipe (``recipe_tag``). With 0 epochs: only pruned
     (latency does not depend on the weights), and no top-1."""
@@ -93,11 +101,7 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
     result = plan_path.parent / f"top1_{tag}.json"
     if result.is_file():
         return out, json.loads(result.read_text())["top1"]
-    plan = Plan.load(plan_path)
-    model, spec = load_model("resnet56", weights)
-    scores = channel_scores(model, spec, "taylor", data)
-    pruner = GroupPruner(model, spec.input_shape)
-    pruner.prune_to(plan.keep_channels, scores=scores)
+    model, spec, pruner = pruned_to(plan_path, weights, data)
     if cfg.epochs == 0:
         save_pruned(out, model, spec.name, pruner.history())
         write_json(result, {"top1": None, "epochs": 0})
@@ -129,10 +133,7 @@ def proxy_for(plan_path: Path, weights, data, train) -> float:
     cached = plan_path.parent / "proxy.json"
     if cached.is_file():
         return json.loads(cached.read_text())["adaptive_bn_top1"]
-    model, spec = load_model("resnet56", weights)
-    GroupPruner(model, spec.input_shape).prune_to(
-        Plan.load(plan_path).keep_channels, scores=channel_scores(model, spec, "taylor", data)
-    )
+    model, spec, _ = pruned_to(plan_path, weights, data)
     top1 = adaptive_bn_top1(model, train, spec.mean, spec.std)
     write_json(cached, {"adaptive_bn_top1": top1})
     return top1

@@ -146,9 +146,8 @@ class Run:
         if not path.is_file():
             write_json(path, wanted)
             return
-        found = read_config(path)
-        if _outcome(found) != _outcome(wanted):
-            found, wanted = _outcome(found), _outcome(wanted)
+        found, wanted = _outcome(read_config(path)), _outcome(wanted)
+        if found != wanted:
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
             raise TrtpruneError(
                 f"run directory '{self.dir}' was made with other settings ({', '.join(diff)})",

@@ -88,20 +88,17 @@ class LAP(Searcher):
                 for _ in range(len(actions)):
                     self._update(rng, buffer, actor, critic, actor_t, critic_t, opt_a, opt_c)
         found.sort(key=lambda rp: -rp[0])
-        for _, plan in found[:20]:  # the best episodes, checked with the joint estimate
-            if space.predict([plan])[0] <= target_ms:
+        best = [plan for _, plan in found[:20]]  # the best episodes, checked with the joint estimate
+        joint = space.predict(best)
+        for plan, ms in zip(best, joint):
+            if ms <= target_ms:
                 return plan
         # The agent's latency model is separable (each group's saving with the others at full width); pruning
         # both sides of a conv saves less than the two savings added, so with coupled layers (large batches)
         # every episode can be over the target by the joint estimate. The best one is then brought under it
         # by the cheapest further removals (LOCP's stage 1), as AMC's limits would have with the true model.
-        best = found[0][1]
-        log.info(
-            "lap: best episode predicted %.3f ms, over %.3f ms jointly: removing more",
-            space.predict([best])[0],
-            target_ms,
-        )
-        return walk_down(space, best, target_ms)
+        log.info("lap: best episode predicted %.3f ms, over %.3f ms jointly: removing more", joint[0], target_ms)
+        return walk_down(space, best[0], target_ms)
 
     @staticmethod
     def _act(actor, state, rng, sigma, random_phase) -> float:
