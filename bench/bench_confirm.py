@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from trtprune.devices import get_device
 from trtprune.fsutil import write_json
 from trtprune.latency import get_backend
+from trtprune.latency.devices import get_device
 from trtprune.log import setup
 from trtprune.provenance import provenance
 
@@ -50,9 +50,9 @@ def main(argv=None) -> int:
 def default_models(tmp: Path, batch: int) -> tuple[Path, Path]:
     import torch
 
-    from trtprune.export import onnx_from_torch
-    from trtprune.models import build_model
-    from trtprune.prune import GroupPruner, uniform_plan
+    from trtprune.deploy.export import onnx_from_torch
+    from trtprune.pruning.prune import GroupPruner, uniform_plan
+    from trtprune.sources.models import build_model
 
     torch.manual_seed(0)
     paths = tmp / "resnet56.onnx", tmp / "resnet56-pruned.onnx"

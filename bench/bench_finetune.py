@@ -17,13 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from trtprune.config import FinetuneConfig
-from trtprune.finetune import autocast_dtype, finetune
 from trtprune.fsutil import write_json
 from trtprune.log import setup
-from trtprune.pipeline import load_split, resolve_weights
 from trtprune.provenance import provenance
-from trtprune.prune import GroupPruner, uniform_plan
-from trtprune.weights import load_model
+from trtprune.pruning.prune import GroupPruner, uniform_plan
+from trtprune.sources.datasets import load_split
+from trtprune.sources.weights import load_model, resolve_weights
+from trtprune.training.finetune import autocast_dtype, finetune
 
 FULL_EPOCH_STEPS = 391  # CIFAR-10's 50,000 training images in batches of 128
 

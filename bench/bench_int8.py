@@ -2,7 +2,7 @@
 
 The fp32 model is exported to ONNX at the batch of each device (cpu: 1, cpu-b32: 32), calibrated on
 ``--calib-n`` CIFAR-10 training images (evenly spaced over the 50,000) and quantized to TensorRT's
-explicit-quantization form (symmetric int8 Q/DQ, weights per channel; trtprune.quantize). Top-1 of the fp32
+explicit-quantization form (symmetric int8 Q/DQ, weights per channel; trtprune.deploy.quantize). Top-1 of the fp32
 and the INT8 ONNX models is measured in ONNX Runtime on all 10,000 test images, with the batch-32 models -
 the same files that are timed on cpu-b32 - and so is the share of images on which both predict the same
 class. The issue's target: INT8 within 1 point of fp32. With ``--methods auto`` minmax is tried first and
@@ -26,19 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trtprune import data as D
-from trtprune.data import find_cifar10
-from trtprune.devices import get_device
+from trtprune.deploy.export import onnx_from_torch
+from trtprune.deploy.quantize import METHODS, calib_array, qdq_from_onnx, qdq_summary
 from trtprune.errors import TrtpruneError
-from trtprune.export import onnx_from_torch
 from trtprune.fsutil import write_json
 from trtprune.latency import get_backend
+from trtprune.latency.devices import get_device
 from trtprune.latency.ort import ort_session
 from trtprune.log import progress, setup
-from trtprune.pipeline import load_split, resolve_weights
 from trtprune.provenance import provenance
-from trtprune.quantize import METHODS, calib_array, qdq_from_onnx, qdq_summary
-from trtprune.weights import load_model
+from trtprune.sources import datasets as D
+from trtprune.sources.datasets import find_cifar10, load_split
+from trtprune.sources.weights import load_model, resolve_weights
 
 MODEL = "resnet56"
 

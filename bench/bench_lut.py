@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trtprune.devices import get_device
 from trtprune.fsutil import write_json
 from trtprune.latency import get_backend
+from trtprune.latency.devices import get_device
 from trtprune.log import progress, setup
-from trtprune.lut import LUT
-from trtprune.models import model_spec
-from trtprune.predict import Overhead, Predictor, layer_sums
+from trtprune.profiling.lut import LUT
+from trtprune.profiling.predict import Overhead, Predictor, layer_sums
 from trtprune.provenance import provenance
-from trtprune.prune import uniform_plan
+from trtprune.pruning.prune import uniform_plan
+from trtprune.sources.models import model_spec
 
 
 def spearman(x, y) -> float:

@@ -18,18 +18,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from trtprune.devices import get_device
-from trtprune.export import onnx_from_torch
+from trtprune.deploy.export import onnx_from_torch
 from trtprune.fsutil import write_json
 from trtprune.latency import get_backend
-from trtprune.layers import layers_of
+from trtprune.latency.devices import get_device
 from trtprune.log import setup
-from trtprune.lut import LUT
-from trtprune.models import build_model, model_spec
-from trtprune.profile import Profiler, group_layers
+from trtprune.profiling.layers import layers_of
+from trtprune.profiling.lut import LUT
+from trtprune.profiling.profile import Profiler, group_layers
+from trtprune.profiling.stairs import Tolerance, agreement, three_point
 from trtprune.provenance import provenance
-from trtprune.prune import GroupPruner
-from trtprune.stairs import Tolerance, agreement, three_point
+from trtprune.pruning.prune import GroupPruner
+from trtprune.sources.models import build_model, model_spec
 
 
 def sweep(profiler, gls, tol, method):

@@ -26,21 +26,21 @@ import tempfile
 from pathlib import Path
 
 from trtprune.config import FinetuneConfig
-from trtprune.devices import get_device
-from trtprune.export import onnx_from_torch
-from trtprune.finetune import finetune
+from trtprune.deploy.export import onnx_from_torch
 from trtprune.fsutil import write_json
 from trtprune.latency import get_backend
+from trtprune.latency.devices import get_device
 from trtprune.log import setup
 from trtprune.metrics import top1_torch
-from trtprune.pipeline import load_split, resolve_weights
 from trtprune.plots import pareto_plot
 from trtprune.provenance import provenance
-from trtprune.proxy import adaptive_bn_top1
-from trtprune.prune import GroupPruner
+from trtprune.pruning.prune import GroupPruner
 from trtprune.search import Budget, Plan
 from trtprune.search.runner import channel_scores, search
-from trtprune.weights import load_model, read_checkpoint, save_pruned
+from trtprune.sources.datasets import load_split
+from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned
+from trtprune.training.finetune import finetune
+from trtprune.training.proxy import adaptive_bn_top1
 
 METHODS = {
     "locp": ("locp", 1),

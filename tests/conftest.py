@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trtprune.data import synthetic_cifar10
+from trtprune.sources.datasets import synthetic_cifar10
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENV_DATA = os.environ.get("TRTPRUNE_DATA")  # read before the autouse fixture below hides it
@@ -49,7 +49,7 @@ def write_npz_dataset(root: Path, n_train: int = 256, n_test: int = 128) -> Path
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A data root in the shared layout with generated images and random ResNet-20 and ResNet-8 weights."""
-    from trtprune.models import build_model
+    from trtprune.sources.models import build_model
 
     root = write_npz_dataset(tmp_path_factory.mktemp("data"))
     (root / "weights").mkdir()
@@ -68,8 +68,8 @@ def make_pruned_r20():
     """ResNet-20 (random, seed 0) with every group pruned by half, multiples of 4; and its pruning history."""
     import torch
 
-    from trtprune.models import build_model
-    from trtprune.prune import GroupPruner, uniform_plan
+    from trtprune.pruning.prune import GroupPruner, uniform_plan
+    from trtprune.sources.models import build_model
 
     torch.manual_seed(0)
     model = build_model("resnet20")

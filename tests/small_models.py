@@ -6,7 +6,7 @@ Its ONNX export takes about a third of ResNet-20's, and the searchers still see 
 
 from pathlib import Path
 
-from trtprune.models.resnet_cifar import CifarResNet
+from trtprune.sources.models.resnet_cifar import CifarResNet
 
 RESNET8 = f"{Path(__file__).resolve()}:resnet8"
 

@@ -5,9 +5,8 @@ import time
 
 import pytest
 
+from tests.small_models import RESNET8
 from trtprune.cli import main
-
-from .small_models import RESNET8
 
 WEIGHTS = "weights/resnet20-random.th"
 WEIGHTS8 = "weights/resnet8-random.th"
@@ -23,7 +22,7 @@ def run_cli(capsys, *argv):
 def small_onnx(tmp_path_factory):
     import torch
 
-    from trtprune.export import onnx_from_torch
+    from trtprune.deploy.export import onnx_from_torch
 
     path = tmp_path_factory.mktemp("onnx") / "small.onnx"
     onnx_from_torch(torch.nn.Conv2d(3, 4, 3), path, (3, 8, 8))
@@ -129,7 +128,7 @@ def test_fresh_starts_a_run_over_with_new_settings(tiny_data, tmp_path, capsys):
 def test_a_run_directory_in_use_is_refused(tmp_path):
     from trtprune.config import RunConfig
     from trtprune.errors import TrtpruneError
-    from trtprune.pipeline import Run
+    from trtprune.run import Run
 
     with Run(tmp_path / "r", RunConfig()), pytest.raises(TrtpruneError, match="in use by another trtprune process"):
         Run(tmp_path / "r", RunConfig()).__enter__()
@@ -142,7 +141,7 @@ def test_a_run_resumes_with_compile_toggled_but_not_with_another_recipe(tmp_path
 
     from trtprune.config import FinetuneConfig, RunConfig
     from trtprune.errors import TrtpruneError
-    from trtprune.pipeline import Run
+    from trtprune.run import Run
 
     with Run(tmp_path / "r", RunConfig()):
         pass
@@ -286,7 +285,7 @@ def test_list_and_groups(capsys):
 
 @pytest.fixture
 def fake_device(monkeypatch):
-    from trtprune import devices
+    from trtprune.latency import devices
 
     monkeypatch.setitem(devices.DEVICES, "fake-test", devices.Device("fake-test", "fake"))
     return "fake-test"
@@ -333,8 +332,8 @@ def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device)
         tmp_path / "p.pt",
     )
     assert code == 0 and "pruned to" in out
-    from trtprune.prune import GroupPruner
-    from trtprune.weights import load_model
+    from trtprune.pruning.prune import GroupPruner
+    from trtprune.sources.weights import load_model
 
     model, _ = load_model(RESNET8, tmp_path / "p.pt")
     assert {g.name: g.channels for g in GroupPruner(model, (3, 32, 32)).groups()} == plan["keep_channels"]

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from trtprune import trtexec as T
 from trtprune.config import FinetuneConfig, RunConfig
-from trtprune.devices import Device, load_devices
 from trtprune.errors import TrtpruneError
+from trtprune.latency import trtexec as T
+from trtprune.latency.devices import Device, load_devices
+from trtprune.profiling.stairs import Tolerance, exhaustive, three_point
 from trtprune.search.plan import Plan
-from trtprune.stairs import Tolerance, exhaustive, three_point
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trtexec"
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,11 +3,11 @@
 import pytest
 
 from trtprune.cli import main
-from trtprune.data import load_cifar10
-from trtprune.export import onnx_from_torch
+from trtprune.deploy.export import onnx_from_torch
 from trtprune.metrics import top1_onnx, top1_torch
-from trtprune.prune import GroupPruner
-from trtprune.weights import load_model
+from trtprune.pruning.prune import GroupPruner
+from trtprune.sources.datasets import load_cifar10
+from trtprune.sources.weights import load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 

@@ -84,8 +84,8 @@ def bad(tmp_path_factory, tiny_data):
     import onnx
     from onnx import TensorProto, helper
 
-    from trtprune.export import onnx_from_torch
-    from trtprune.models import build_model
+    from trtprune.deploy.export import onnx_from_torch
+    from trtprune.sources.models import build_model
 
     d = tmp_path_factory.mktemp("bad")
     f = {"data": tiny_data, "w": tiny_data / WEIGHTS, "dir": d}
@@ -277,7 +277,7 @@ def test_bad_input_is_one_clear_message_exit_2_and_nothing_written(
 def test_profiling_skips_layers_it_cannot_time_with_a_warning(tmp_path, capsys, monkeypatch):
     """A conv whose weight is computed in forward() (weight standardisation) has no constant-weight Conv in
     the exported graph: profiling goes on without it and says so."""
-    from trtprune import devices
+    from trtprune.latency import devices
 
     monkeypatch.setitem(devices.DEVICES, "fake-test", devices.Device("fake-test", "fake"))
     (tmp_path / "ws.py").write_text(
@@ -430,8 +430,8 @@ def test_an_interrupted_profile_keeps_an_intact_lut_and_resumes_without_remeasur
 def test_an_interrupt_in_the_middle_of_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     """Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the CLI) while torch.save is writing: the temporary file
     goes, the checkpoint of the epoch before stays whole."""
-    import trtprune.weights as W
-    from trtprune.models import build_model
+    from trtprune.sources import weights as W
+    from trtprune.sources.models import build_model
 
     model = build_model("resnet20")
     W.save_pruned(tmp_path / "f.pt", model, "resnet20", [], epoch=1)
@@ -463,7 +463,7 @@ def test_a_run_directory_locked_by_another_process_is_refused(tiny_data, tmp_pat
     """Across processes (tests/test_cli.py checks two opens in one process)."""
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom trtprune.config import RunConfig\n"
-         "from trtprune.pipeline import Run\n"
+         "from trtprune.run import Run\n"
          "with Run(sys.argv[1], RunConfig(model='resnet20')):\n    print('locked', flush=True)\n    time.sleep(120)\n",
          str(tmp_path / "runs" / "r")],
         stdout=subprocess.PIPE, text=True, env=_env(),
@@ -481,7 +481,7 @@ def test_a_run_directory_locked_by_another_process_is_refused(tiny_data, tmp_pat
 
 # -- untrusted files --------------------------------------------------------------------------------------------
 def test_a_pickled_whole_model_loads_only_when_trusted(bad, capsys, caplog):
-    from trtprune.weights import load_model
+    from trtprune.sources.weights import load_model
 
     with pytest.raises(TrtpruneError, match="pickled Python objects") as e:
         load_model("resnet20", bad["dir"] / "whole.pt")
@@ -495,7 +495,7 @@ def test_a_pickled_whole_model_loads_only_when_trusted(bad, capsys, caplog):
 
 
 def test_onnx_external_data_must_stay_in_the_models_folder(tmp_path):
-    from trtprune.export import read_onnx
+    from trtprune.deploy.export import read_onnx
 
     (tmp_path / "secret.bin").write_bytes(np.ones(108, np.float32).tobytes())
     model_dir = tmp_path / "model"
@@ -547,11 +547,11 @@ def test_many_fresh_sessions_keep_memory_flat_and_leave_no_temp_files(tmp_path, 
     copy in a temporary folder: hundreds of them must not grow memory or leave files."""
     import tempfile
 
-    from trtprune.devices import DEVICES
     from trtprune.latency import get_backend
-    from trtprune.layers import Signature, micro_model
-    from trtprune.lut import LUT
-    from trtprune.profile import Profiler
+    from trtprune.latency.devices import DEVICES
+    from trtprune.profiling.layers import Signature, micro_model
+    from trtprune.profiling.lut import LUT
+    from trtprune.profiling.profile import Profiler
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()

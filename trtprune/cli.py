@@ -14,8 +14,15 @@ import signal
 import sys
 import threading
 
-from . import commands as C
-from .errors import TrtpruneError
+from trtprune import commands as C
+from trtprune import log as logsetup
+from trtprune.config import FinetuneConfig
+from trtprune.errors import TrtpruneError
+from trtprune.latency.devices import DEFAULT_DEVICE, DEVICES
+from trtprune.pruning.importance import IMPORTANCE
+from trtprune.search import SEARCHERS
+from trtprune.sources.models import BUILTIN
+from trtprune.sources.weights import unsafe_pickle
 
 log = logging.getLogger("trtprune")
 
@@ -35,7 +42,6 @@ def _model(
     weights_help: str = "checkpoint or state dict (default: the model's published weights, if it has them)",
     weights_required: bool = False,
 ) -> None:
-    from .models import BUILTIN
 
     p.add_argument(
         "--model", default="resnet56", help=f"{', '.join(BUILTIN)} or path/file.py:factory (default: resnet56)"
@@ -50,7 +56,6 @@ def _model(
 
 
 def _device(p: argparse.ArgumentParser) -> None:
-    from .devices import DEFAULT_DEVICE, DEVICES
 
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"{', '.join(DEVICES)} (default: {DEFAULT_DEVICE})")
 
@@ -68,7 +73,6 @@ def _quick(p: argparse.ArgumentParser) -> None:
 
 
 def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
-    from .importance import IMPORTANCE
 
     p.add_argument(
         "--ratio", type=float, default=0.5, help="uniform pruning: fraction of every group to remove (default 0.5)"
@@ -85,7 +89,6 @@ def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
 
 
 def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
-    from .search import SEARCHERS
 
     p.add_argument("--method", default="locp", choices=list(SEARCHERS), help="search (default locp)")
     p.add_argument(
@@ -100,7 +103,6 @@ def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
 
 
 def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
-    from .config import FinetuneConfig
 
     d = FinetuneConfig(distill=distill)
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"fine-tuning epochs (default {d.epochs})")
@@ -269,7 +271,6 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import log as logsetup
 
     args = parser().parse_args(argv)
     logsetup.setup(args.verbose)
@@ -278,8 +279,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scope = contextlib.nullcontext()
         if getattr(args, "unsafe_pickle", False):
-            from .weights import unsafe_pickle
-
             scope = unsafe_pickle()
         with scope:
             args.fn(args)

@@ -6,11 +6,35 @@ import os
 import time
 from pathlib import Path
 
-from .errors import TrtpruneError
+from trtprune.deploy.export import onnx_from_torch, read_onnx
+from trtprune.deploy.quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
+from trtprune.errors import TrtpruneError
+from trtprune.fsutil import write_json, write_text
+from trtprune.latency import BACKENDS, get_backend
+from trtprune.latency.devices import DEVICES, get_device
+from trtprune.metrics import top1_onnx, top1_torch
+from trtprune.plots import stairs_plot
+from trtprune.profiling.fleet import Fleet
+from trtprune.profiling.layers import layers_of
+from trtprune.profiling.lut import LUT
+from trtprune.profiling.profile import Profiler, group_layers, profile_groups
+from trtprune.profiling.stairs import Tolerance
+from trtprune.provenance import provenance
+from trtprune.pruning.importance import IMPORTANCE
+from trtprune.pruning.prune import GroupPruner, prune_uniform
+from trtprune.report import stage_report
+from trtprune.run import Run, RunConfig, read_config, run_all
+from trtprune.search import Budget, Plan, runner
+from trtprune.search.runner import channel_scores
+from trtprune.sources import fetch
+from trtprune.sources.datasets import ensure_cifar10, load_split
+from trtprune.sources.models import BUILTIN, model_spec
+from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned, unsafe_pickle
+from trtprune.training import distributed as DI
+from trtprune.training.finetune import FinetuneConfig, finetune
 
 
 def _ft_config(a):
-    from .finetune import FinetuneConfig
 
     if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.distill <= 1:
         raise TrtpruneError(
@@ -32,10 +56,6 @@ def _ft_config(a):
 
 
 def cmd_list(a) -> None:
-    from .devices import DEVICES
-    from .importance import IMPORTANCE
-    from .latency import BACKENDS
-    from .models import BUILTIN
 
     print("models:     " + ", ".join(f"{n}{' (pretrained)' if s.pretrained else ''}" for n, s in BUILTIN.items()))
     print("devices:    " + ", ".join(f"{n} ({d.description})" for n, d in DEVICES.items()))
@@ -44,8 +64,6 @@ def cmd_list(a) -> None:
 
 
 def cmd_groups(a) -> None:
-    from .prune import GroupPruner
-    from .weights import load_model
 
     model, spec = load_model(a.model, a.weights)
     groups = GroupPruner(model, spec.input_shape).groups()
@@ -56,10 +74,6 @@ def cmd_groups(a) -> None:
 
 
 def cmd_export(a) -> None:
-    from .devices import get_device
-    from .export import onnx_from_torch
-    from .pipeline import resolve_weights
-    from .weights import load_model
 
     batch = a.batch if a.batch is not None else get_device(a.device).batch
     if batch < 1:
@@ -70,8 +84,6 @@ def cmd_export(a) -> None:
 
 
 def cmd_quantize(a) -> None:
-    from .models import model_spec
-    from .quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
 
     spec = model_spec(a.model)
     calib = calib_images(a.calib, spec, a.images) if a.calib else calib_from_training(a.data, spec, a.images)
@@ -84,9 +96,6 @@ def cmd_quantize(a) -> None:
 
 
 def cmd_measure(a) -> None:
-    from .devices import get_device
-    from .export import read_onnx
-    from .latency import get_backend
 
     for m in a.onnx:
         read_onnx(m)
@@ -98,9 +107,6 @@ def cmd_measure(a) -> None:
     for m, t in zip(a.onnx, timings):
         print(f"{m:<40} {t.median_ms:>10.3f} {t.p90_ms:>10.3f} {t.n:>6} {timings[0].median_ms / t.median_ms:>8.2f}x")
     if a.json:
-        from .fsutil import write_json
-        from .provenance import provenance
-
         write_json(
             a.json,
             {"device": info, "models": {m: t.to_dict() for m, t in zip(a.onnx, timings)}, "provenance": provenance()},
@@ -108,15 +114,9 @@ def cmd_measure(a) -> None:
 
 
 def cmd_eval(a) -> None:
-    from .metrics import top1_onnx, top1_torch
-    from .models import model_spec
-    from .pipeline import load_split, resolve_weights
-    from .weights import load_model
 
     x, y = load_split(a.data, a.split, a.limit)
     if a.onnx:
-        from .export import read_onnx
-
         read_onnx(a.onnx)
         spec = model_spec(a.model)
         acc, what = top1_onnx(a.onnx, x, y, spec.mean, spec.std), a.onnx
@@ -127,7 +127,6 @@ def cmd_eval(a) -> None:
 
 
 def _budget(a):
-    from .search import Budget
 
     if a.budget_ms is not None:
         return Budget.parse(ms=a.budget_ms)
@@ -138,10 +137,6 @@ def _budget(a):
 
 def cmd_search(a) -> None:
     import tempfile
-
-    from .devices import get_device
-    from .pipeline import resolve_weights
-    from .search import runner
 
     budget = _budget(a)
     if budget is None:
@@ -171,16 +166,9 @@ def cmd_search(a) -> None:
 
 
 def cmd_prune(a) -> None:
-    from .fsutil import write_json
-    from .pipeline import resolve_weights
-    from .prune import GroupPruner, prune_uniform
-    from .search.runner import channel_scores
-    from .weights import load_model, save_pruned
 
     model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
     if a.plan:
-        from .search import Plan
-
         loaded = Plan.load(a.plan)
         if loaded.model != spec.name:
             raise TrtpruneError(
@@ -204,8 +192,6 @@ def cmd_prune(a) -> None:
 
 
 def cmd_finetune(a) -> None:
-    from . import distributed as DI
-    from . import fetch
 
     cfg = _ft_config(a)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)  # by torchrun
@@ -221,7 +207,7 @@ def cmd_finetune(a) -> None:
     if Path(a.output).exists() and not a.resume:
         raise TrtpruneError(f"'{a.output}' exists", fix="pass --resume to continue it, or choose another -o")
     if a.nproc > 1:
-        fetch.ensure_cifar10(*fetch.data_root(a.data))  # a download, if any, once: not by every process
+        ensure_cifar10(*fetch.data_root(a.data))  # a download, if any, once: not by every process
         records = DI.launch(_finetune_job, a.nproc, a, cfg, verbose=a.verbose)
     else:
         with DI.from_env():
@@ -232,12 +218,8 @@ def cmd_finetune(a) -> None:
 
 
 def _finetune_job(a, cfg) -> list[dict]:
-    """Fine-tuning in this process; with --nproc or torchrun, in each of them (see trtprune.distributed)."""
+    """Fine-tuning in this process; with --nproc or torchrun, in each of them (see trtprune.training.distributed)."""
     import contextlib
-
-    from .finetune import finetune
-    from .pipeline import load_split
-    from .weights import load_model, read_checkpoint, unsafe_pickle
 
     # a process started by --nproc does not inherit the CLI's --unsafe-pickle scope
     with unsafe_pickle() if a.unsafe_pickle else contextlib.nullcontext():
@@ -262,22 +244,14 @@ def _finetune_job(a, cfg) -> list[dict]:
 def cmd_build(a) -> None:
     import tempfile
 
-    from .devices import get_device
-    from .export import onnx_from_torch
-    from .weights import load_model
-
     device = get_device(a.device)
     model, spec = load_model(a.model, a.weights)
     out = Path(a.output or f"engines/{spec.name}-{device.name}{device.engine_suffix}")
     if device.engine_suffix == ".plan":  # TensorRT: export, then build the engine on the device
-        from .latency import get_backend
-
         with tempfile.TemporaryDirectory() as tmp, get_backend(device) as backend:
             onnx = Path(tmp) / f"{spec.name}.onnx"
             onnx_from_torch(model, onnx, spec.input_shape, device.batch)
             if device.precision == "int8":
-                from .quantize import calib_from_training, qdq_from_onnx
-
                 onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib_from_training(a.data, spec))
             backend.build(onnx, out)
             print(
@@ -291,7 +265,6 @@ def cmd_build(a) -> None:
 
 
 def cmd_run(a) -> None:
-    from .pipeline import Run, RunConfig, run_all
 
     budget = _budget(a)
     cfg = RunConfig(
@@ -319,8 +292,6 @@ def cmd_run(a) -> None:
 
 
 def cmd_report(a) -> None:
-    from .pipeline import Run, RunConfig, read_config
-    from .report import stage_report
 
     path = Path(a.run_dir) / "config.json"
     if not path.is_file():
@@ -372,18 +343,6 @@ def _profilable(gls, model) -> tuple[list, dict[str, list[str]]]:
 def cmd_profile(a) -> None:
     import onnx
 
-    from .devices import get_device
-    from .export import onnx_from_torch
-    from .fsutil import write_json, write_text
-    from .latency import get_backend
-    from .layers import layers_of
-    from .lut import LUT
-    from .plots import stairs_plot
-    from .profile import Profiler, group_layers, profile_groups
-    from .prune import GroupPruner
-    from .stairs import Tolerance
-    from .weights import load_model
-
     if not 0 < a.rel < 1:
         raise TrtpruneError(f"--rel {a.rel} is not a fraction", fix="use e.g. 0.01 for 1 %")
     if a.ray_workers is not None and (a.ray != "local" or a.ray_workers < 1):
@@ -397,8 +356,6 @@ def cmd_profile(a) -> None:
     out = Path(a.out or f"profiles/{spec.name}-{device.name}")
     tol = Tolerance(rel=a.rel)
     if a.ray:
-        from .fleet import Fleet
-
         measurer = Fleet(device, a.ray, workers=a.ray_workers)
     else:
         measurer = get_backend(device)

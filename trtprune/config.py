@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .devices import DEFAULT_DEVICE
-from .errors import TrtpruneError
+from trtprune.errors import TrtpruneError
+from trtprune.latency.devices import DEFAULT_DEVICE
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class RunConfig:
     budget: str | None = "0.5x"  # latency budget, fraction of the baseline ("0.5x") or "1.2ms"; None: no search
     ratio: float = 0.5  # uniform pruning without a budget: fraction of every channel group removed
     round_to: int = 8  # uniform and flops: keep a multiple of this many channels per group
-    importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.importance
+    importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.pruning.importance
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
 

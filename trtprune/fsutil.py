@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import TrtpruneError
+from trtprune.errors import TrtpruneError
 
 
 def _running(pid: int) -> bool:

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import data as D
-from .errors import TrtpruneError
-from .log import progress
+from trtprune.errors import TrtpruneError
+from trtprune.latency.ort import ort_session
+from trtprune.log import progress
+from trtprune.sources import datasets as D
 
 
 def count_params(model: nn.Module) -> int:
@@ -55,7 +56,6 @@ def top1_torch(
 
 def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, desc: str = "eval") -> float:
     """Top-1 of an ONNX model with ONNX Runtime; its static batch is filled by padding the last one."""
-    from .latency.ort import ort_session
 
     sess = ort_session(path, threads)
     inp = sess.get_inputs()[0]

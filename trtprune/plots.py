@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .fsutil import atomic_path
+from trtprune.fsutil import atomic_path
 
 
 def _pyplot():

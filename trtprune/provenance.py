@@ -10,6 +10,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from trtprune.latency.ort import cpu_info
+
 PACKAGES = ("torch", "onnxruntime", "onnx", "onnxslim", "torch-pruning", "numpy", "trtprune")
 
 
@@ -33,7 +35,6 @@ def git_commit(cwd: str | Path | None = None) -> str:
 
 
 def machine() -> dict:
-    from .latency.ort import cpu_info
 
     model, isa = cpu_info()
     return {

@@ -5,25 +5,26 @@ from __future__ import annotations
 import json
 import logging
 
-from .fsutil import write_json, write_text
+from trtprune.deploy.parity import parity
+from trtprune.fsutil import write_json, write_text
+from trtprune.latency import get_backend
+from trtprune.metrics import count_macs, count_params, top1_onnx
+from trtprune.plots import channels_plot
+from trtprune.provenance import provenance
+from trtprune.search.plan import Budget
+from trtprune.sources.datasets import load_split, normalize, to_tensor
+from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights
 
 log = logging.getLogger(__name__)
 
 
 def _model_facts(model, spec) -> dict:
-    from .metrics import count_macs, count_params
 
     return {"params": count_params(model), "macs": count_macs(model, spec.input_shape)}
 
 
 def stage_report(run) -> dict:
     """Measure baseline and pruned ONNX in one interleaved run, evaluate both, write report.json/.md."""
-    from .latency import get_backend
-    from .metrics import top1_onnx
-    from .pipeline import budget_of, load_split, resolve_weights
-    from .plots import channels_plot
-    from .provenance import provenance
-    from .weights import load_model, read_checkpoint
 
     base_model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
     pruned_model, _ = load_model(run.cfg.model, run.path("model.pt"))
@@ -33,9 +34,6 @@ def stage_report(run) -> dict:
         timings = dict(zip(onnx, backend.compare(list(onnx.values()), rounds=backend.deciding_rounds)))
         device_info = backend.info()
         if hasattr(backend, "outputs"):  # an engine that is not ONNX Runtime: check it computes the same
-            from .data import normalize, to_tensor
-            from .parity import parity
-
             xs = normalize(to_tensor(x[: 8 * run.device.batch]), spec.mean, spec.std).numpy()
             device_info["parity"] = parity(backend, onnx["pruned"], xs, run.device.batch)
     report = {
@@ -53,7 +51,9 @@ def stage_report(run) -> dict:
             **_model_facts(model, spec),
         }
     report["speedup"] = timings["baseline"].median_ms / timings["pruned"].median_ms
-    report["budget"] = budget_verdict(budget_of(run.cfg), timings["pruned"].median_ms, timings["baseline"].median_ms)
+    report["budget"] = budget_verdict(
+        Budget.from_text(run.cfg.budget), timings["pruned"].median_ms, timings["baseline"].median_ms
+    )
     report["engine"] = str(run.engine_path)
     report["provenance"] = provenance()
     write_json(run.path("report.json"), report)

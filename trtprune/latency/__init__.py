@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import TrtpruneError
-from .base import Backend, Timing
+from trtprune.errors import TrtpruneError
+from trtprune.latency.base import Backend, Timing
 
 BACKENDS: dict[str, str] = {
     "ort": "trtprune.latency.ort:OrtBackend",  # ONNX Runtime, CPU execution provider
@@ -20,7 +20,7 @@ BACKENDS: dict[str, str] = {
 
 
 def get_backend(device) -> Backend:
-    """An (inactive) backend for a :class:`trtprune.devices.Device`; use it as a context manager."""
+    """An (inactive) backend for a :class:`trtprune.latency.devices.Device`; use it as a context manager."""
     if device.backend not in BACKENDS:
         raise TrtpruneError(
             f"device '{device.name}' needs backend '{device.backend}', which is not available",

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from .base import Backend, Burst
+from trtprune.latency.base import Backend, Burst
 
 BLOCK = 16
 PER_MAC_MS = 2e-8  # 50 GMAC/s

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TrtpruneError
-from ..log import progress
-from .base import Backend, Burst
+from trtprune.errors import TrtpruneError
+from trtprune.latency.base import Backend, Burst
+from trtprune.log import progress
 
 
 @lru_cache(maxsize=1)

@@ -16,9 +16,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..devices import check_host
-from ..errors import TrtpruneError
-from ..fsutil import atomic_path
+from trtprune.errors import TrtpruneError
+from trtprune.fsutil import atomic_path
+from trtprune.latency.devices import check_host
 
 log = logging.getLogger("trtprune.latency")
 

@@ -4,8 +4,9 @@ plan are copied back. See :class:`trtprune.latency.runners.SshRunner` for how co
 
 from __future__ import annotations
 
-from .runners import SshRunner
-from .trt import TrtBackend
+from trtprune.errors import TrtpruneError
+from trtprune.latency.runners import SshRunner
+from trtprune.latency.trt import TrtBackend
 
 
 class SshBackend(TrtBackend):
@@ -16,7 +17,6 @@ class SshBackend(TrtBackend):
         return SshRunner(self.device.host, self.device.timeout_s)
 
     def _missing(self):
-        from ..errors import TrtpruneError
 
         d = self.device
         return TrtpruneError(

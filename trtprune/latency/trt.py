@@ -10,7 +10,7 @@ interleaved round by round as on every backend, so clock and thermal drift hit t
 
 Flags by TensorRT version: ``--memPoolSize=workspace:<MiB>`` from 8.4 (``--workspace`` before),
 ``--skipInference`` from 8.6 (``--buildOnly`` before), ``--profilingVerbosity=detailed`` from 8.2.
-TensorRT 7 output can be parsed (``trtprune.trtexec``) but is not driven: it has no ``--exportTimes``
+TensorRT 7 output can be parsed (``trtprune.latency.trtexec``) but is not driven: it has no ``--exportTimes``
 records in the form used here.
 
 Nothing here estimates a latency: without a GPU or TensorRT, activation fails with what is missing.
@@ -30,9 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TrtpruneError
-from .base import Backend, Burst
-from .runners import LocalRunner
+from trtprune.errors import TrtpruneError
+from trtprune.fsutil import atomic_path
+from trtprune.latency.base import Backend, Burst
+from trtprune.latency.engine_map import group_times
+from trtprune.latency.runners import LocalRunner
+from trtprune.latency.trtexec import check_output, load_export_profile, load_export_times, load_layer_info, trt_version
 
 log = logging.getLogger("trtprune.latency")
 
@@ -40,7 +43,6 @@ MIN_VERSION = (8, 0)
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
-    from ..trtexec import trt_version
 
     v = trt_version(text)
     if not v:
@@ -241,15 +243,12 @@ class TrtBackend(Backend):
     def build(self, model: Path, out: Path) -> Path:
         """Build ``model`` into a TensorRT plan at ``out`` (atomically: a failed build leaves nothing)."""
         if self._api is not None:
-            from ..fsutil import atomic_path
-
             with atomic_path(out) as tmp:
                 Path(tmp).write_bytes(self._api.build(Path(model).read_bytes(), self.device))
             return out
         return self.runner.get(self.engine(model), Path(out))
 
     def _call(self, argv: list[str], what: str) -> str:
-        from ..trtexec import check_output
 
         t0 = time.perf_counter()
         r = self.runner.run(argv)
@@ -286,7 +285,6 @@ class TrtBackend(Backend):
         return out
 
     def _time(self, engine: str, iterations: int) -> list[float]:
-        from ..trtexec import load_export_times
 
         times = f"{engine}.times.json"
         argv = trtexec_argv(self.device, self.version, load_engine=engine, iterations=iterations, export_times=times)
@@ -301,7 +299,6 @@ class TrtBackend(Backend):
     def profile_layers(self, model: Path | bytes, iterations: int = 200):
         """Per-layer times of the engine (``--exportProfile``) and its layers with the ONNX nodes each one
         fused (``--exportLayerInfo``): ``(list[LayerTime], list[EngineLayer])``."""
-        from ..trtexec import load_export_profile, load_layer_info
 
         engine = self.engine(model)
         prof, info = f"{engine}.profile.json", f"{engine}.layers.json"
@@ -320,10 +317,8 @@ class TrtBackend(Backend):
         return layers, engine_layers
 
     def group_profile(self, model: Path, groups, iterations: int = 200):
-        """The engine's per-layer times attributed to the model's channel groups (see trtprune.engine_map)."""
+        """The engine's per-layer times attributed to the model's channel groups (see trtprune.latency.engine_map)."""
         import onnx
-
-        from ..engine_map import group_times
 
         layer_times, engine_layers = self.profile_layers(model, iterations)
         return group_times(layer_times, engine_layers, onnx.load(str(model), load_external_data=False), groups)

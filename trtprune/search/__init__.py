@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-from ..errors import TrtpruneError
-from .plan import Budget, Plan
+from trtprune.errors import TrtpruneError
+from trtprune.search.plan import Budget, Plan
 
 SEARCHERS: dict[str, str] = {
     "locp": "trtprune.search.locp:LOCP",  # stair edges + two-stage benefit assessment (default)

@@ -8,9 +8,9 @@ import logging
 import time
 from collections.abc import Mapping
 
-from ..errors import TrtpruneError
-from .plan import Budget
-from .space import SearchSpace
+from trtprune.errors import TrtpruneError
+from trtprune.search.plan import Budget
+from trtprune.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..layers import macs
-from .base import Searcher
-from .space import SearchSpace
+from trtprune.profiling.layers import macs
+from trtprune.search.base import Searcher
+from trtprune.search.space import SearchSpace
 
 
 def _round(keep: float, channels: int, round_to: int) -> int:

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .base import Searcher
-from .space import SearchSpace
+from trtprune.search.base import Searcher
+from trtprune.search.space import SearchSpace
 
 
 class Knapsack(Searcher):

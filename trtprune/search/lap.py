@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..profile import group_layers
-from .base import Searcher
-from .locp import walk_down
-from .space import SearchSpace
+from trtprune.profiling.layers import macs
+from trtprune.profiling.profile import group_layers
+from trtprune.search.base import Searcher
+from trtprune.search.locp import walk_down
+from trtprune.search.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,6 @@ class _Env:
         self.max_cost = max(1e-12, sum(space.cost(g, space.candidates[g][0]) for g in self.groups))
 
     def _macs(self, keep) -> dict[str, float]:
-        from ..layers import macs
 
         p = self.space.predictor
         out = {g: 0.0 for g in self.groups}

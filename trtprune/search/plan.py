@@ -7,8 +7,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import TrtpruneError
-from ..fsutil import write_json
+from trtprune.errors import TrtpruneError
+from trtprune.fsutil import write_json
 
 PLAN_FORMAT = "trtprune.plan/1"
 
@@ -42,6 +42,14 @@ class Budget:
                 fix="use e.g. --budget 0.5x",
             )
         return cls(fraction=fraction)
+
+    @classmethod
+    def from_text(cls, text: str | None) -> Budget | None:
+        """A budget as a run stores it: ``"0.5x"`` of the baseline or ``"1.2ms"``; None for none."""
+        if text is None:
+            return None
+        text = str(text).strip()
+        return cls.parse(ms=float(text[:-2])) if text.endswith("ms") else cls.parse(text)
 
     def target_ms(self, baseline_ms: float) -> float:
         return self.ms if self.ms is not None else self.fraction * baseline_ms

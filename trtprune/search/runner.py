@@ -5,8 +5,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import TrtpruneError
-from .plan import Budget, Plan
+from trtprune.errors import TrtpruneError
+from trtprune.latency import get_backend
+from trtprune.profiling.lut import LUT
+from trtprune.profiling.predict import Predictor
+from trtprune.pruning.importance import NEEDS_DATA
+from trtprune.pruning.prune import GroupPruner
+from trtprune.search import get_searcher
+from trtprune.search.plan import Budget, Plan
+from trtprune.search.space import SearchSpace
+from trtprune.sources import datasets as D
+from trtprune.sources.datasets import load_split
+from trtprune.sources.weights import load_model
 
 log = logging.getLogger(__name__)
 
@@ -18,17 +28,12 @@ def score_batches(data: str | None, spec, n: int = SCORE_BATCHES, batch_size: in
     """The first ``n`` training batches, unshuffled and unaugmented: the same ones every time."""
     import torch
 
-    from .. import data as D
-    from ..pipeline import load_split
-
     x, y = load_split(data, "train", n * batch_size)
     return list(D.batches(D.to_tensor(x), torch.from_numpy(y), batch_size, spec.mean, spec.std))
 
 
 def channel_scores(model, spec, importance: str, data: str | None):
-    """Importance of every channel of every group of ``model`` (see trtprune.importance)."""
-    from ..importance import NEEDS_DATA
-    from ..prune import GroupPruner
+    """Importance of every channel of every group of ``model`` (see trtprune.pruning.importance)."""
 
     batches = score_batches(data, spec) if importance in NEEDS_DATA else None
     return GroupPruner(model, spec.input_shape).scores(importance, batches)
@@ -49,12 +54,6 @@ def search(
     protocol: str = "full",
 ) -> Plan:
     """Search a plan for ``model_name`` on ``device`` under ``budget``; sub-nets are written to ``workdir``."""
-    from ..latency import get_backend
-    from ..lut import LUT
-    from ..predict import Predictor
-    from ..weights import load_model
-    from . import get_searcher
-    from .space import SearchSpace
 
     searcher_options = {"round_to": round_to} if method in ("uniform", "flops") else {}
     get_searcher(method, **searcher_options)  # an unknown method fails before any work
@@ -65,7 +64,7 @@ def search(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with get_backend(device) as backend, LUT(lut_path) as lut:
-        # a user file.py:factory, not its spec name; ``protocol``: see trtprune.profile.PROTOCOLS
+        # a user file.py:factory, not its spec name; ``protocol``: see trtprune.profiling.profile.PROTOCOLS
         predictor = Predictor(model_name, backend, lut, workdir, protocol)
         space = SearchSpace.build(predictor, scores)
         result = get_searcher(method, **searcher_options).search(space, budget)

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..predict import Predictor, layer_sums
-from ..profile import group_layers
-from ..stairs import Tolerance
+from trtprune.profiling.predict import Predictor, layer_sums
+from trtprune.profiling.profile import group_layers
+from trtprune.profiling.stairs import Tolerance
+from trtprune.pruning.prune import uniform_plan
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ class SearchSpace:
     ) -> SearchSpace:
         """Profile every group's stairs (LUT, shared), then calibrate the latency model on the dense
         model and a few uniform prunes measured whole."""
-        from ..prune import uniform_plan
 
         groups, tol = predictor.groups, tol or Tolerance()
         candidates = {}

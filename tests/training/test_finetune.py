@@ -1,0 +1,281 @@
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import make_pruned_r20
+from trtprune.errors import TrtpruneError
+from trtprune.sources.datasets import synthetic_cifar10
+from trtprune.sources.models import IMAGENET_MEAN, IMAGENET_STD, build_model
+from trtprune.sources.weights import load_model, read_checkpoint, save_pruned
+from trtprune.training.finetune import FinetuneConfig, cosine_lr, distillation_loss, finetune
+
+
+@pytest.fixture
+def pruned_r20():
+    return make_pruned_r20()
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 100, 0.1) == pytest.approx(0.1)
+    assert cosine_lr(50, 100, 0.1) == pytest.approx(0.05)
+    assert cosine_lr(100, 100, 0.1) == pytest.approx(0.0)
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    a = torch.randn(8, 10)
+    assert float(distillation_loss(a, a, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distillation_loss(a, torch.randn(8, 10), 4.0)) > 0
+
+
+def test_training_learns_checkpoints_and_resumes(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    train, test = synthetic_cifar10(256, 1), synthetic_cifar10(128, 2)
+    cfg = FinetuneConfig(epochs=3, batch_size=64, lr=0.05)
+    ckpt = tmp_path / "ft.pt"
+    first = finetune(
+        model,
+        train,
+        test,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FinetuneConfig(**{**cfg.__dict__, "epochs": 3}),
+        checkpoint=ckpt,
+        base_model="resnet20",
+        history=history,
+    )
+    assert [r["epoch"] for r in first] == [1, 2, 3]
+    assert first[-1]["loss"] < first[0]["loss"]
+    assert first[-1]["top1"] > 30.0  # 3x chance after 12 steps: the class is in the mean colour
+    saved = read_checkpoint(ckpt)
+    assert saved["epoch"] == 3 and saved["step"] == 12 and len(saved["records"]) == 3
+    # the checkpoint rebuilds the pruned architecture with the trained weights
+    rebuilt, _ = load_model("resnet20", ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), model.eval()(x), atol=1e-5)
+    # resuming a finished run does nothing; resuming with more epochs continues from epoch 3
+    again = finetune(
+        rebuilt, train, test, IMAGENET_MEAN, IMAGENET_STD, cfg, checkpoint=ckpt, base_model="resnet20", history=history
+    )
+    assert [r["epoch"] for r in again] == [1, 2, 3]
+    more = finetune(
+        rebuilt,
+        train,
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FinetuneConfig(**{**cfg.__dict__, "epochs": 4}),
+        checkpoint=ckpt,
+        base_model="resnet20",
+        history=history,
+    )
+    assert [r["epoch"] for r in more] == [1, 2, 3, 4] and read_checkpoint(ckpt)["step"] == 16
+
+
+def test_the_teacher_changes_the_training(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    torch.manual_seed(1)
+    teacher = build_model("resnet20")
+    trained = {}
+    for distill in (0.0, 0.5):
+        student = copy.deepcopy(model)
+        cfg = FinetuneConfig(epochs=1, batch_size=32, distill=distill, channels_last=False)
+        finetune(
+            student,
+            synthetic_cifar10(64, 1),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            cfg,
+            checkpoint=tmp_path / f"d{distill}.pt",
+            base_model="resnet20",
+            history=history,
+            teacher=teacher if distill else None,
+        )
+        trained[distill] = student.state_dict()
+    w = "layer1.0.conv1.weight"
+    assert not torch.equal(trained[0.0][w], model.state_dict()[w])
+    assert not torch.allclose(trained[0.0][w], trained[0.5][w])  # same data and seed: only the teacher differs
+
+
+def test_resuming_checks_the_checkpoint(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    data = synthetic_cifar10(64, 1)
+    cfg = FinetuneConfig(epochs=1, batch_size=32)
+    finetune(
+        model,
+        data,
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        cfg,
+        checkpoint=tmp_path / "ft.pt",
+        base_model="resnet20",
+        history=history,
+    )
+    with pytest.raises(TrtpruneError, match=r"other settings: batch_size 32 -> 16, lr 0.01 -> 0.1"):
+        finetune(
+            model,
+            data,
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            FinetuneConfig(epochs=2, batch_size=16, lr=0.1),
+            checkpoint=tmp_path / "ft.pt",
+            base_model="resnet20",
+            history=history,
+        )
+    save_pruned(tmp_path / "pruned.pt", model, "resnet20", history)
+    with pytest.raises(TrtpruneError, match="not a fine-tuning checkpoint"):
+        finetune(
+            model,
+            data,
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            cfg,
+            checkpoint=tmp_path / "pruned.pt",
+            base_model="resnet20",
+            history=history,
+        )
+
+
+def test_bf16_autocast_trains_close_to_fp32_and_bad_precisions_are_refused(pruned_r20, tmp_path):
+    model, history = pruned_r20
+    trained = {}
+    for precision in ("fp32", "bf16"):
+        student = copy.deepcopy(model)
+        cfg = FinetuneConfig(epochs=1, batch_size=32, lr=0.05, precision=precision)
+        records = finetune(
+            student,
+            synthetic_cifar10(96, 2),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            cfg,
+            checkpoint=tmp_path / f"{precision}.pt",
+            base_model="resnet20",
+            history=history,
+        )
+        trained[precision] = (student.state_dict(), records[-1]["loss"])
+    w = "layer1.0.conv1.weight"
+    w0 = model.state_dict()[w]
+    fp32, bf16 = trained["fp32"][0][w] - w0, trained["bf16"][0][w] - w0
+    assert not torch.equal(fp32, bf16)  # the arithmetic did change ...
+    assert torch.nn.functional.cosine_similarity(fp32.flatten(), bf16.flatten(), 0) > 0.7  # ... not the course
+    assert abs(trained["fp32"][1] - trained["bf16"][1]) < 0.05
+    with pytest.raises(TrtpruneError, match="unknown training precision"):
+        finetune(
+            copy.deepcopy(model),
+            synthetic_cifar10(32, 2),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            FinetuneConfig(precision="fp16"),
+            checkpoint=tmp_path / "x.pt",
+            base_model="resnet20",
+            history=history,
+        )
+
+
+def test_the_training_device_is_the_gpu_when_there_is_one_and_cuda_without_one_is_refused(monkeypatch):
+    from trtprune.training import distributed as DI
+    from trtprune.training.finetune import autocast_dtype, training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto") == torch.device("cpu") and training_device("cpu") == torch.device("cpu")
+    with pytest.raises(TrtpruneError, match="--train-device cuda, but torch sees no CUDA GPU") as e:
+        training_device("cuda")
+    assert "--train-device cpu" in e.value.fix
+    with pytest.raises(TrtpruneError, match="unknown training device 'tpu'"):
+        training_device("tpu")
+    assert DI.backend() == "gloo"
+
+    # a machine with one GPU (simulated): auto takes it; a second process on the node has none of its own
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert training_device("auto") == torch.device("cuda", 0) and chosen == [0]
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(TrtpruneError, match="process 1 on this node has no GPU of its own"):
+        training_device("cuda")
+    assert DI.backend() == "cpu:gloo,cuda:nccl"  # gradients on NCCL, bookkeeping on gloo
+
+    # bf16 on a GPU only where it computes it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert autocast_dtype("auto", "cuda") is None
+    with pytest.raises(TrtpruneError, match="this GPU has no bf16 arithmetic"):
+        autocast_dtype("bf16", "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert autocast_dtype("auto", "cuda") == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with a CUDA build of torch")
+def test_fine_tuning_on_a_gpu_takes_the_steps_of_the_cpu(tmp_path):
+    train = synthetic_cifar10(128, 1)
+    weights = {}
+    for dev in ("cpu", "cuda"):
+        model, history = make_pruned_r20()
+        cfg = FinetuneConfig(epochs=1, batch_size=64, lr=0.05, precision="fp32", train_device=dev)
+        finetune(model, train, None, IMAGENET_MEAN, IMAGENET_STD, cfg, checkpoint=tmp_path / f"{dev}.pt",
+                 base_model="resnet20", history=history)  # fmt: skip
+        assert next(model.parameters()).device.type == "cpu"  # handed back on the CPU
+        weights[dev] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    start = torch.cat([p.detach().flatten() for p in make_pruned_r20()[0].parameters()])  # the same seed
+    assert not torch.allclose(weights["cpu"], start)  # it trained ...
+    assert torch.allclose(weights["cuda"], weights["cpu"], atol=1e-3, rtol=1e-3)  # ... alike on both
+
+
+def test_compile_wraps_the_student_and_the_teacher_and_checkpoints_stay_plain(pruned_r20, tmp_path, monkeypatch):
+    """torch.compile itself takes minutes on this CPU (make bench-finetune measures it); here a stand-in records
+    what is compiled and how often each compiled module runs."""
+    from trtprune.training import finetune as ft
+
+    calls = {}
+
+    class Recorded(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.name = inner, type(inner).__name__ + str(len(calls))
+            calls[self.name] = 0
+
+        def forward(self, x):
+            calls[self.name] += 1
+            return self.inner(x)
+
+    monkeypatch.setattr(ft.torch, "compile", Recorded)
+    model, history = pruned_r20
+    torch.manual_seed(1)
+    cfg = FinetuneConfig(epochs=1, batch_size=32, distill=0.5, compile=True)
+    finetune(
+        model,
+        synthetic_cifar10(96, 1),
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        cfg,
+        checkpoint=tmp_path / "ft.pt",
+        base_model="resnet20",
+        history=history,
+        teacher=build_model("resnet20"),
+    )
+    assert sorted(calls.values()) == [3, 3]  # teacher and student, once per step of 3
+    assert set(read_checkpoint(tmp_path / "ft.pt")["state_dict"]) == set(model.state_dict())
+    monkeypatch.setattr(ft.shutil, "which", lambda name: None)
+    with pytest.raises(TrtpruneError, match="needs a C\\+\\+ compiler"):
+        finetune(
+            model,
+            synthetic_cifar10(32, 1),
+            None,
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            FinetuneConfig(epochs=1, batch_size=32, compile=True),
+            checkpoint=tmp_path / "ft2.pt",
+            base_model="resnet20",
+            history=history,
+        )

@@ -1,0 +1,231 @@
+"""PyTorch -> ONNX with a static batch, simplified, checked, and compared against torch.
+
+The exported graph is what every engine is built from, so a wrong export is an error, not a warning:
+the ONNX Runtime output is compared with torch on a seeded random batch and the file is written
+only if the maximum absolute difference is within tolerance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trtprune.errors import TrtpruneError
+from trtprune.fsutil import atomic_path
+from trtprune.latency.ort import ort_session
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# |onnxruntime - torch| on the logits must stay within PARITY_ATOL + PARITY_RTOL * max|torch logits|:
+# fp32 reorderings of trained models stay far below; untrained deep nets have logits of 1e6.
+PARITY_ATOL = 1e-3
+PARITY_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    max_abs_diff: float  # ONNX Runtime vs torch, same input
+    nodes: int
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress to stdout and warns about optional torchvision ops."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _build_torchlib_registry_once() -> None:
+    """torch.onnx rebuilds its registry of ONNX Script functions (~500 of them) on every export: about a
+    third of a ResNet-20 export here (from_torchlib 2.1 of 5.9 s under cProfile). Built once per opset, each
+    export then gets its own copy of the table, so nothing one export registers reaches the next. A torch
+    without this private hook keeps its own behaviour."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:
+        return
+    build = getattr(ONNXRegistry.from_torchlib, "__func__", None)
+    if build is None or getattr(build, "trtprune_once", False):
+        return
+    built: dict = {}
+
+    def from_torchlib(cls, *args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in built:
+            built[key] = build(cls, *args, **kwargs)
+        copy = cls()
+        copy._opset_version = built[key]._opset_version
+        copy.functions = {op: list(metas) for op, metas in built[key].functions.items()}
+        return copy
+
+    from_torchlib.trtprune_once = True
+    ONNXRegistry.from_torchlib = classmethod(from_torchlib)
+
+
+def onnx_from_torch(
+    model: nn.Module,
+    path: str | Path,
+    input_shape: tuple[int, ...],
+    batch: int = 1,
+    atol: float = PARITY_ATOL,
+    rtol: float = PARITY_RTOL,
+) -> Export:
+    """Export ``model`` for input ``(batch, *input_shape)`` to ``path``; returns the parity figure."""
+    import onnx
+    import onnxslim
+
+    _build_torchlib_registry_once()
+    model = model.eval()
+    example = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                None,
+                dynamo=True,
+                external_data=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+            )
+            proto = onnxslim.slim(program.model_proto)
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        cause = e
+        while cause is not None:  # torch.export wraps a Ctrl-C/SIGTERM in its own error: it is still a stop
+            if isinstance(cause, KeyboardInterrupt):
+                raise cause from e  # the same interrupt (SIGTERM keeps its exit status)
+            cause = cause.__cause__ or cause.__context__
+        first_line = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # no terminal colours
+        raise TrtpruneError(
+            f"exporting the model to ONNX failed: {type(e).__name__}: {first_line}",
+            why=f"torch.onnx.export (dynamo) must trace the model with a static input of shape {tuple(example.shape)}",
+            fix="run with -v for the full trace; data-dependent control flow must be removed from forward()",
+        ) from e
+    with torch.no_grad():
+        expected = model(example).numpy()
+    with atomic_path(path) as tmp:
+        onnx.save(proto, tmp)
+        got = run_onnx(tmp, example.numpy())
+        diff = float(np.abs(got - expected).max())
+        tolerance = atol + rtol * float(np.abs(expected).max())
+        if not diff <= tolerance:
+            raise TrtpruneError(
+                f"the ONNX export of the model differs from torch by {diff:.3g} (tolerance {tolerance:.3g})",
+                why="ONNX Runtime computes something other than the PyTorch model",
+                fix="report the model; run with -v to see the exported graph",
+            )
+    log.info("exported %s | %d nodes | max |ort - torch| = %.2e", path, len(proto.graph.node), diff)
+    return Export(Path(path), diff, len(proto.graph.node))
+
+
+def run_onnx(path: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """One forward pass with ONNX Runtime on CPU."""
+
+    sess = ort_session(path, threads)
+    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+
+
+def _tensors(graph):
+    """Every tensor stored in a graph: initializers, sparse ones, and node attributes (subgraphs too)."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    yield from _node_tensors(graph.node)
+
+
+def _node_tensors(nodes):
+    for node in nodes:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sparse in [*([a.sparse_tensor] if a.HasField("sparse_tensor") else []), *a.sparse_tensors]:
+                yield from (sparse.values, sparse.indices)
+            for sub in [*([a.g] if a.HasField("g") else []), *a.graphs]:
+                yield from _tensors(sub)
+
+
+def _inside(folder: Path, location: str) -> bool:
+    try:
+        return (folder / location).resolve().is_relative_to(folder)
+    except (OSError, RuntimeError, ValueError):  # a link loop, a NUL in the name
+        return False
+
+
+def _check_external_data(proto, path: Path) -> None:
+    """Refuse external-data locations outside the model's folder (absolute, ``..``, or a link leading out):
+    a model file must not make the engine read other files of the machine."""
+    import itertools
+
+    from onnx import TensorProto
+
+    folder = path.parent.resolve()
+    tensors = itertools.chain(_tensors(proto.graph), *(_node_tensors(f.node) for f in proto.functions))
+    for t in tensors:
+        if t.data_location != TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), "")
+        if not location or Path(location).is_absolute() or not _inside(folder, location):
+            raise TrtpruneError(
+                f"'{path}' refers to external data outside its folder: tensor '{t.name}' at '{location}'",
+                why="an ONNX model may keep weights in files beside it, never elsewhere on the machine "
+                "(absolute paths, '..' and links leading out are refused)",
+                fix="keep the external data files in the model's folder, or save the model with its weights "
+                "inside (onnx.save(model, path, save_as_external_data=False))",
+            )
+
+
+def read_onnx(path: str | Path):
+    """Load and check an ONNX file given by the user; clear errors for missing, corrupt or dynamic."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrtpruneError(f"ONNX file '{path}' does not exist", fix="check the path, or run 'trtprune export' first")
+
+    def invalid(e: Exception) -> TrtpruneError:
+        return TrtpruneError(
+            f"'{path}' is not a valid ONNX model: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}",
+            why="it is truncated, corrupt, or not ONNX",
+            fix="export it again (trtprune export) or check how it was copied",
+        )
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise invalid(e) from e
+    _check_external_data(proto, path)  # before anything reads the model's external data
+    try:
+        onnx.checker.check_model(str(path))  # by path: external data is looked for beside the model
+    except Exception as e:
+        raise invalid(e) from e
+    for inp in proto.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if any(not d.HasField("dim_value") for d in dims):
+            shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+            raise TrtpruneError(
+                f"input '{inp.name}' of '{path}' has a dynamic shape {shape}",
+                why="latency is measured for one static shape (batch included)",
+                fix="export with a static batch (trtprune export --batch N)",
+            )
+    return proto

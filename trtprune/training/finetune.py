@@ -1,0 +1,281 @@
+"""Fine-tuning a pruned model: SGD with momentum, a per-step cosine schedule, optional distillation.
+
+A checkpoint (weights, optimizer, epoch, step and the pruning history needed to rebuild the
+architecture) is written atomically after every epoch; ``resume=True`` continues from it.
+
+In a torch.distributed process group (``trtprune finetune --nproc N`` or torchrun; see
+:mod:`trtprune.training.distributed`) every process draws the same global batch of ``batch_size`` images and trains on
+its slice, with DDP averaging the gradients and BatchNorm normalising over the global batch:
+
+* identical to one process, up to floating-point rounding: the images and augmentations of every step, the
+  gradient (losses are weighted by each slice's share of the global batch, so an uneven last batch counts
+  every image once), BatchNorm's batch statistics and running statistics, the learning rate, the optimizer
+  step, the recorded loss and top-1, and the checkpoint (written by rank 0 only; any process count resumes it);
+* not identical: the rounding, as sums over the batch are split across processes. In float64 the weights agree
+  to 1e-13; in float32 the rounding flips a few ReLUs next to zero, which moves the gradient by up to 1e-3, and
+  training amplifies that (after 2 steps the runs differ by 1.5-4 % of the update; tests/test_distributed.py).
+  Also per-process timings (``train_s``), and anything drawn from torch's global random generator (no built-in
+  model has dropout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from trtprune.config import FinetuneConfig
+from trtprune.errors import TrtpruneError
+from trtprune.log import progress
+from trtprune.sources import datasets as D
+from trtprune.sources.weights import load_state, read_checkpoint, save_pruned
+from trtprune.training import distributed as DI
+
+log = logging.getLogger(__name__)
+
+
+def cosine_lr(step: int, total: int, peak: float) -> float:
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: KL between softened distributions, scaled by T^2 to keep gradients comparable."""
+    t = temperature
+    return (
+        F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
+        * t
+        * t
+    )
+
+
+# Settings that shape the optimisation trajectory: a resumed run must use the same ones.
+_RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "distill", "temperature", "train_limit", "seed")
+
+
+def training_device(requested: str = "auto") -> torch.device:
+    """Where to train: ``cpu``, ``cuda`` or ``auto`` (a GPU when torch sees one). In a process group on GPUs,
+    each process takes the GPU of its LOCAL_RANK (set by torchrun and --nproc)."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise TrtpruneError(f"unknown training device '{requested}'", fix="use auto, cpu or cuda")
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise TrtpruneError(
+            "--train-device cuda, but torch sees no CUDA GPU",
+            why=f"this torch ({torch.__version__}) is a CPU build or finds no driver"
+            if torch.version.cuda is None
+            else "no GPU is visible (driver, CUDA_VISIBLE_DEVICES)",
+            fix="install a CUDA build of torch on a machine with an NVIDIA GPU, or train with --train-device cpu",
+        )
+    local = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    if local >= torch.cuda.device_count():
+        raise TrtpruneError(
+            f"process {local} on this node has no GPU of its own ({torch.cuda.device_count()} visible)",
+            fix="start at most one process per GPU on each node (--nproc / --nproc_per_node)",
+        )
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
+
+
+def autocast_dtype(precision: str, device: torch.device | str = "cpu") -> torch.dtype | None:
+    """The autocast dtype: bf16 if asked, or by default where the hardware has it natively (CPUs with
+    AVX512-BF16/AMX, GPUs from Ampere on); None for fp32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TrtpruneError(f"unknown training precision '{precision}'", fix="use auto, fp32 or bf16")
+    if torch.device(device).type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+        if precision == "bf16" and not native:
+            raise TrtpruneError("this GPU has no bf16 arithmetic", fix="train with --precision fp32 (or auto)")
+    elif precision == "auto":
+        try:
+            native = torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a private probe: treat its absence as "no"
+            native = False
+    if precision == "auto":
+        precision = "bf16" if native else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)``, after checking that the compiler it needs on a CPU is there."""
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        raise TrtpruneError(
+            "--compile needs a C++ compiler (torch.compile generates and builds C++ kernels for the CPU)",
+            fix="install one (Debian: apt install g++), or fine-tune without --compile",
+        )
+    return torch.compile(module)
+
+
+def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
+    if not {"optimizer", "epoch", "step"} <= set(ckpt):
+        raise TrtpruneError(
+            f"'{path}' is not a fine-tuning checkpoint (it has no optimizer state)",
+            fix="resume only from a checkpoint written by trtprune finetune, or choose another -o",
+        )
+    saved = ckpt.get("finetune", {})
+    changed = [f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    if changed:
+        raise TrtpruneError(
+            f"'{path}' was fine-tuned with other settings: {', '.join(changed)}",
+            fix="resume with the same settings, or start a new checkpoint",
+        )
+    if saved.get("epochs") != cfg.epochs:
+        log.warning(
+            "resuming with %s epochs instead of %s: the cosine schedule is stretched from here on",
+            cfg.epochs,
+            saved.get("epochs"),
+        )
+
+
+def finetune(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray] | None,
+    mean,
+    std,
+    cfg: FinetuneConfig,
+    *,
+    checkpoint: Path,
+    base_model: str,
+    history: list,
+    teacher: nn.Module | None = None,
+    resume: bool = True,
+) -> list[dict]:
+    """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds).
+
+    In a process group of N processes (see the module's docstring) every process calls this with the same
+    arguments; each returns the same records, and only rank 0 writes ``checkpoint``.
+    """
+    rank, size = DI.world()
+    DI.check_processes(size, cfg.batch_size, source=f"a process group of {size}")
+    x, y = train
+    if cfg.train_limit:
+        x, y = x[: cfg.train_limit], y[: cfg.train_limit]
+    xt, yt = D.to_tensor(x), torch.from_numpy(y)
+    steps_per_epoch = -(-len(xt) // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    device = training_device(cfg.train_device)
+    model.to(device=device, memory_format=fmt)  # before the optimizer: its state follows the parameters
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    )
+    start_epoch = step = 0
+    records: list[dict] = []
+    checkpoint = Path(checkpoint)
+    if resume and checkpoint.is_file():
+        ckpt = read_checkpoint(checkpoint)
+        _check_resumable(ckpt, cfg, checkpoint)
+        load_state(model, ckpt["state_dict"], str(checkpoint))
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, step = int(ckpt["epoch"]), int(ckpt["step"])
+        records = list(ckpt.get("records", []))
+        log.info("resuming from %s after epoch %d/%d", checkpoint, start_epoch, cfg.epochs)
+    DI.check_same(
+        f"after epoch {start_epoch}" if start_epoch else "none",
+        f"the checkpoint at '{checkpoint}' to resume",
+        fix="put -o on a filesystem that every node reads, so that all processes resume from the same checkpoint",
+    )
+    amp = autocast_dtype(cfg.precision, device)
+    log.info("training on %s, arithmetic: %s", device, "bf16 autocast" if amp else "fp32")
+    soft_targets = teacher
+    if cfg.distill > 0:
+        assert teacher is not None, "distillation needs a teacher"
+        teacher.eval().to(device=device, memory_format=fmt)
+        soft_targets = compiled(teacher) if cfg.compile else teacher
+    with contextlib.ExitStack() as stack:
+        net = model
+        if size > 1:
+            synced = stack.enter_context(DI.synced_batchnorm(model))
+            # starts every process from rank 0's weights
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            log.info(
+                "%d processes, %d images each per step, %d BatchNorm layers synchronised",
+                size,
+                cfg.batch_size // size,
+                synced,
+            )
+        if cfg.compile:  # the checkpoints, the evaluation and the caller keep the module itself
+            net = compiled(net)
+            log.info("torch.compile: the first steps compile the model (minutes on a CPU), the rest run faster")
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+            bar = progress(
+                D.batches(
+                    xt, yt, cfg.batch_size, mean, std, shuffle=True, train_augment=True, seed=cfg.seed * 1000 + epoch
+                ),
+                total=steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+            )
+            for xb, yb in bar:  # the global batch, the same in every process
+                lr = cosine_lr(step, total_steps, cfg.lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                # this process's slice; its mean loss is weighted by its share of the global batch (times N, as
+                # DDP averages N gradients), so that every image of an uneven last batch counts alike
+                n_global = len(yb)
+                xb, yb = DI.shard(xb, rank, size), DI.shard(yb, rank, size)
+                xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
+                yb = yb.to(device, non_blocking=True)
+                with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                    out = net(xb).float()  # losses in fp32
+                    if cfg.distill > 0:
+                        with torch.no_grad():
+                            soft = soft_targets(xb).float()
+                if len(yb):
+                    loss = F.cross_entropy(out, yb)
+                    if cfg.distill > 0:
+                        loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
+                    objective = loss if size == 1 else loss * (len(yb) * size / n_global)
+                else:  # a last batch with fewer images than processes: this one has none, but takes part
+                    loss = objective = out.sum() * 0.0
+                opt.zero_grad(set_to_none=True)
+                objective.backward()
+                opt.step()
+                step += 1
+                loss_sum += float(loss.detach()) * len(yb)
+                seen += len(yb)
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.4f}")
+            loss_sum, seen = DI.all_sum(loss_sum, seen)
+            model.eval()
+            record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
+            if test is not None:
+                record["top1"] = DI.top1(model, *test, mean, std)
+            records.append(record)
+            if rank == 0:
+                save_pruned(
+                    checkpoint,
+                    model,
+                    base_model,
+                    history,
+                    optimizer=opt.state_dict(),
+                    epoch=epoch + 1,
+                    step=step,
+                    finetune=asdict(cfg),
+                    records=records,
+                )
+            log.info(
+                "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",
+                epoch + 1,
+                cfg.epochs,
+                record["loss"],
+                f"{record['top1']:.2f} %" if "top1" in record else "-",
+                record["train_s"],
+            )
+    model.to(device="cpu", memory_format=torch.contiguous_format).eval()
+    if teacher is not None:
+        teacher.to("cpu")
+    return records

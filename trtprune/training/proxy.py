@@ -1,0 +1,62 @@
+"""Fast accuracy proxies for searchers: a sub-net's accuracy without fine-tuning it.
+
+``adaptive_bn_top1`` is EagleEye's (Li et al., ECCV 2020): pruning leaves BN running statistics that
+belong to the unpruned network, so they are re-estimated on a few training batches (train-mode
+forward passes, no gradient) before the sub-net is evaluated on a held-out slice of the *training*
+set - the test set is never used to choose a plan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from trtprune.metrics import top1_torch
+from trtprune.sources import datasets as D
+
+HELD_OUT = 5000  # the last images of the training set: the proxy's validation slice
+CALIBRATION_BATCHES = 20  # batches of 100 for re-estimating BN statistics
+
+
+def held_out(train: tuple[np.ndarray, np.ndarray], n: int = HELD_OUT):
+    """(calibration part, validation part) of the training set; the validation part is its last ``n``."""
+    x, y = train
+    return (x[:-n], y[:-n]), (x[-n:], y[-n:])
+
+
+def recalibrate_bn(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    mean,
+    std,
+    batches: int = CALIBRATION_BATCHES,
+    batch_size: int = 100,
+    seed: int = 0,
+) -> None:
+    """Re-estimate every BN's running mean and variance (cumulative average) from ``batches`` batches."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average: every batch weighs the same
+    model.train()
+    xt, yt = D.to_tensor(x), torch.from_numpy(y)
+    try:
+        with torch.no_grad():
+            for i, (xb, _) in enumerate(D.batches(xt, yt, batch_size, mean, std, shuffle=True, seed=seed)):
+                if i >= batches:
+                    break
+                model(xb)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.eval()
+
+
+def adaptive_bn_top1(model: nn.Module, train, mean, std, held_out_n: int = HELD_OUT) -> float:
+    """Top-1 (%) on the held-out training slice after BN recalibration on the rest (model changed in place)."""
+    (cx, cy), (vx, vy) = held_out(train, held_out_n)
+    recalibrate_bn(model, cx, cy, mean, std)
+    return top1_torch(model, vx, vy, mean, std, desc="proxy")
