@@ -53,6 +53,9 @@ class Backend(abc.ABC):
     # report's budget verdict. What a round costs differs by backend (ONNX Runtime: a burst of runs in this
     # process; trtexec: one process per model and round), so each backend says how many it takes.
     deciding_rounds = 30
+    # What a backend can do besides timing; callers test these flags, never hasattr.
+    builds_engines = False  # ``build(onnx, out)`` writes the deployable engine (a TensorRT .plan)
+    runs_outputs = False  # ``outputs(onnx, x)`` runs a model on the engine: parity against ONNX Runtime
 
     def __init__(self, device):
         self.device = device
@@ -92,6 +95,14 @@ class Backend(abc.ABC):
     def kernel(self, model: Path | bytes) -> str:
         """How the engine runs a (single-layer) model, when it matters for combining layers; "" if unknown."""
         return ""
+
+    def build(self, model: Path, out: Path) -> Path:
+        """Build the deployable engine of ``model`` at ``out`` (backends with ``builds_engines``)."""
+        raise NotImplementedError(f"{self.name} builds no engines")
+
+    def outputs(self, model: Path, x: np.ndarray) -> np.ndarray:
+        """``model``'s outputs for the batch ``x`` computed by the engine (backends with ``runs_outputs``)."""
+        raise NotImplementedError(f"{self.name} does not run models for their outputs")
 
     def measure(self, model: Path | bytes, **options) -> Timing:
         return self.compare([model], **options)[0]

@@ -115,6 +115,8 @@ class TrtBackend(Backend):
     """TensorRT engines timed with trtexec on this machine (``gpu``, or a Jetson when run on it)."""
 
     name = "trt"
+    builds_engines = True
+    runs_outputs = True
     deciding_rounds = 5  # each round is one trtexec run (or API timing) of 200 inferences per model
     python_api = True  # fall back to the tensorrt package where trtexec is absent
 

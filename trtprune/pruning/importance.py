@@ -40,32 +40,84 @@ from __future__ import annotations
 
 from trtprune.errors import TrtpruneError
 
-# name -> (Torch-Pruning class, keyword arguments); classes are looked up only when used
-IMPORTANCE: dict[str, tuple[str, dict]] = {
-    "l1": ("GroupMagnitudeImportance", {"p": 1, "group_reduction": "sum", "normalizer": None}),
-    "l2": ("GroupMagnitudeImportance", {"p": 2, "group_reduction": "sum", "normalizer": None}),
-    "bn": ("BNScaleImportance", {"group_reduction": "sum", "normalizer": None}),
-    "taylor": ("GroupTaylorImportance", {"group_reduction": "sum", "normalizer": None, "multivariable": True}),
-    "fisher": ("FisherImportance", {}),  # trtprune's own (below); needs per-batch gradients, see GroupPruner.scores
-    "dynamic": ("DynamicImportance", {}),  # trtprune's own (below); needs a training window, see GroupPruner.scores
+WINDOW_LR = 0.01  # the ``dynamic`` criterion's training window (LAP's short fine-tuning pass)
+
+
+class Criterion:
+    """An importance criterion: ``scorer(model, batches)`` returns ``score(tp_group) -> tensor[channels]``.
+
+    ``needs_data``: it is scored from a few (x, y) training batches (else ``batches`` is None).
+    ``done(model)`` undoes what scoring left on the model (accumulated gradients).
+    """
+
+    needs_data = False
+
+    def scorer(self, model, batches):
+        raise NotImplementedError
+
+    def done(self, model) -> None:
+        pass
+
+
+class TorchPruningCriterion(Criterion):
+    """One of Torch-Pruning's importance classes, by name (looked up only when used)."""
+
+    def __init__(self, cls: str, **kwargs):
+        self.cls, self.kwargs = cls, kwargs
+
+    def scorer(self, model, batches):
+        import torch_pruning as tp
+
+        return getattr(tp.importance, self.cls)(**self.kwargs)
+
+
+class TaylorCriterion(TorchPruningCriterion):
+    """Torch-Pruning's group Taylor score on the loss gradient summed over the batches."""
+
+    needs_data = True
+
+    def scorer(self, model, batches):
+        accumulate_gradients(model, batches)
+        return super().scorer(model, batches)
+
+    def done(self, model) -> None:
+        model.zero_grad(set_to_none=True)
+
+
+class FisherCriterion(Criterion):
+    needs_data = True
+
+    def scorer(self, model, batches):
+        return FisherImportance(model, batch_gradients(model, batches), len(batches[0][1]))
+
+
+class DynamicCriterion(Criterion):
+    needs_data = True
+
+    def scorer(self, model, batches):
+        return DynamicImportance(model, training_window(model, batches))
+
+
+_SUM = {"group_reduction": "sum", "normalizer": None}
+IMPORTANCE: dict[str, Criterion] = {
+    "l1": TorchPruningCriterion("GroupMagnitudeImportance", p=1, **_SUM),
+    "l2": TorchPruningCriterion("GroupMagnitudeImportance", p=2, **_SUM),
+    "bn": TorchPruningCriterion("BNScaleImportance", **_SUM),
+    "taylor": TaylorCriterion("GroupTaylorImportance", multivariable=True, **_SUM),
+    "fisher": FisherCriterion(),
+    "dynamic": DynamicCriterion(),
 }
-NEEDS_GRADIENTS = {"taylor"}  # scored from the loss gradient of a few training batches
-NEEDS_BATCH_GRADIENTS = {"fisher"}  # scored from the gradient of each training batch
-NEEDS_TRAINING = {"dynamic"}  # scored from a short training window on those batches
-NEEDS_DATA = NEEDS_GRADIENTS | NEEDS_BATCH_GRADIENTS | NEEDS_TRAINING
-WINDOW_LR = 0.01
+DEFAULT_IMPORTANCE = "taylor"  # in units of loss, so scores compare across groups: what the searches need
 
 
-def get_importance(name: str):
-    """A callable ``scorer(group) -> tensor[channels]`` for a criterion name."""
-    import torch_pruning as tp
-
+def get_criterion(name: str) -> Criterion:
     if name not in IMPORTANCE:
         raise TrtpruneError(f"unknown importance criterion '{name}'", fix=f"use one of {', '.join(IMPORTANCE)}")
-    cls, kwargs = IMPORTANCE[name]
-    if name in NEEDS_TRAINING | NEEDS_BATCH_GRADIENTS:
-        raise TrtpruneError(f"importance '{name}' is computed by GroupPruner.scores (it needs training batches)")
-    return getattr(tp.importance, cls)(**kwargs)
+    return IMPORTANCE[name]
+
+
+def needs_data(name: str) -> bool:
+    return get_criterion(name).needs_data
 
 
 def training_window(model, batches) -> dict:

@@ -21,17 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from trtprune.errors import TrtpruneError
-from trtprune.pruning.importance import (
-    NEEDS_BATCH_GRADIENTS,
-    NEEDS_DATA,
-    NEEDS_GRADIENTS,
-    DynamicImportance,
-    FisherImportance,
-    accumulate_gradients,
-    batch_gradients,
-    get_importance,
-    training_window,
-)
+from trtprune.pruning.importance import get_criterion
 from trtprune.sources.models.shortcut import ChannelPadShortcut
 
 log = logging.getLogger(__name__)
@@ -154,29 +144,27 @@ class GroupPruner:
         Criteria that need gradients take them from ``batches`` (a few (x, y) training batches).
         """
 
-        if importance in NEEDS_DATA and batches is None:
+        criterion = get_criterion(importance)
+        if criterion.needs_data and batches is None:
             raise TrtpruneError(
                 f"importance '{importance}' needs training data", fix="give the data (--data), or use l1, l2 or bn"
             )
-        if importance in NEEDS_GRADIENTS:
-            accumulate_gradients(self.model, batches)
-        if importance == "dynamic":
-            scorer = DynamicImportance(self.model, training_window(self.model, batches))
-        elif importance in NEEDS_BATCH_GRADIENTS:
-            scorer = FisherImportance(self.model, batch_gradients(self.model, batches), len(batches[0][1]))
-        else:
-            scorer = get_importance(importance)
+        scorer = criterion.scorer(self.model, batches)
         out = {}
         for tp_group in self._tp_groups():
             out[self._describe(tp_group).name] = scorer(tp_group).detach().cpu().numpy().astype(np.float64)
-        if importance in NEEDS_GRADIENTS:
-            self.model.zero_grad(set_to_none=True)
+        criterion.done(self.model)
         return out
 
     def prune_to(self, plan: Mapping[str, int], importance: str = "l1", scores: Mapping | None = None) -> None:
         """Keep ``plan[name]`` channels of each named group, dropping the least important ones (by
         ``scores`` from :meth:`scores` if given, else by the ``importance`` criterion)."""
-        scorer = get_importance(importance) if scores is None else None
+        scorer = None
+        if scores is None:
+            criterion = get_criterion(importance)
+            if criterion.needs_data:  # scored once, from batches: the caller passes scores()
+                raise TrtpruneError(f"importance '{importance}' needs training batches: pass scores=pruner.scores(...)")
+            scorer = criterion.scorer(self.model, None)
         todo = dict(plan)
         current = {g.name: g for g in self.groups()}
         unknown = sorted(set(todo) - set(current))

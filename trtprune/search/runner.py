@@ -9,13 +9,12 @@ from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.predict import Predictor
-from trtprune.pruning.importance import NEEDS_DATA
+from trtprune.pruning.importance import needs_data
 from trtprune.pruning.prune import GroupPruner
 from trtprune.search import get_searcher
 from trtprune.search.plan import Budget, Plan
 from trtprune.search.space import SearchSpace
-from trtprune.sources import datasets as D
-from trtprune.sources.datasets import load_split
+from trtprune.sources.images import Images, open_images
 from trtprune.sources.weights import load_model
 
 log = logging.getLogger(__name__)
@@ -24,18 +23,17 @@ SCORE_BATCHES = 8  # training batches of 64 whose loss gradient gives the Taylor
 SCORE_BATCH_SIZE = 64
 
 
-def score_batches(data: str | None, spec, n: int = SCORE_BATCHES, batch_size: int = SCORE_BATCH_SIZE):
-    """The first ``n`` training batches, unshuffled and unaugmented: the same ones every time."""
-    import torch
-
-    x, y = load_split(data, "train", n * batch_size)
-    return list(D.batches(D.to_tensor(x), torch.from_numpy(y), batch_size, spec.mean, spec.std))
+def score_batches(data, spec, n: int = SCORE_BATCHES, batch_size: int = SCORE_BATCH_SIZE):
+    """The first ``n`` training batches, unshuffled and unaugmented: the same ones every time. ``data``: a
+    dataset name for :func:`open_images`, or the training Images themselves."""
+    train = data if isinstance(data, Images) else open_images(data, "train", spec.input_shape)
+    return list(train.limit(n * batch_size).batches(batch_size, spec.mean, spec.std))
 
 
 def channel_scores(model, spec, importance: str, data: str | None):
     """Importance of every channel of every group of ``model`` (see trtprune.pruning.importance)."""
 
-    batches = score_batches(data, spec) if importance in NEEDS_DATA else None
+    batches = score_batches(data, spec) if needs_data(importance) else None
     return GroupPruner(model, spec.input_shape).scores(importance, batches)
 
 
