@@ -122,7 +122,7 @@ def tuned_for(plan_path: Path, cfg: FinetuneConfig, weights, data, train, test) 
         resume=True,
     )
     save_pruned(out, model, spec.name, read_checkpoint(ckpt)["history"])
-    top1 = top1_torch(model, *test, spec.mean, spec.std)
+    top1 = top1_torch(model, test, spec.mean, spec.std)
     write_json(result, {"top1": top1, "epochs": cfg.epochs, "lr": cfg.lr})
     return out, top1
 
@@ -188,7 +188,7 @@ def main() -> None:
     baseline_on = set(a.baselines_on.split(",")) if a.baselines_on else {d.name for d in devices}
     no_tune = FinetuneConfig(epochs=0)
     base_model, base_spec = load_model("resnet56", weights)
-    base_top1 = top1_torch(base_model, *test, base_spec.mean, base_spec.std)
+    base_top1 = top1_torch(base_model, test, base_spec.mean, base_spec.std)
     rows, checkpoints = [], {}
     for device in devices:
         for budget in budgets:

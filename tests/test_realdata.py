@@ -23,7 +23,7 @@ def test_the_onnx_export_keeps_the_accuracy(real_data, tmp_path):
     x, y = load_cifar10(real_data, "test")
     e = onnx_from_torch(model, tmp_path / "r20.onnx", spec.input_shape, batch=250)
     assert e.max_abs_diff < 1e-4
-    assert top1_onnx(tmp_path / "r20.onnx", x, y, spec.mean, spec.std) == pytest.approx(91.73, abs=0.02)
+    assert top1_onnx(tmp_path / "r20.onnx", (x, y), spec.mean, spec.std) == pytest.approx(91.73, abs=0.02)
 
 
 def test_a_prune_that_removes_nothing_keeps_the_accuracy_exactly(real_data):
@@ -31,4 +31,4 @@ def test_a_prune_that_removes_nothing_keeps_the_accuracy_exactly(real_data):
     pruner = GroupPruner(model, spec.input_shape)
     pruner.prune_to({g.name: g.channels for g in pruner.groups()})
     x, y = load_cifar10(real_data, "test")
-    assert top1_torch(model, x, y, spec.mean, spec.std) == 91.73
+    assert top1_torch(model, (x, y), spec.mean, spec.std) == 91.73

@@ -12,7 +12,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, get_device
-from trtprune.metrics import top1_onnx, top1_torch
+from trtprune.metrics import accuracy_onnx, accuracy_torch
 from trtprune.plots import stairs_plot
 from trtprune.profiling.fleet import Fleet
 from trtprune.profiling.layers import layers_of
@@ -27,7 +27,8 @@ from trtprune.run import Run, RunConfig, read_config, run_all
 from trtprune.search import Budget, Plan, runner
 from trtprune.search.runner import channel_scores
 from trtprune.sources import fetch
-from trtprune.sources.datasets import ensure_cifar10, load_split
+from trtprune.sources.datasets import ensure_cifar10
+from trtprune.sources.images import open_images
 from trtprune.sources.models import BUILTIN, model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned, unsafe_pickle
 from trtprune.training import distributed as DI
@@ -115,15 +116,22 @@ def cmd_measure(a) -> None:
 
 def cmd_eval(a) -> None:
 
-    x, y = load_split(a.data, a.split, a.limit)
     if a.onnx:
-        read_onnx(a.onnx)
+        model = read_onnx(a.onnx)
         spec = model_spec(a.model)
-        acc, what = top1_onnx(a.onnx, x, y, spec.mean, spec.std), a.onnx
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
+        shape = tuple(dims[1:]) if len(dims) == 4 and all(dims[1:]) else spec.input_shape
+        images = open_images(a.data, a.split, shape, a.limit)
+        acc, what = accuracy_onnx(a.onnx, images, spec.mean, spec.std), a.onnx
     else:
         model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
-        acc, what = top1_torch(model, x, y, spec.mean, spec.std), f"{spec.name} ({a.weights or 'published weights'})"
-    print(f"top-1 {acc:.2f} % on {len(x):,} {a.split} images: {what}")
+        images = open_images(a.data, a.split, spec.input_shape, a.limit)
+        acc, what = (
+            accuracy_torch(model, images, spec.mean, spec.std),
+            f"{spec.name} ({a.weights or 'published weights'})",
+        )
+    top5 = f", top-5 {acc['top5']:.2f} %" if "top5" in acc else ""
+    print(f"top-1 {acc['top1']:.2f} %{top5} on {len(images):,} {a.split} images: {what}")
 
 
 def _budget(a):
@@ -228,8 +236,8 @@ def _finetune_job(a, cfg) -> list[dict]:
         teacher = load_model(a.model, a.teacher)[0] if cfg.distill > 0 else None
     return finetune(
         model,
-        load_split(a.data, "train"),
-        load_split(a.data, "test", a.eval_limit),
+        open_images(a.data, "train", spec.input_shape),
+        open_images(a.data, "test", spec.input_shape, a.eval_limit),
         spec.mean,
         spec.std,
         cfg,

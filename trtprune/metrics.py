@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from trtprune.errors import TrtpruneError
 from trtprune.latency.ort import ort_session
 from trtprune.log import progress
-from trtprune.sources import datasets as D
+from trtprune.sources.images import Images, as_images
 
 
 def count_params(model: nn.Module) -> int:
@@ -38,40 +37,85 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(total)
 
 
-def top1_torch(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int = 500, desc: str = "eval"
-) -> float:
-    """Top-1 accuracy in percent of ``model`` on uint8 NHWC images ``x`` with labels ``y``."""
+def _check_classes(outputs: int, images: Images, what: str) -> None:
+    if images.num_classes is not None and outputs < images.num_classes:
+        raise TrtpruneError(
+            f"{what} has {outputs} outputs, but the images have {images.num_classes} classes ({images.name})",
+            why="a model scores one class per output; labels beyond its outputs can never be right",
+            fix="give the data the model was made for, or a model whose head has one output per class",
+        )
+
+
+class _Counter:
+    """Top-1, and top-5 where there are more than 10 classes, in percent."""
+
+    def __init__(self, images: Images, what: str):
+        self.images, self.what, self.n, self.correct = images, what, 0, {1: 0, 5: 0}
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if self.n == 0:
+            _check_classes(logits.shape[1], self.images, self.what)
+        for k in self.correct:
+            if k <= logits.shape[1]:
+                top = logits.topk(k, 1).indices
+                self.correct[k] += int((top == labels[:, None]).any(1).sum())
+        self.n += len(labels)
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise TrtpruneError(f"no images to evaluate {self.what} on", fix="give a dataset with images")
+        out = {"top1": 100.0 * self.correct[1] / self.n}
+        if (self.images.num_classes or 0) > 10:
+            out["top5"] = 100.0 * self.correct[5] / self.n
+        return out
+
+
+def accuracy_torch(model: nn.Module, images, mean, std, batch_size: int = 500, desc: str = "eval") -> dict:
+    """``{"top1": %, ["top5": %]}`` of ``model`` on ``images`` (see :func:`trtprune.sources.images.as_images`)."""
+    images = as_images(images)
     model.eval()
     device = next(model.parameters()).device  # where the model is (a GPU while fine-tuning on one)
-    xt, yt = D.to_tensor(x), torch.from_numpy(y)
-    correct = 0
+    counter = _Counter(images, "the model")
     with torch.no_grad():
         for xb, yb in progress(
-            D.batches(xt, yt, batch_size, mean, std), total=-(-len(x) // batch_size), desc=desc, unit="batch"
+            images.batches(batch_size, mean, std), total=-(-len(images) // batch_size), desc=desc, unit="batch"
         ):
-            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
-    return 100.0 * correct / len(x)
+            counter.add(model(xb.to(device)).float().cpu(), yb)
+    return counter.result()
 
 
-def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, desc: str = "eval") -> float:
-    """Top-1 of an ONNX model with ONNX Runtime; its static batch is filled by padding the last one."""
+def top1_torch(model: nn.Module, images, mean, std, batch_size: int = 500, desc: str = "eval") -> float:
+    """Top-1 accuracy in percent of ``model`` on ``images`` (Images, (x, y) uint8 NHWC arrays, or a loader)."""
+    return accuracy_torch(model, images, mean, std, batch_size, desc)["top1"]
 
+
+def accuracy_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval") -> dict:
+    """Top-1 (and top-5) of an ONNX model with ONNX Runtime; its static batch is filled by padding the last one."""
+    images = as_images(images)
     sess = ort_session(path, threads)
-    inp = sess.get_inputs()[0]
-    image = (x.shape[3], *x.shape[1:3]) if x.ndim == 4 else tuple(x.shape[1:])  # NHWC images -> C, H, W
-    if len(inp.shape) != 4 or tuple(inp.shape[1:]) != image:
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
         raise TrtpruneError(
-            f"'{path}' takes input '{inp.name}' of shape {list(inp.shape)}, but the images are {list(image)} (C, H, W)",
-            fix="evaluate the ONNX export of a model made for these images (trtprune export --model ...)",
+            f"'{path}' has {len(inputs)} inputs ({', '.join(i.name for i in inputs)})",
+            why="trtprune evaluates image classifiers: one image batch in, one score per class out",
+            fix="evaluate a model with a single image input",
         )
+    inp = inputs[0]
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
-    xt, yt = D.to_tensor(x), torch.from_numpy(y)
-    correct = 0
-    for xb, yb in progress(D.batches(xt, yt, batch, mean, std), total=-(-len(x) // batch), desc=desc, unit="batch"):
+    counter = _Counter(images, f"'{path}'")
+    for xb, yb in progress(images.batches(batch, mean, std), total=-(-len(images) // batch), desc=desc, unit="batch"):
+        if len(inp.shape) != 4 or tuple(inp.shape[1:]) != tuple(xb.shape[1:]):
+            raise TrtpruneError(
+                f"'{path}' takes input '{inp.name}' of shape {list(inp.shape)}, but the images are "
+                f"{list(xb.shape[1:])} (C, H, W)",
+                fix="evaluate the ONNX export of a model made for these images (trtprune export --model ...)",
+            )
         n = len(xb)
         if n < batch:
             xb = torch.cat([xb, xb.new_zeros(batch - n, *xb.shape[1:])])
-        logits = sess.run(None, {inp.name: xb.numpy()})[0][:n]
-        correct += int((logits.argmax(1) == yb.numpy()).sum())
-    return 100.0 * correct / len(x)
+        counter.add(torch.from_numpy(sess.run(None, {inp.name: xb.numpy()})[0][:n]), yb)
+    return counter.result()
+
+
+def top1_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval") -> float:
+    return accuracy_onnx(path, images, mean, std, threads, desc)["top1"]

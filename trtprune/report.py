@@ -8,11 +8,11 @@ import logging
 from trtprune.deploy.parity import parity
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import get_backend
-from trtprune.metrics import count_macs, count_params, top1_onnx
+from trtprune.metrics import accuracy_onnx, count_macs, count_params
 from trtprune.plots import channels_plot
 from trtprune.provenance import provenance
 from trtprune.search.plan import Budget
-from trtprune.sources.datasets import load_split, normalize, to_tensor
+from trtprune.sources.images import open_images
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -29,17 +29,17 @@ def stage_report(run) -> dict:
     base_model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
     pruned_model, _ = load_model(run.cfg.model, run.path("model.pt"))
     onnx = {"baseline": run.path("baseline.onnx"), "pruned": run.path("pruned.onnx")}
-    x, y = load_split(run.data, "test", run.cfg.eval_limit)
+    test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
     with get_backend(run.device) as backend:
         timings = dict(zip(onnx, backend.compare(list(onnx.values()), rounds=backend.deciding_rounds)))
         device_info = backend.info()
-        if hasattr(backend, "outputs"):  # an engine that is not ONNX Runtime: check it computes the same
-            xs = normalize(to_tensor(x[: 8 * run.device.batch]), spec.mean, spec.std).numpy()
+        if backend.runs_outputs:  # an engine that is not ONNX Runtime: check it computes the same
+            xs = next(test.limit(8 * run.device.batch).batches(8 * run.device.batch, spec.mean, spec.std))[0].numpy()
             device_info["parity"] = parity(backend, onnx["pruned"], xs, run.device.batch)
     report = {
         "model": spec.name,
         "device": device_info,
-        "eval": {"split": "test", "images": int(len(x))},
+        "eval": {"split": "test", "images": len(test), "data": test.name},
         "method": json.loads(run.path("plan.json").read_text()),
         "finetune": {**run.cfg.finetune.__dict__, "records": read_checkpoint(run.path("model.pt")).get("records")},
     }
@@ -47,7 +47,7 @@ def stage_report(run) -> dict:
         report[role] = {
             "onnx": str(onnx[role]),
             "latency": timings[role].to_dict(),
-            "top1": top1_onnx(onnx[role], x, y, spec.mean, spec.std, desc=f"top-1 {role}"),
+            **accuracy_onnx(onnx[role], test, spec.mean, spec.std, desc=f"top-1 {role}"),  # top1 (and top5)
             **_model_facts(model, spec),
         }
     report["speedup"] = timings["baseline"].median_ms / timings["pruned"].median_ms
@@ -136,6 +136,7 @@ def markdown(r: dict) -> str:
         row("latency median (ms)", lat, "median_ms"),
         row("latency p90 (ms)", lat, "p90_ms"),
         f"| top-1 (%, {r['eval']['images']:,} test images) | {b['top1']:.2f} | {p['top1']:.2f} |",
+        *([f"| top-5 (%) | {b['top5']:.2f} | {p['top5']:.2f} |"] if "top5" in b else []),
         row("parameters", num, "params"),
         row("MACs", num, "macs"),
         "",

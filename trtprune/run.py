@@ -28,7 +28,7 @@ from trtprune.report import stage_report
 from trtprune.search import runner
 from trtprune.search.plan import Budget, Plan
 from trtprune.search.runner import channel_scores
-from trtprune.sources.datasets import load_split
+from trtprune.sources.images import open_images
 from trtprune.sources.models import model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned
 from trtprune.training.finetune import finetune
@@ -226,7 +226,8 @@ def stage_finetune(run: Run, out: Path) -> None:
     history = read_checkpoint(run.path("pruned.pt"))["history"]
     cfg = run.cfg.finetune
     teacher = _load_base(run)[0] if cfg.distill > 0 else None
-    train, test = load_split(run.data, "train"), load_split(run.data, "test", run.cfg.eval_limit)
+    train = open_images(run.data, "train", spec.input_shape)
+    test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
     finetune(
         model,
         train,

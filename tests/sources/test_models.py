@@ -9,9 +9,22 @@ PUBLISHED = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.
 
 
 @pytest.mark.parametrize("name", list(BUILTIN))
-def test_builtin_models_classify_cifar_images(name):
+def test_builtin_models_classify_images_of_their_input_shape(name):
+    spec = model_spec(name)
     model = build_model(name)
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert model(torch.randn(2, *spec.input_shape)).shape == (2, spec.num_classes)
+
+
+@pytest.mark.parametrize(
+    "name,params,macs",  # torchvision's ResNet-18 and MobileNetV2 (1.0) have these sizes too
+    [("resnet18", 11_689_512, 1_814_073_344), ("mobilenet_v2_imagenet", 3_504_872, 300_774_272)],
+)
+def test_imagenet_layouts_have_the_published_sizes(name, params, macs):
+    from trtprune.metrics import count_macs, count_params
+
+    model = build_model(name)
+    assert model_spec(name).input_shape == (3, 224, 224)
+    assert (count_params(model), count_macs(model, (3, 224, 224))) == (params, macs)
 
 
 @pytest.mark.parametrize("name,params", [("resnet20", 269_722), ("resnet32", 464_154), ("resnet56", 853_018)])

@@ -9,8 +9,9 @@ from trtprune.training.proxy import adaptive_bn_top1, held_out, recalibrate_bn
 
 def test_held_out_is_the_end_of_the_training_set():
     x, y = synthetic_cifar10(100)
-    (cx, cy), (vx, vy) = held_out((x, y), 30)
-    assert len(cx) == 70 and len(vx) == 30 and (vx == x[70:]).all() and (vy == y[70:]).all()
+    calibration, validation = held_out((x, y), 30)
+    assert len(calibration) == 70 and len(validation) == 30
+    assert (validation.x == x[70:]).all() and (validation.y == y[70:]).all() and (calibration.x == x[:70]).all()
 
 
 def test_recalibration_replaces_the_bn_statistics_and_keeps_the_momentum():
@@ -18,7 +19,7 @@ def test_recalibration_replaces_the_bn_statistics_and_keeps_the_momentum():
     model = build_model("resnet20")
     x, y = synthetic_cifar10(200)
     before = copy.deepcopy(model.bn1.running_mean)
-    recalibrate_bn(model, x, y, IMAGENET_MEAN, IMAGENET_STD, batches=2)
+    recalibrate_bn(model, (x, y), IMAGENET_MEAN, IMAGENET_STD, batches=2)
     assert not torch.allclose(before, model.bn1.running_mean)
     assert model.bn1.momentum == 0.1 and not model.training
     assert int(model.bn1.num_batches_tracked) == 2

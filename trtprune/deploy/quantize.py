@@ -64,7 +64,7 @@ from trtprune.deploy.export import read_onnx, run_onnx
 from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path
 from trtprune.sources import datasets as D
-from trtprune.sources.datasets import load_split
+from trtprune.sources.images import open_images
 from trtprune.sources.models import model_spec
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,15 @@ def _check_n(n: int) -> None:
 
 
 def calib_from_training(data: str | None, spec, n: int = 512) -> np.ndarray:
-    """``n`` training images of CIFAR-10 under ``data`` (see ``--data``), normalised for ``spec``: the
-    calibration set when the user gives none."""
-
-    x, _ = load_split(data, "train")
-    return calib_array(x, spec, n, "the training set")
+    """``n`` training images of the dataset ``data`` (see ``--data``; evenly spaced), normalised for ``spec``:
+    float32 NCHW, the calibration set when the user gives none."""
+    spec = _spec_of(spec)
+    _check_n(n)
+    train = open_images(data, "train", spec.input_shape)
+    if len(train) == 0:
+        raise TrtpruneError("the training set holds no images", fix="give at least one calibration image")
+    chosen = train.select(_evenly(len(train), n))
+    return np.concatenate([xb.numpy() for xb, _ in chosen.batches(256, spec.mean, spec.std)]).astype(np.float32)
 
 
 def calib_array(x: np.ndarray, spec, n: int, source: str = "the calibration array") -> np.ndarray:

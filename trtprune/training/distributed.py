@@ -45,6 +45,7 @@ from torch import nn
 from trtprune import log as logsetup
 from trtprune.errors import TrtpruneError
 from trtprune.metrics import top1_torch
+from trtprune.sources.images import as_images
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +172,18 @@ def shard(t: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     return t if size == 1 else torch.tensor_split(t, size)[rank]
 
 
-def top1(model: nn.Module, x, y, mean, std) -> float:
-    """Top-1 in percent of ``model`` on all of ``x``, each process evaluating its share (same weights everywhere)."""
+def top1(model: nn.Module, images, mean, std) -> float:
+    """Top-1 in percent of ``model`` on all of ``images``, each process evaluating its share (same weights
+    everywhere)."""
 
+    images = as_images(images)
     rank, size = world()
     if size == 1:
-        return top1_torch(model, x, y, mean, std, desc="eval")
-    lo, hi = len(x) * rank // size, len(x) * (rank + 1) // size
-    correct = round(top1_torch(model, x[lo:hi], y[lo:hi], mean, std, desc="eval") * (hi - lo) / 100) if hi > lo else 0
-    return 100.0 * all_sum(correct)[0] / len(x)
+        return top1_torch(model, images, mean, std, desc="eval")
+    lo, hi = len(images) * rank // size, len(images) * (rank + 1) // size
+    share = images.take(lo, hi)
+    correct = round(top1_torch(model, share, mean, std, desc="eval") * (hi - lo) / 100) if hi > lo else 0
+    return 100.0 * all_sum(correct)[0] / len(images)
 
 
 # -- BatchNorm over the global batch ----------------------------------------------------------------

@@ -29,7 +29,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trtprune.config import FinetuneConfig
 from trtprune.errors import TrtpruneError
 from trtprune.log import progress
-from trtprune.sources import datasets as D
+from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_state, read_checkpoint, save_pruned
 from trtprune.training import distributed as DI
 
@@ -140,8 +139,8 @@ def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
 
 def finetune(
     model: nn.Module,
-    train: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray] | None,
+    train,
+    test,
     mean,
     std,
     cfg: FinetuneConfig,
@@ -154,16 +153,17 @@ def finetune(
 ) -> list[dict]:
     """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds).
 
+    ``train`` and ``test`` (None: no evaluation) are :class:`~trtprune.sources.images.Images`, ``(x, y)`` uint8
+    NHWC arrays or loaders of ``(x, y)`` batches (used as given: ``mean``/``std`` and the augmentation are then
+    the loader's own).
+
     In a process group of N processes (see the module's docstring) every process calls this with the same
     arguments; each returns the same records, and only rank 0 writes ``checkpoint``.
     """
     rank, size = DI.world()
     DI.check_processes(size, cfg.batch_size, source=f"a process group of {size}")
-    x, y = train
-    if cfg.train_limit:
-        x, y = x[: cfg.train_limit], y[: cfg.train_limit]
-    xt, yt = D.to_tensor(x), torch.from_numpy(y)
-    steps_per_epoch = -(-len(xt) // cfg.batch_size)
+    train = as_images(train).limit(cfg.train_limit)
+    steps_per_epoch = -(-len(train) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     device = training_device(cfg.train_device)
@@ -213,9 +213,7 @@ def finetune(
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
             bar = progress(
-                D.batches(
-                    xt, yt, cfg.batch_size, mean, std, shuffle=True, train_augment=True, seed=cfg.seed * 1000 + epoch
-                ),
+                train.batches(cfg.batch_size, mean, std, shuffle=True, augment=True, seed=cfg.seed * 1000 + epoch),
                 total=steps_per_epoch,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
                 unit="batch",
@@ -253,7 +251,7 @@ def finetune(
             model.eval()
             record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
             if test is not None:
-                record["top1"] = DI.top1(model, *test, mean, std)
+                record["top1"] = DI.top1(model, test, mean, std)
             records.append(record)
             if rank == 0:
                 save_pruned(

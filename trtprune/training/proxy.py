@@ -8,27 +8,25 @@ set - the test set is never used to choose a plan.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from trtprune.metrics import top1_torch
-from trtprune.sources import datasets as D
+from trtprune.sources.images import Images, as_images
 
 HELD_OUT = 5000  # the last images of the training set: the proxy's validation slice
 CALIBRATION_BATCHES = 20  # batches of 100 for re-estimating BN statistics
 
 
-def held_out(train: tuple[np.ndarray, np.ndarray], n: int = HELD_OUT):
-    """(calibration part, validation part) of the training set; the validation part is its last ``n``."""
-    x, y = train
-    return (x[:-n], y[:-n]), (x[-n:], y[-n:])
+def held_out(train, n: int = HELD_OUT) -> tuple[Images, Images]:
+    """(calibration part, validation part) of the training images; the validation part is their last ``n``."""
+    train = as_images(train)
+    return train.take(0, len(train) - n), train.take(len(train) - n)
 
 
 def recalibrate_bn(
     model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
+    images,
     mean,
     std,
     batches: int = CALIBRATION_BATCHES,
@@ -42,10 +40,9 @@ def recalibrate_bn(
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average: every batch weighs the same
     model.train()
-    xt, yt = D.to_tensor(x), torch.from_numpy(y)
     try:
         with torch.no_grad():
-            for i, (xb, _) in enumerate(D.batches(xt, yt, batch_size, mean, std, shuffle=True, seed=seed)):
+            for i, (xb, _) in enumerate(as_images(images).batches(batch_size, mean, std, shuffle=True, seed=seed)):
                 if i >= batches:
                     break
                 model(xb)
@@ -57,6 +54,6 @@ def recalibrate_bn(
 
 def adaptive_bn_top1(model: nn.Module, train, mean, std, held_out_n: int = HELD_OUT) -> float:
     """Top-1 (%) on the held-out training slice after BN recalibration on the rest (model changed in place)."""
-    (cx, cy), (vx, vy) = held_out(train, held_out_n)
-    recalibrate_bn(model, cx, cy, mean, std)
-    return top1_torch(model, vx, vy, mean, std, desc="proxy")
+    calibration, validation = held_out(train, held_out_n)
+    recalibrate_bn(model, calibration, mean, std)
+    return top1_torch(model, validation, mean, std, desc="proxy")

@@ -34,6 +34,7 @@ class ModelSpec:
 
 
 _R = "trtprune.sources.models.resnet_cifar"
+_I = "trtprune.sources.models.imagenet"
 BUILTIN: dict[str, ModelSpec] = {
     "resnet20": ModelSpec("resnet20", f"{_R}:resnet20", pretrained="resnet20"),
     "resnet32": ModelSpec("resnet32", f"{_R}:resnet32", pretrained="resnet32"),
@@ -42,6 +43,11 @@ BUILTIN: dict[str, ModelSpec] = {
     "resnet110": ModelSpec("resnet110", f"{_R}:resnet110"),
     "vgg16_bn": ModelSpec("vgg16_bn", "trtprune.sources.models.vgg_cifar:vgg16_bn"),
     "mobilenet_v2": ModelSpec("mobilenet_v2", "trtprune.sources.models.mobilenetv2_cifar:mobilenet_v2"),
+    # ImageNet layouts at 224x224 (architectures only: bring the weights)
+    "resnet18": ModelSpec("resnet18", f"{_I}:resnet18", (3, 224, 224), num_classes=1000),
+    "mobilenet_v2_imagenet": ModelSpec(
+        "mobilenet_v2_imagenet", f"{_I}:mobilenet_v2_imagenet", (3, 224, 224), num_classes=1000
+    ),
 }
 
 

@@ -1,0 +1,361 @@
+"""Labelled images, read in batches: what fine-tuning, evaluation, importance scoring and calibration read.
+
+Three kinds, one interface (:class:`Images`):
+
+* :class:`ArrayImages`: uint8 NHWC pixels in memory (CIFAR-10 as shipped: 150 MB); training crops with 4 pixels
+  of zero padding and flips, as the CIFAR ResNets were trained.
+* :class:`FolderImages`: an image folder (``train/<class>/*``, ``val/<class>/*``) of any size and number of
+  classes, decoded lazily by a ``torch.utils.data.DataLoader`` with worker processes (never all in memory).
+  Images larger than the model's input are read as ImageNet's were: training takes a random crop of 35-100 %
+  of the area at an aspect of 3/4..4/3, resized to the input, and flips it; evaluation resizes the shorter
+  side to 1/0.875 of the input and takes the centre. Images at the input size are read as CIFAR's were:
+  training shifts them by up to 1/8 of a side (zero fill) and flips them; evaluation takes them whole.
+* :class:`LoaderImages`: the user's own loader yielding ``(x, y)`` batches, used as given (its transforms,
+  normalisation and order are the user's).
+
+``batches(batch_size, mean, std, shuffle=, augment=, seed=)`` yields normalised float32 NCHW tensors and
+int64 labels. The order and the augmentation depend on ``seed`` only (and on the image's index), not on
+the number of worker processes nor on which process asks, so every process of a distributed fine-tune
+draws the same global batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trtprune.errors import TrtpruneError
+from trtprune.sources import datasets as D
+from trtprune.sources import fetch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, then the centre crop (ImageNet practice)
+TRAIN_SCALE = (0.35, 1.0)  # training crops: this fraction of the image's area ...
+TRAIN_RATIO = (3 / 4, 4 / 3)  # ... at this aspect ratio, resized to the input size
+
+
+class Images:
+    """A labelled image set. ``num_classes`` is None when it cannot be known (a user loader without it)."""
+
+    num_classes: int | None = None
+    name = "images"
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def take(self, start: int, stop: int | None = None) -> Images:
+        """The images ``start:stop`` (in the set's own order)."""
+        raise NotImplementedError
+
+    def batches(
+        self, batch_size: int, mean, std, *, shuffle: bool = False, augment: bool = False, seed: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def select(self, indices: Sequence[int]) -> Images:
+        """The images at ``indices``."""
+        raise NotImplementedError
+
+    def limit(self, n: int) -> Images:
+        """The first ``n`` images (all of them for 0)."""
+        return self.take(0, n) if n else self
+
+
+class ArrayImages(Images):
+    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int | None = None, name: str = "arrays"):
+        self.x, self.y, self.name = x, np.asarray(y, dtype=np.int64), name
+        self.num_classes = num_classes or (int(self.y.max()) + 1 if len(self.y) else None)
+        self._xt = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, start: int, stop: int | None = None) -> ArrayImages:
+        return ArrayImages(self.x[start:stop], self.y[start:stop], self.num_classes, self.name)
+
+    def select(self, indices) -> ArrayImages:
+        return ArrayImages(self.x[indices], self.y[indices], self.num_classes, self.name)
+
+    def batches(self, batch_size, mean, std, *, shuffle=False, augment=False, seed=0):
+        if self._xt is None:
+            self._xt = D.to_tensor(self.x)
+        yield from D.batches(
+            self._xt, torch.from_numpy(self.y), batch_size, mean, std, shuffle=shuffle, train_augment=augment, seed=seed
+        )
+
+
+def _train_crop(w: int, h: int, gen: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random box (left, top, right, bottom) of TRAIN_SCALE of the area at an aspect in TRAIN_RATIO."""
+    area = w * h
+    for _ in range(10):
+        target = area * gen.uniform(*TRAIN_SCALE)
+        ratio = math.exp(gen.uniform(math.log(TRAIN_RATIO[0]), math.log(TRAIN_RATIO[1])))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(gen.integers(0, w - cw + 1)), int(gen.integers(0, h - ch + 1))
+            return left, top, left + cw, top + ch
+    side = min(w, h)  # a centre square when no random box fits
+    return (w - side) // 2, (h - side) // 2, (w + side) // 2, (h + side) // 2
+
+
+def _eval_box(w: int, h: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The centre box that, resized to ``size`` (H, W), is the centre crop after resizing the shorter side."""
+    th, tw = size
+    scale = min(w / (tw / EVAL_CROP), h / (th / EVAL_CROP))  # source pixels per resized pixel
+    cw, ch = min(w, tw * scale), min(h, th * scale)
+    left, top = (w - cw) / 2, (h - ch) / 2
+    return round(left), round(top), round(left + cw), round(top + ch)
+
+
+class _Decoded(torch.utils.data.Dataset):
+    """Files decoded to uint8 CHW tensors of ``size``; index ``(i, augment, seed)``."""
+
+    def __init__(self, files: Sequence[Path], size: tuple[int, int]):  # noqa: D107
+        self.files, self.size = files, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key):
+        from PIL import Image
+
+        i, augment, seed = key
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            th, tw = self.size
+            gen = np.random.default_rng([seed, i]) if augment else None
+            if (w, h) == (tw, th):  # at the input size already (CIFAR-like): shifted and flipped, or whole
+                if augment:
+                    pad = max(1, tw // 8)
+                    dx, dy = (int(v) for v in gen.integers(-pad, pad + 1, 2))
+                    im = im.crop((dx, dy, dx + tw, dy + th))  # zero fill beyond the edges
+            else:
+                box = _train_crop(w, h, gen) if augment else _eval_box(w, h, self.size)
+                im = im.resize((tw, th), Image.BILINEAR, box=box)
+            if augment and gen.random() < 0.5:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())
+
+
+def _default_workers() -> int:
+    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class FolderImages(Images):
+    """Image files with labels, decoded lazily to ``size`` (H, W) by ``workers`` processes (0: in this one)."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        labels: np.ndarray,
+        classes: Sequence[str],
+        size: tuple[int, int],
+        workers: int | None = None,
+        name: str = "folder",
+    ):
+        self.files, self.y, self.classes, self.size = list(files), np.asarray(labels, np.int64), list(classes), size
+        self.num_classes, self.name = len(self.classes), name
+        self.workers = _default_workers() if workers is None else workers
+
+    @classmethod
+    def scan(cls, folder: Path, classes: Sequence[str], size: tuple[int, int], workers: int | None = None):
+        """Every image under ``folder/<class>/``; labels by position in ``classes``."""
+        index = {c: i for i, c in enumerate(classes)}
+        files, labels = [], []
+        for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for f in sorted(d.rglob("*")):
+                if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                    files.append(f)
+                    labels.append(index[d.name])
+        if not files:
+            raise TrtpruneError(
+                f"image folder '{folder}' has no images",
+                why=f"expected {folder}/<class>/<image> with one of {', '.join(IMAGE_SUFFIXES)}",
+                fix="point --data at the folder that holds train/ and val/",
+            )
+        # in a fixed random order, not class by class: the first (or last) n images sample every class, as
+        # CIFAR-10's own order does (importance scores, calibration and the proxy's held-out slice take them)
+        order = np.random.default_rng(0).permutation(len(files))
+        return cls([files[i] for i in order], np.asarray(labels)[order], classes, size, workers, name=str(folder))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def take(self, start: int, stop: int | None = None) -> FolderImages:
+        return self.select(range(len(self))[start:stop])
+
+    def select(self, indices) -> FolderImages:
+        indices = list(indices)
+        return FolderImages(
+            [self.files[i] for i in indices], self.y[indices], self.classes, self.size, self.workers, self.name
+        )
+
+    def batches(self, batch_size, mean, std, *, shuffle=False, augment=False, seed=0):
+        from PIL import UnidentifiedImageError
+
+        gen = torch.Generator().manual_seed(seed)
+        order = (torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))).tolist()
+        keys = [[(i, augment, seed) for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+        loader = torch.utils.data.DataLoader(
+            _Decoded(self.files, self.size),
+            batch_sampler=keys,
+            num_workers=self.workers,
+            collate_fn=torch.stack,
+            persistent_workers=False,
+        )
+        try:
+            for batch_keys, xb in zip(keys, loader):
+                yield D.normalize(xb, mean, std), torch.from_numpy(self.y[[k[0] for k in batch_keys]])
+        except (OSError, UnidentifiedImageError) as e:  # a worker re-raises the decoding error here
+            raise TrtpruneError(
+                f"cannot read an image of '{self.name}': {e}",
+                fix="remove or replace the damaged file (every file under <class>/ must be an image)",
+            ) from e
+
+
+class LoaderImages(Images):
+    """The user's loader (any iterable of ``(x, y)`` batches), used as given: ``mean``/``std``/``shuffle``/
+    ``augment``/``seed`` do not apply, its own transforms do."""
+
+    def __init__(self, loader: Iterable, num_classes: int | None = None, start: int = 0, stop: int | None = None):
+        self.loader, self.start, self.stop = loader, start, stop
+        dataset = getattr(loader, "dataset", None)
+        classes = getattr(dataset, "classes", None)
+        self.num_classes = num_classes or (len(classes) if classes is not None else None)
+        self.name = type(loader).__name__
+
+    def __len__(self) -> int:
+        dataset = getattr(self.loader, "dataset", None)
+        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+        if n is None:
+            raise TrtpruneError("the loader's dataset has no length", fix="give a DataLoader over a sized Dataset")
+        stop = n if self.stop is None else min(self.stop, n)
+        return max(0, stop - self.start)
+
+    def select(self, indices) -> LoaderImages:  # a loader reads in its own order: its first images instead
+        return self.take(0, len(list(indices)))
+
+    def take(self, start: int, stop: int | None = None) -> LoaderImages:
+        a = self.start + start
+        b = None if stop is None else self.start + stop
+        if self.stop is not None:
+            b = self.stop if b is None else min(b, self.stop)
+        return LoaderImages(self.loader, self.num_classes, a, b)
+
+    def batches(self, batch_size, mean, std, *, shuffle=False, augment=False, seed=0):
+        seen = 0
+        for batch in self.loader:
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise TrtpruneError(
+                    f"the loader yields {type(batch).__name__}, not (images, labels) batches",
+                    fix="make it yield (x, y): x float (N, C, H, W) normalised as the model expects, y int labels",
+                )
+            xb, yb = torch.as_tensor(batch[0]), torch.as_tensor(batch[1]).long()
+            lo, hi = max(self.start - seen, 0), len(yb) if self.stop is None else min(len(yb), self.stop - seen)
+            seen += len(yb)
+            if hi > lo:
+                yield xb[lo:hi].float(), yb[lo:hi]
+            if self.stop is not None and seen >= self.stop:
+                return
+
+
+def as_images(data, num_classes: int | None = None) -> Images:
+    """``data`` as :class:`Images`: Images as they are, ``(x, y)`` uint8 NHWC arrays, or a loader of batches."""
+    if isinstance(data, Images):
+        return data
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
+        return ArrayImages(data[0], data[1], num_classes)
+    if isinstance(data, Iterable):
+        return LoaderImages(data, num_classes)
+    raise TrtpruneError(
+        f"cannot read images from a {type(data).__name__}",
+        fix="give a DataLoader of (x, y) batches, or (x, y) uint8 NHWC numpy arrays",
+    )
+
+
+# -- finding a dataset -------------------------------------------------------------------------------
+SPLIT_FOLDERS = {"train": ("train",), "test": ("val", "test")}
+
+
+def image_folder(root: Path) -> tuple[Path, Path] | None:
+    """``(train, val)`` folders of an image-folder dataset under ``root``, or None if it is not one."""
+    train = root / "train"
+    val = next((root / s for s in SPLIT_FOLDERS["test"] if (root / s).is_dir()), None)
+    if train.is_dir() and val is not None and any(p.is_dir() for p in train.iterdir()):
+        return train, val
+    return None
+
+
+def folder_classes(train: Path, val: Path) -> list[str]:
+    """One label map for both splits (even where one lacks a class): CIFAR-10's class names keep their
+    standard labels; other names are labelled in sorted order."""
+    names = sorted({d.name for s in (train, val) for d in s.iterdir() if d.is_dir()})
+    if set(names) <= set(D.CLASSES):
+        return list(D.CLASSES)
+    return names
+
+
+def user_loaders(spec: str) -> tuple[Iterable, Iterable]:
+    """``file.py:function`` returning ``(train_loader, val_loader)``."""
+    file, _, fn = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise TrtpruneError(f"loaders file '{file}' does not exist", fix="give --data path/to/file.py:function")
+    name = f"trtprune_user_data_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # worker processes unpickle classes defined there
+    argv, sys.argv = sys.argv, [str(path)]
+    try:
+        module_spec.loader.exec_module(module)
+        if not callable(getattr(module, fn, None)):
+            raise TrtpruneError(f"'{file}' has no function '{fn}'", fix="name the function that returns the loaders")
+        loaders = getattr(module, fn)()
+    except TrtpruneError:
+        raise
+    except (Exception, SystemExit) as e:
+        raise TrtpruneError(
+            f"the data loaders of '{spec}' failed: {type(e).__name__}: {e}",
+            fix=f"run {fn}() from '{file}' on its own and fix what it raises",
+        ) from e
+    finally:
+        sys.argv = argv
+    if not (isinstance(loaders, (tuple, list)) and len(loaders) == 2):
+        raise TrtpruneError(
+            f"{spec} returned {type(loaders).__name__}, not (train_loader, val_loader)",
+            fix="return a pair of loaders of (x, y) batches",
+        )
+    return loaders[0], loaders[1]
+
+
+def is_loaders_spec(data: str | os.PathLike | None) -> bool:
+    return isinstance(data, str) and ":" in data and data.rpartition(":")[0].endswith(".py")
+
+
+def open_images(
+    data: str | os.PathLike | None, split: str, input_shape: tuple[int, int, int] = (3, 32, 32), limit: int = 0
+) -> Images:
+    """The ``split`` ("train" or "test") of the dataset named by ``data``: a ``file.py:loaders`` function, an
+    image folder (``train/``, ``val/`` or ``test/``), or CIFAR-10 in any of its forms (see datasets); None
+    means TRTPRUNE_DATA or the user cache. Image-folder images are read at ``input_shape``'s H x W."""
+    if split not in D.SPLITS:
+        raise TrtpruneError(f"unknown split '{split}'", fix="use 'train' or 'test'")
+    if is_loaders_spec(data):
+        train, val = user_loaders(str(data))
+        return LoaderImages(train if split == "train" else val).limit(limit)
+    root, may_download = fetch.data_root(data)
+    folders = image_folder(root)
+    if folders is not None:
+        classes = folder_classes(*folders)
+        folder = folders[0] if split == "train" else folders[1]
+        return FolderImages.scan(folder, classes, tuple(input_shape[1:])).limit(limit)
+    x, y = D.load_cifar10(D.ensure_cifar10(root, may_download), split)
+    return ArrayImages(x, y, len(D.CLASSES), name=f"CIFAR-10 {split}").limit(limit)
