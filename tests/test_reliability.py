@@ -248,6 +248,11 @@ CASES = [
      "argument --method: invalid choice: 'magic'", ["{out}/plan.json"], {}),
     ("unknown-importance", ["prune", *R20, "--importance", "magic", "-o", "{out}/p.pt"],
      "argument --importance: invalid choice: 'magic'", ["{out}/p.pt"], {}),
+    # run names that would write outside --runs-dir
+    ("run-name-escapes", ["run", *R20, "--budget", "none", "--runs-dir", "{out}/runs", "--name", "../../x"],
+     "run name '../../x' is not a plain name", ["{out}/runs", "{out}/x", "x", "engines"], {}),
+    ("run-name-dotdot", ["run", *R20, "--budget", "none", "--runs-dir", "{out}/runs", "--name", ".."],
+     "run name '..' is not a plain name", ["{out}/runs", "engines"], {}),
     # untrusted checkpoints (see also test_a_pickled_whole_model_loads_only_when_trusted)
     ("whole-model-pickle", ["eval", "--model", "resnet20", "--weights", "{dir}/whole.pt", "--data", "{data}"],
      "cannot read weights file '{dir}/whole.pt': UnpicklingError: it holds pickled Python objects", [], {}),
@@ -296,6 +301,25 @@ def test_profiling_skips_layers_it_cannot_time_with_a_warning(tmp_path, capsys, 
     assert "group 0: 2 not found as Conv/Gemm with constant weights" in err and "profiled without them" in err
     stairs = json.loads((tmp_path / "p" / "stairs.json").read_text())
     assert stairs["left_out"] == {"0": ["2"], "2": ["2"]} and set(stairs["groups"]) == {"0", "2"}
+
+
+def test_two_runs_of_one_model_get_their_own_engines_and_factories_their_own_names(tmp_path):
+    """The engine is named after the run: two --names of one model and device write two engines (the default name
+    <model>-<device> keeps make engine's engines/resnet56-cpu.onnx); two factories of one file, two default names."""
+    from trtprune.config import RunConfig
+    from trtprune.pipeline import Run, run_name
+
+    def engine(name):
+        return Run(tmp_path / "runs" / name, RunConfig(model="resnet20"), engines_dir=tmp_path / "e").engine_path
+
+    assert engine("a") == tmp_path / "e" / "a.onnx" and engine("b") == tmp_path / "e" / "b.onnx"
+    assert engine(run_name(None, "resnet56", "cpu")) == tmp_path / "e" / "resnet56-cpu.onnx"
+    (tmp_path / "f.py").write_text(TINY_CNN)
+    names = {run_name(None, f"{tmp_path}/f.py:{fn}", "cpu") for fn in ("a", "b")}
+    assert names == {"f.a-cpu", "f.b-cpu"}
+    for bad in ("../x", "a/b", "a\\b", "..", ".", ""):
+        with pytest.raises(TrtpruneError, match="is not a plain name"):
+            run_name(bad, "resnet20", "cpu")
 
 
 # -- interruption -----------------------------------------------------------------------------------------------

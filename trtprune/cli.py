@@ -253,7 +253,11 @@ def parser() -> argparse.ArgumentParser:
     _pruning(p, importance="taylor")
     _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (default: all)")
-    p.add_argument("--name", help="run name (default: <model>-<device>)")
+    p.add_argument(
+        "--name",
+        help="run name: the run goes to <runs-dir>/<name>, the engine to <engines-dir>/<name>.onnx (or .plan) "
+        "(default: <model>-<device>; for a user factory f.py:make, f.make-<device>)",
+    )
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--engines-dir", default="engines", help="where deployable models go (default: engines)")
     p.add_argument("--fresh", action="store_true", help="discard the run's earlier outputs and start over")

@@ -291,8 +291,9 @@ def cmd_build(a) -> None:
 
 
 def cmd_run(a) -> None:
-    from .pipeline import Run, RunConfig, run_all
+    from .pipeline import Run, RunConfig, run_all, run_name
 
+    name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
     cfg = RunConfig(
         model=a.model,
@@ -306,7 +307,6 @@ def cmd_run(a) -> None:
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )
-    name = a.name or f"{Path(cfg.model.split(':')[0]).stem}-{cfg.device}"
     with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut) as run:
         report = run_all(run)
     b, p = report["baseline"], report["pruned"]

@@ -12,6 +12,7 @@ import fcntl
 import functools
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -51,6 +52,24 @@ def load_split(data: str | None, split: str, limit: int = 0):
     root, may_download = fetch.data_root(data)
     x, y = load_cifar10(fetch.ensure_cifar10(root, may_download), split)
     return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def run_name(name: str | None, model: str, device: str) -> str:
+    """The run directory's name: ``name`` if given, else ``<model>-<device>`` with the model's spec name (a user
+    factory ``f.py:a`` gives ``f.a``, so two factories of one file get two runs). A name is one path component."""
+    from .models import model_spec
+
+    if name is None:
+        return f"{model_spec(model).name}-{device}"
+    if not name or ".." in name or name == "." or any(c in name for c in ("/", "\\", os.sep, "\0")):
+        raise TrtpruneError(
+            f"run name '{name}' is not a plain name",
+            why="the run goes to <runs-dir>/<name> and its engine to <engines-dir>/<name>.<onnx|plan>: a name with "
+            "a path separator or '..' would write elsewhere",
+            fix="give a name without '/', '\\' or '..' (e.g. --name resnet56-half); use --runs-dir to choose the "
+            "folder",
+        )
+    return name
 
 
 def read_config(path: Path) -> dict:
@@ -156,9 +175,9 @@ class Run:
 
     @property
     def engine_path(self) -> Path:
-        from .models import model_spec
-
-        return self.engines_dir / f"{model_spec(self.cfg.model).name}-{self.device.name}{self.device.engine_suffix}"
+        """``engines/<run name>.<onnx|plan>``: named after the run, so that two runs of one model on one device
+        (different --name) do not overwrite each other's engine (the default name is ``<model>-<device>``)."""
+        return self.engines_dir / f"{self.dir.name}{self.device.engine_suffix}"
 
 
 def stage(label: str, output: str):
@@ -304,7 +323,7 @@ def int8_onnx(run: Run) -> Path:
 
 
 def deliver(run: Run) -> Path:
-    """The deployable model at ``engines/<model>-<device>.<plan|onnx>`` (always: the run may be newer): a
+    """The deployable model at ``engines/<run name>.<plan|onnx>`` (always: the run may be newer): a
     TensorRT plan built on the device (from the calibrated Q/DQ model for int8), or the pruned ONNX model for
     ONNX Runtime."""
     if run.device.engine_suffix == ".plan":
