@@ -201,6 +201,14 @@ CASES = [
      {}),
     ("budget-ms-zero", [*SEARCH, "--budget-ms", "0"], "--budget-ms 0.0 is not a latency", ["{out}/plan.json"], {}),
     ("budget-ms-negative", [*SEARCH, "--budget-ms=-1"], "--budget-ms -1.0 is not a latency", ["{out}/plan.json"], {}),
+    ("budget-ms-inf", [*SEARCH, "--budget-ms", "inf"],
+     "argument --budget-ms: 'inf' is not a number: it must be a finite number", ["{out}/plan.json"], {}),
+    ("budget-ms-nan", [*SEARCH, "--budget-ms", "nan"],
+     "argument --budget-ms: 'nan' is not a number: it must be a finite number", ["{out}/plan.json"], {}),
+    ("budget-and-budget-ms", [*SEARCH, "--budget", "0.5x", "--budget-ms", "1"],
+     "argument --budget-ms: not allowed with argument --budget", ["{out}/plan.json"], {}),
+    ("run-budget-and-budget-ms", ["run", *R20, "--budget", "0.5x", "--budget-ms", "1", "--runs-dir", "{out}/runs"],
+     "argument --budget-ms: not allowed with argument --budget", ["{out}/runs"], {}),
     ("budget-missing", SEARCH, "trtprune search needs a budget", ["{out}/plan.json"], {}),
     ("run-budget-zero", ["run", *R20, "--budget", "0", "--runs-dir", "{out}/runs"],
      "budget 0.0x is not below the baseline", ["{out}/runs"], {}),
@@ -219,6 +227,28 @@ CASES = [
      ["quantize", "--model", "resnet20", "{dir}/small.onnx", "--calib", "{dir}/calib.npy", "-n", "0", "-o",
       "{out}/q.onnx"],
      "asked for 0 calibration images", ["{out}/q.onnx"], {}),
+    # settings no run can use: refused while parsing (non-finite, negative) or before any file is made
+    ("lr-nan", ["finetune", *R20, "--data", "{data}", "--lr", "nan", "-o", "{out}/f.pt"],
+     "argument --lr: 'nan' is not a positive number: it must be a finite number", ["{out}/f.pt"], {}),
+    ("lr-inf", ["finetune", *R20, "--data", "{data}", "--lr", "inf", "-o", "{out}/f.pt"],
+     "argument --lr: 'inf' is not a positive number: it must be a finite number", ["{out}/f.pt"], {}),
+    ("lr-negative", ["finetune", *R20, "--data", "{data}", "--lr=-0.1", "-o", "{out}/f.pt"],
+     "argument --lr: '-0.1' is not a positive number: it must be above 0", ["{out}/f.pt"], {}),
+    ("distill-nan", ["run", *R20, "--distill", "nan", "--runs-dir", "{out}/runs"],
+     "argument --distill: 'nan' is not a number: it must be a finite number", ["{out}/runs"], {}),
+    ("eval-limit-negative", ["finetune", *R20, "--data", "{data}", "--eval-limit=-1", "-o", "{out}/f.pt"],
+     "argument --eval-limit: '-1' is negative: give 0 (all) or a positive count", ["{out}/f.pt"], {}),
+    ("train-limit-negative", ["finetune", *R20, "--data", "{data}", "--train-limit=-5", "-o", "{out}/f.pt"],
+     "argument --train-limit: '-5' is negative: give 0 (all) or a positive count", ["{out}/f.pt"], {}),
+    ("eval-limit-negative-eval", ["eval", *R20, "--data", "{data}", "--limit=-1"],
+     "argument --limit: '-1' is negative: give 0 (all) or a positive count", [], {}),
+    ("round-to-above-every-group", ["prune", *R20, "--importance", "l1", "--round-to", "1000", "-o", "{out}/p.pt"],
+     "--round-to 1000 exceeds the channels of every group (at most 64)", ["{out}/p.pt", "{out}/p.plan.json"], {}),
+    ("run-round-to-above-every-group", ["run", *R20, "--budget", "none", "--round-to", "1000", "--runs-dir",
+                                        "{out}/runs"],
+     "--round-to 1000 exceeds the channels of every group (at most 64)", ["{out}/runs", "engines"], {}),
+    ("export-batch-beyond-memory", ["export", *R20, "--batch", "100000000", "-o", "{out}/x.onnx"],
+     "batch 100,000,000 needs about", ["{out}/x.onnx"], {}),
     # malformed plan, run configuration and device file
     ("plan-not-json", ["prune", *R20, "--plan", "{dir}/plan_text.json", "-o", "{out}/p.pt"],
      "plan '{dir}/plan_text.json' is not JSON", ["{out}/p.pt"], {}),
@@ -320,6 +350,22 @@ def test_two_runs_of_one_model_get_their_own_engines_and_factories_their_own_nam
     for bad in ("../x", "a/b", "a\\b", "..", ".", ""):
         with pytest.raises(TrtpruneError, match="is not a plain name"):
             run_name(bad, "resnet20", "cpu")
+
+
+def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(caplog):
+    import math
+
+    from trtprune.prune import ChannelGroup, uniform_plan
+    from trtprune.search import Budget
+
+    for ms in (math.inf, math.nan, -math.inf):
+        with pytest.raises(TrtpruneError, match="is not a latency"):
+            Budget.parse(ms=ms)
+    groups = [ChannelGroup(n, c, (n,), ()) for n, c in (("a", 16), ("b", 64))]
+    with pytest.raises(TrtpruneError, match="exceeds the channels of every group"):
+        uniform_plan(groups, 0.5, 100)
+    assert uniform_plan(groups, 0.5, 32) == {"a": 16, "b": 32}  # some groups too small: a warning naming them
+    assert "--round-to 32 exceeds the channels of 1 group(s), which keep all their channels: a (16)" in caplog.text
 
 
 # -- interruption -----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -12,10 +13,10 @@ from .errors import TrtpruneError
 def _ft_config(a):
     from .finetune import FinetuneConfig
 
-    if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.distill <= 1:
+    if a.epochs < 1 or a.batch_size < 1 or not 0 < a.lr < math.inf or not 0 <= a.distill <= 1 or a.train_limit < 0:
         raise TrtpruneError(
             "fine-tuning settings out of range",
-            fix="use --epochs >= 1, --batch-size >= 1, --lr > 0 and --distill in [0, 1]",
+            fix="use --epochs >= 1, --batch-size >= 1, a finite --lr > 0, --distill in [0, 1] and --train-limit >= 0",
         )
     return FinetuneConfig(
         epochs=a.epochs,
@@ -295,6 +296,11 @@ def cmd_run(a) -> None:
 
     name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
+    if budget is None or a.method in ("uniform", "flops"):  # --round-to is used: check it before any file is made
+        from .models import build_model, model_spec
+        from .prune import GroupPruner, check_round_to
+
+        check_round_to(GroupPruner(build_model(a.model), model_spec(a.model).input_shape).groups(), a.round_to)
     cfg = RunConfig(
         model=a.model,
         weights=a.weights,

@@ -228,12 +228,33 @@ def replay(model: nn.Module, input_shape: tuple[int, ...], history: list) -> nn.
     return model
 
 
+def check_round_to(groups: list[ChannelGroup], round_to: int) -> None:
+    """A group with fewer channels than ``round_to`` cannot be pruned to a multiple of it and keeps all of them:
+    an error when that is every group (nothing would be pruned), a warning naming them when it is some."""
+    small = [g for g in groups if g.channels < round_to]
+    if groups and len(small) == len(groups):
+        raise TrtpruneError(
+            f"--round-to {round_to} exceeds the channels of every group (at most {max(g.channels for g in groups)})",
+            why="counts are rounded to a multiple of --round-to, and a group smaller than it keeps all its channels: "
+            "nothing would be pruned",
+            fix=f"use a --round-to of at most {min(g.channels for g in groups)} (8 suits most CPUs and GPUs)",
+        )
+    if small:
+        log.warning(
+            "--round-to %d exceeds the channels of %d group(s), which keep all their channels: %s",
+            round_to,
+            len(small),
+            ", ".join(f"{g.name} ({g.channels})" for g in small[:6]) + (" ..." if len(small) > 6 else ""),
+        )
+
+
 def uniform_plan(groups: list[ChannelGroup], ratio: float, round_to: int = 1) -> dict[str, int]:
     """Remove ``ratio`` of every group, keeping a multiple of ``round_to`` (at least one multiple)."""
     if not 0.0 <= ratio < 1.0:
         raise TrtpruneError(f"pruning ratio {ratio} is out of range", fix="use a ratio in [0, 1), e.g. 0.5")
     if round_to < 1:
         raise TrtpruneError(f"round_to {round_to} must be >= 1")
+    check_round_to(groups, round_to)
     plan = {}
     for g in groups:
         keep = g.channels * (1.0 - ratio)

@@ -59,6 +59,10 @@ def search(
     searcher_options = {"round_to": round_to} if method in ("uniform", "flops") else {}
     get_searcher(method, **searcher_options)  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
+    if searcher_options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
+        from ..prune import GroupPruner, check_round_to
+
+        check_round_to(GroupPruner(model, spec.input_shape).groups(), round_to)
     scores = channel_scores(model, spec, importance, data)
     if method == "flops":
         searcher_options["magnitude"] = channel_scores(model, spec, "l2", data)
