@@ -58,6 +58,12 @@ def _external_conv(path: Path, location: str) -> Path:
     return _onnx_model(path, [helper.make_node("Conv", ["x", "w"], ["y"])], [x], [y], [w])
 
 
+def _factory(path: Path, fn: str = "make"):
+    from trtprune.models import _load_user_factory
+
+    return _load_user_factory(str(path), fn)
+
+
 LINEAR_ONLY = """
 import torch.nn as nn
 
@@ -108,6 +114,12 @@ def bad(tmp_path_factory, tiny_data):
     torch.save(build_model("resnet20"), d / "whole.pt")
     (d / "linear.py").write_text(LINEAR_ONLY)
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).state_dict(), d / "lin.pt")
+    for name, classes in (("narrow", 5), ("wide", 1000)):  # models for 5 and 1,000 classes, on 10-class data
+        (d / f"{name}.py").write_text(TINY_CNN.replace("nn.Linear(24, 10)", f"nn.Linear(24, {classes})"))
+        torch.save(_factory(d / f"{name}.py")().state_dict(), d / f"{name}.pt")
+    x1, x2 = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 32, 32]) for n in ("a", "b"))
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
+    _onnx_model(d / "two.onnx", [helper.make_node("Add", ["a", "b"], ["y"])], [x1, x2], [out])
     (d / "afile").write_text("a file where a folder is needed")
     (d / "junk.sqlite").write_bytes(b"not sqlite " * 100)
     plan = {"format": "trtprune.plan/1", "model": "resnet20", "device": "cpu", "method": "locp", "budget": "0.5x"}
@@ -164,6 +176,16 @@ CASES = [
      "weights '{dir}/r32.pt' do not fit the model", [], {}),
     ("onnx-for-other-images", ["eval", "--model", "resnet20", "--onnx", "{dir}/small.onnx", "--data", "{data}"],
      "'{dir}/small.onnx' takes input 'input' of shape [1, 3, 8, 8]", [], {}),
+    # a model for fewer classes than the dataset has; an ONNX model with two inputs
+    ("model-fewer-outputs-than-classes",
+     ["eval", "--model", "{dir}/narrow.py:make", "--weights", "{dir}/narrow.pt", "--data", "{data}"],
+     "the model gives 5 class scores per image, but the dataset has 10 classes", [], {}),
+    ("finetune-fewer-outputs-than-classes",
+     ["finetune", "--model", "{dir}/narrow.py:make", "--weights", "{dir}/narrow.pt", "--data", "{data}",
+      "--train-limit", "8", "--batch-size", "4", "--eval-limit", "8", "-o", "{out}/f.pt"],
+     "the model gives 5 class scores per image, but the dataset has 10 classes", ["{out}/f.pt"], {}),
+    ("onnx-two-inputs", ["eval", "--model", "resnet20", "--onnx", "{dir}/two.onnx", "--data", "{data}"],
+     "'{dir}/two.onnx' takes 2 inputs (a, b), not one batch of images", [], {}),
     # truncated or corrupt ONNX (all-zero bytes: tests/test_cli.py)
     ("truncated-onnx-measure", ["measure", "{dir}/cut.onnx", "--json", "{out}/m.json"],
      "'{dir}/cut.onnx' is not a valid ONNX model", ["{out}/m.json"], {}),
@@ -350,6 +372,20 @@ def test_two_runs_of_one_model_get_their_own_engines_and_factories_their_own_nam
     for bad in ("../x", "a/b", "a\\b", "..", ".", ""):
         with pytest.raises(TrtpruneError, match="is not a plain name"):
             run_name(bad, "resnet20", "cpu")
+
+
+def test_a_model_for_more_classes_than_the_dataset_is_scored_with_a_warning(bad, capsys, caplog, tmp_path):
+    from trtprune.export import onnx_from_torch
+    from trtprune.metrics import top1_onnx
+
+    argv = ["eval", "--model", bad["dir"] / "wide.py:make", "--weights", bad["dir"] / "wide.pt", "--data", bad["data"]]
+    code, out, err = cli(capsys, *argv, "--limit", "16")
+    assert code == 0 and "top-1" in out, err
+    assert "gives 1000 class scores per image but the dataset has 10 classes" in caplog.text
+    onnx_from_torch(_factory(bad["dir"] / "narrow.py")(), tmp_path / "narrow.onnx", (3, 32, 32))
+    x, y = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64)
+    with pytest.raises(TrtpruneError, match="gives 5 class scores per image, but the dataset has 10 classes"):
+        top1_onnx(tmp_path / "narrow.onnx", x, y, (0.5,) * 3, (0.25,) * 3)
 
 
 def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(caplog):

@@ -40,6 +40,7 @@ from . import distributed as DI
 from .config import FinetuneConfig
 from .errors import TrtpruneError
 from .log import progress
+from .metrics import check_outputs
 from .weights import load_state, read_checkpoint, save_pruned
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def finetune(
         if cfg.compile:  # the checkpoints, the evaluation and the caller keep the module itself
             net = compiled(net)
             log.info("torch.compile: the first steps compile the model (minutes on a CPU), the rest run faster")
+        first_step = step
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
@@ -232,6 +234,8 @@ def finetune(
                 yb = yb.to(device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                     out = net(xb).float()  # losses in fp32
+                if step == first_step:  # a model with fewer outputs than classes fails in cross_entropy, unclearly
+                    check_outputs(tuple(out.shape), "the model")
                     if cfg.distill > 0:
                         with torch.no_grad():
                             soft = soft_targets(xb).float()

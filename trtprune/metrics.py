@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,6 +11,8 @@ from torch import nn
 from . import data as D
 from .errors import TrtpruneError
 from .log import progress
+
+log = logging.getLogger(__name__)
 
 
 def count_params(model: nn.Module) -> int:
@@ -37,6 +41,34 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(total)
 
 
+_warned: set[tuple[str, int]] = set()
+
+
+def check_outputs(outputs: tuple[int, ...], what: str, classes: int = len(D.CLASSES)) -> None:
+    """A model scored on ``classes`` classes must give at least that many logits per image: fewer is an error (labels
+    beyond them can never be predicted); more is a warning (a model made for another dataset scores near 0 %)."""
+    n = outputs[-1] if len(outputs) == 2 else None
+    if n is None or n < classes:
+        raise TrtpruneError(
+            f"{what} gives outputs of shape {list(outputs)}, not one row of class scores per image"
+            if n is None
+            else f"{what} gives {n} class scores per image, but the dataset has {classes} classes",
+            why=f"top-1 compares the largest of the model's {classes} class scores (logits, one row per image) with "
+            "the label",
+            fix=f"give a model whose last layer has {classes} outputs (e.g. nn.Linear(..., {classes}))",
+        )
+    if n > classes and (what, n) not in _warned:
+        _warned.add((what, n))
+        log.warning(
+            "%s gives %d class scores per image but the dataset has %d classes: it was made for another dataset, "
+            "so its accuracy here is meaningless (near 0 %%); give it a last layer of %d outputs and train it",
+            what,
+            n,
+            classes,
+            classes,
+        )
+
+
 def top1_torch(
     model: nn.Module, x: np.ndarray, y: np.ndarray, mean, std, batch_size: int = 500, desc: str = "eval"
 ) -> float:
@@ -49,7 +81,10 @@ def top1_torch(
         for xb, yb in progress(
             D.batches(xt, yt, batch_size, mean, std), total=-(-len(x) // batch_size), desc=desc, unit="batch"
         ):
-            correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
+            logits = model(xb.to(device))
+            if not correct:  # until the first hit: cheap, and the first batch is always checked
+                check_outputs(tuple(logits.shape), "the model")
+            correct += int((logits.argmax(1).cpu() == yb).sum())
     return 100.0 * correct / len(x)
 
 
@@ -58,6 +93,13 @@ def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, d
     from .latency.ort import ort_session
 
     sess = ort_session(path, threads)
+    if len(sess.get_inputs()) != 1:
+        raise TrtpruneError(
+            f"'{path}' takes {len(sess.get_inputs())} inputs ({', '.join(i.name for i in sess.get_inputs())}), "
+            "not one batch of images",
+            why="trtprune evaluates image classifiers: one input of shape (batch, C, H, W)",
+            fix="evaluate the ONNX export of a model with one image input (trtprune export --model ...)",
+        )
     inp = sess.get_inputs()[0]
     image = (x.shape[3], *x.shape[1:3]) if x.ndim == 4 else tuple(x.shape[1:])  # NHWC images -> C, H, W
     if len(inp.shape) != 4 or tuple(inp.shape[1:]) != image:
@@ -72,6 +114,9 @@ def top1_onnx(path, x: np.ndarray, y: np.ndarray, mean, std, threads: int = 2, d
         n = len(xb)
         if n < batch:
             xb = torch.cat([xb, xb.new_zeros(batch - n, *xb.shape[1:])])
-        logits = sess.run(None, {inp.name: xb.numpy()})[0][:n]
+        logits = sess.run(None, {inp.name: xb.numpy()})[0]
+        if not correct:
+            check_outputs(logits.shape, f"'{path}'")
+        logits = logits[:n]
         correct += int((logits.argmax(1) == yb.numpy()).sum())
     return 100.0 * correct / len(x)
