@@ -139,6 +139,21 @@ def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
         )
 
 
+def _stop_diverged(loss: float, step: int, epoch: int, cfg: FinetuneConfig, checkpoint: Path) -> None:
+    """A loss of NaN or inf: the weights are (or are about to be) ruined; stop before a checkpoint is overwritten."""
+    kept = (
+        f"the checkpoint '{checkpoint}' of epoch {epoch}, the last good one, is kept"
+        if epoch > 0 and checkpoint.is_file()
+        else "nothing was written"
+    )
+    raise TrtpruneError(
+        f"the training loss became {loss} at step {step + 1} (epoch {epoch + 1}/{cfg.epochs}): training stopped",
+        why=f"the learning rate ({cfg.lr:g}) is too high for this model, or the weights hold NaN or infinite values; "
+        f"{kept}",
+        fix=f"fine-tune again with a lower --lr (e.g. {cfg.lr / 10:g})",
+    )
+
+
 def finetune(
     model: nn.Module,
     train: tuple[np.ndarray, np.ndarray],
@@ -246,11 +261,17 @@ def finetune(
                     objective = loss if size == 1 else loss * (len(yb) * size / n_global)
                 else:  # a last batch with fewer images than processes: this one has none, but takes part
                     loss = objective = out.sum() * 0.0
+                loss_value = float(loss.detach())
+                diverged = not math.isfinite(loss_value)
+                if size > 1:  # every process stops together (one alone would leave the others waiting in DDP)
+                    diverged = DI.all_sum(float(diverged))[0] > 0
+                if diverged:
+                    _stop_diverged(loss_value, step, epoch, cfg, checkpoint)
                 opt.zero_grad(set_to_none=True)
                 objective.backward()
                 opt.step()
                 step += 1
-                loss_sum += float(loss.detach()) * len(yb)
+                loss_sum += loss_value * len(yb)
                 seen += len(yb)
                 bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.4f}")
             loss_sum, seen = DI.all_sum(loss_sum, seen)
