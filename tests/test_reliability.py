@@ -58,6 +58,25 @@ def _external_conv(path: Path, location: str) -> Path:
     return _onnx_model(path, [helper.make_node("Conv", ["x", "w"], ["y"])], [x], [y], [w])
 
 
+def _unwritable_folder(d: Path) -> Path | None:
+    """A folder no file can be created in: a read-only one, or for root (who writes anywhere) /sys if it refuses."""
+    import tempfile
+
+    def folder_writable(folder) -> bool:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                return True
+        except OSError:
+            return False
+
+    ro = d / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if not folder_writable(ro):
+        return ro
+    return Path("/sys") if Path("/sys").is_dir() and not folder_writable("/sys") else None
+
+
 def _factory(path: Path, fn: str = "make"):
     from trtprune.models import _load_user_factory
 
@@ -121,6 +140,9 @@ def bad(tmp_path_factory, tiny_data):
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
     _onnx_model(d / "two.onnx", [helper.make_node("Add", ["a", "b"], ["y"])], [x1, x2], [out])
     (d / "afile").write_text("a file where a folder is needed")
+    (d / "empty.pt").write_bytes(b"")
+    (d / "cut.pt").write_bytes((d / "r32.pt").read_bytes()[:3000])  # a zip without its end
+    f["ro"] = _unwritable_folder(d)
     (d / "junk.sqlite").write_bytes(b"not sqlite " * 100)
     plan = {"format": "trtprune.plan/1", "model": "resnet20", "device": "cpu", "method": "locp", "budget": "0.5x"}
     for name, text in {
@@ -167,10 +189,24 @@ CASES = [
      "the latency table '{dir}' is a folder", ["{out}/p"], {}),
     ("lut-is-not-sqlite", ["profile", "--model", "resnet20", "--lut", "{dir}/junk.sqlite", "--out", "{out}/p"],
      "cannot open the latency table", ["{out}/p"], {}),
+    ("data-is-a-file", ["eval", *R20, "--data", "{dir}/afile"],
+     "data folder '{dir}/afile' (from --data) is a file, not a folder", [], {}),
+    ("prune-output-folder-unwritable", ["prune", *R20, "--importance", "l1", "-o", "{ro}/p.pt"],
+     "cannot write '{ro}/p.pt': its folder '{ro}' cannot be written", ["{ro}/p.pt", "{ro}/p.plan.json"], {}),
+    ("lut-folder-unwritable", ["profile", "--model", "resnet20", "--lut", "{ro}/l.sqlite", "--out", "{out}/p"],
+     "cannot open the latency table '{ro}/l.sqlite': its folder '{ro}' cannot be written",
+     ["{out}/p", "{ro}/l.sqlite"], {}),
     ("model-file-missing", ["eval", "--model", "{dir}/none.py:make", "--data", "{data}"],
      "model file '{dir}/none.py' does not exist", [], {}),
     ("plan-missing", ["prune", *R20, "--plan", "{dir}/none.json", "-o", "{out}/p.pt"],
      "plan '{dir}/none.json' does not exist", ["{out}/p.pt"], {}),
+    # files that are not checkpoints: not "pickles" (see whole-model-pickle)
+    ("weights-empty", ["eval", "--model", "resnet20", "--weights", "{dir}/empty.pt", "--data", "{data}"],
+     "weights file '{dir}/empty.pt' is empty (0 bytes)", [], {}),
+    ("weights-truncated", ["eval", "--model", "resnet20", "--weights", "{dir}/cut.pt", "--data", "{data}"],
+     "weights file '{dir}/cut.pt' is a truncated PyTorch checkpoint (3,000 bytes)", [], {}),
+    ("weights-is-onnx", ["eval", "--model", "resnet20", "--weights", "{dir}/small.onnx", "--data", "{data}"],
+     "'{dir}/small.onnx' is an ONNX model, not a PyTorch checkpoint", [], {}),
     # weights that do not fit the architecture
     ("weights-of-resnet32", ["eval", "--model", "resnet20", "--weights", "{dir}/r32.pt", "--data", "{data}"],
      "weights '{dir}/r32.pt' do not fit the model", [], {}),
@@ -290,6 +326,8 @@ CASES = [
      "'{dir}/runs/corrupt/config.json' is not a run configuration", ["{dir}/runs/corrupt/baseline.onnx"], {}),
     ("device-file-syntax", ["measure", "{dir}/small.onnx", "--device", "x"],
      "device file '{dir}/dev_syntax.toml' cannot be read", [], {"TRTPRUNE_DEVICES": "{dir}/dev_syntax.toml"}),
+    ("device-file-is-a-folder", ["measure", "{dir}/small.onnx", "--device", "x"],
+     "device file '{dir}' is a folder", [], {"TRTPRUNE_DEVICES": "{dir}"}),
     ("device-file-types", ["measure", "{dir}/small.onnx", "--device", "x"],
      "device 'x' in '{dir}/dev_types.toml': batch = '8' has the wrong type", [],
      {"TRTPRUNE_DEVICES": "{dir}/dev_types.toml"}),
@@ -315,6 +353,8 @@ CASES = [
 def test_bad_input_is_one_clear_message_exit_2_and_nothing_written(
     case, argv, message, outputs, env, bad, tmp_path, capsys, monkeypatch
 ):
+    if bad["ro"] is None and any("{ro}" in a for a in argv):
+        pytest.skip("no folder here refuses writes (root without a read-only /sys)")
     fill = {k: str(v) for k, v in bad.items()} | {"out": str(tmp_path / "out")}
     monkeypatch.chdir(tmp_path)
     for key, value in env.items():
@@ -386,6 +426,22 @@ def test_a_model_for_more_classes_than_the_dataset_is_scored_with_a_warning(bad,
     x, y = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64)
     with pytest.raises(TrtpruneError, match="gives 5 class scores per image, but the dataset has 10 classes"):
         top1_onnx(tmp_path / "narrow.onnx", x, y, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_advice_names_a_user_factory_as_path_file_py_factory(bad, tmp_path, capsys):
+    """A pruned checkpoint or plan of a user factory, used with another model: the fix spells --model as the CLI
+    takes it (path/to/linear.py:make), not as the spec name (linear.make)."""
+    from trtprune.search import Plan
+    from trtprune.weights import save_pruned
+
+    save_pruned(tmp_path / "lin.pt", torch.nn.Linear(2, 2), "linear.make", [])
+    code, _, err = cli(capsys, "eval", "--model", "resnet20", "--weights", tmp_path / "lin.pt", "--data", bad["data"])
+    assert code == 2 and "was pruned from 'linear.make', not from 'resnet20'" in err
+    assert "fix: use --model path/to/linear.py:make" in err
+    Plan("linear.make", "cpu", "locp", "0.5x", {"0": 1}, {"0": 2}).save(tmp_path / "plan.json")
+    argv = ["prune", "--model", "resnet20", "--weights", bad["w"], "--plan", tmp_path / "plan.json"]
+    code, _, err = cli(capsys, *argv, "-o", tmp_path / "p.pt")
+    assert code == 2 and "fix: use --model path/to/linear.py:make" in err and not (tmp_path / "p.pt").exists()
 
 
 def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(caplog):

@@ -180,12 +180,14 @@ def cmd_prune(a) -> None:
 
     model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
     if a.plan:
+        from .models import model_argument
         from .search import Plan
 
         loaded = Plan.load(a.plan)
         if loaded.model != spec.name:
             raise TrtpruneError(
-                f"plan '{a.plan}' is for {loaded.model}, not {spec.name}", fix=f"use --model {loaded.model}"
+                f"plan '{a.plan}' is for {loaded.model}, not {spec.name}",
+                fix=f"use --model {model_argument(loaded.model)}",
             )
         pruner = GroupPruner(model, spec.input_shape)
         pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))

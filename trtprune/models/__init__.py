@@ -59,6 +59,15 @@ def model_spec(name: str) -> ModelSpec:
     )
 
 
+def model_argument(name: str) -> str:
+    """How to give the model of spec name ``name`` to --model: a built-in's name, or for a user factory (spec name
+    ``file.factory``) ``path/to/file.py:factory``, since the spec name does not keep the file's folder."""
+    if name in BUILTIN or "." not in name:
+        return name
+    file, fn = name.rsplit(".", 1)
+    return f"path/to/{file}.py:{fn}"
+
+
 def _load_user_factory(file: str, fn: str):
     path = Path(file)
     if not path.is_file():
