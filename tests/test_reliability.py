@@ -139,6 +139,7 @@ def bad(tmp_path_factory, tiny_data):
     x1, x2 = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 32, 32]) for n in ("a", "b"))
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
     _onnx_model(d / "two.onnx", [helper.make_node("Add", ["a", "b"], ["y"])], [x1, x2], [out])
+    (d / "exits.py").write_text("import sys\n\nsys.exit(3)\n")
     (d / "afile").write_text("a file where a folder is needed")
     (d / "empty.pt").write_bytes(b"")
     (d / "cut.pt").write_bytes((d / "r32.pt").read_bytes()[:3000])  # a zip without its end
@@ -196,6 +197,8 @@ CASES = [
     ("lut-folder-unwritable", ["profile", "--model", "resnet20", "--lut", "{ro}/l.sqlite", "--out", "{out}/p"],
      "cannot open the latency table '{ro}/l.sqlite': its folder '{ro}' cannot be written",
      ["{out}/p", "{ro}/l.sqlite"], {}),
+    ("model-file-exits", ["groups", "--model", "{dir}/exits.py:make"], "importing '{dir}/exits.py' called sys.exit(3)",
+     [], {}),
     ("model-file-missing", ["eval", "--model", "{dir}/none.py:make", "--data", "{data}"],
      "model file '{dir}/none.py' does not exist", [], {}),
     ("plan-missing", ["prune", *R20, "--plan", "{dir}/none.json", "-o", "{out}/p.pt"],
@@ -426,6 +429,19 @@ def test_a_model_for_more_classes_than_the_dataset_is_scored_with_a_warning(bad,
     x, y = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64)
     with pytest.raises(TrtpruneError, match="gives 5 class scores per image, but the dataset has 10 classes"):
         top1_onnx(tmp_path / "narrow.onnx", x, y, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_a_model_file_that_parses_sys_argv_at_import_sees_only_its_own_name(tmp_path, capsys):
+    """A script-like model file (argparse at its top level) used to end trtprune with its usage text, exit 2: it
+    is imported with sys.argv = [the file], and trtprune's own argv is restored afterwards."""
+    (tmp_path / "script.py").write_text(
+        "import argparse\nimport sys\n\nSEEN = list(sys.argv)\nargparse.ArgumentParser().parse_args()\n" + TINY_CNN
+    )
+    argv_before = list(sys.argv)
+    code, out, err = cli(capsys, "groups", "--model", f"{tmp_path}/script.py:make")
+    assert code == 0 and "2 prunable groups" in out, err
+    seen = sys.modules["trtprune_user_script"].SEEN
+    assert seen == [str(tmp_path / "script.py")] and sys.argv == argv_before
 
 
 def test_advice_names_a_user_factory_as_path_file_py_factory(bad, tmp_path, capsys):
