@@ -173,6 +173,8 @@ def test_stage_commands_chain(tiny_data, tmp_path, capsys):
             "0.25",
             "--round-to",
             "1",
+            "--importance",
+            "l1",
             "-o",
             tmp_path / "p.pt",
         )[0]

@@ -460,6 +460,28 @@ def test_advice_names_a_user_factory_as_path_file_py_factory(bad, tmp_path, caps
     assert code == 2 and "fix: use --model path/to/linear.py:make" in err and not (tmp_path / "p.pt").exists()
 
 
+def test_the_plan_of_prune_ratio_is_one_prune_plan_takes_and_prune_defaults_to_search_s_importance(
+    bad, tmp_path, capsys
+):
+    """prune --ratio writes <out>.plan.json in the Plan format (it used to write another document, which
+    prune --plan refused as 'not a trtprune plan'); prune and search have one default importance, taylor."""
+    from trtprune.cli import parser
+    from trtprune.search import Plan
+
+    w = ["--model", "resnet20", "--weights", bad["w"], "--data", bad["data"]]
+    code, _, err = cli(capsys, "prune", *w, "--ratio", "0.5", "--round-to", "4", "-o", tmp_path / "a.pt")
+    assert code == 0, err
+    plan = Plan.load(tmp_path / "a.plan.json")
+    assert (plan.model, plan.method, plan.meta["importance"], plan.keep_channels["conv1"]) == (
+        "resnet20", "uniform", "taylor", 8
+    )  # fmt: skip
+    code, out, err = cli(capsys, "prune", *w, "--plan", tmp_path / "a.plan.json", "-o", tmp_path / "b.pt")
+    assert code == 0 and "pruned to" in out, err
+    defaults = {c: parser().parse_args([c, "-o", "x"]).importance for c in ("prune", "search")}
+    assert defaults == {"prune": "taylor", "search": "taylor"}
+    assert parser().parse_args(["run"]).importance == "taylor"
+
+
 def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(caplog):
     import math
 

@@ -100,7 +100,7 @@ def _quick(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
+def _pruning(p: argparse.ArgumentParser, importance: str = "taylor") -> None:
     from .importance import IMPORTANCE
 
     p.add_argument(
@@ -257,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
     _device(p)
     _searching(p, budget=None)
     _quick(p)
-    _pruning(p, importance="taylor")
+    _pruning(p)
     p.add_argument("-o", "--output", required=True, help="plan to write (.json)")
     p = add("prune", C.cmd_prune, "prune to a plan (from trtprune search), or every group by a uniform ratio")
     _model(p)
@@ -289,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
     _model(p)
     _device(p)
     _searching(p)
-    _pruning(p, importance="taylor")
+    _pruning(p)
     _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
     p.add_argument("--eval-limit", type=count, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument(

@@ -172,9 +172,8 @@ def cmd_search(a) -> None:
 
 
 def cmd_prune(a) -> None:
-    from .fsutil import write_json
     from .pipeline import resolve_weights
-    from .prune import GroupPruner, prune_uniform
+    from .prune import GroupPruner, uniform_plan_of
     from .search.runner import channel_scores
     from .weights import load_model, save_pruned
 
@@ -197,12 +196,14 @@ def cmd_prune(a) -> None:
             f"{sum(loaded.channels.values())} channels kept)"
         )
         return
-    scores = channel_scores(model, spec, a.importance, a.data)
-    plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance, scores=scores)
-    save_pruned(a.output, model, spec.name, history, plan=plan["keep_channels"])
+    pruner = GroupPruner(model, spec.input_shape)
+    # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring with data
+    plan = uniform_plan_of(pruner.groups(), a.ratio, a.round_to, spec.name, importance=a.importance)
+    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
+    save_pruned(a.output, model, spec.name, pruner.history(), plan=plan.keep_channels)
     plan_path = Path(a.output).with_suffix(".plan.json")
-    write_json(plan_path, plan)
-    kept, total = sum(plan["keep_channels"].values()), sum(plan["channels"].values())
+    plan.save(plan_path)  # the Plan format: prune --plan takes it back
+    kept, total = sum(plan.keep_channels.values()), sum(plan.channels.values())
     print(f"wrote {a.output} and {plan_path}: {kept} of {total} channels kept")
 
 

@@ -225,23 +225,14 @@ def budget_of(cfg) -> Budget | None:
 @stage("search", "plan.json")
 def stage_search(run: Run, out: Path) -> None:
     from .search import runner
-    from .search.plan import Plan
 
     cfg, budget = run.cfg, budget_of(run.cfg)
     if budget is None:
-        from .prune import GroupPruner, uniform_plan
+        from .prune import GroupPruner, uniform_plan_of
 
         model, spec = _load_base(run)
         groups = GroupPruner(model, spec.input_shape).groups()
-        plan = Plan(
-            spec.name,
-            run.device.name,
-            "uniform",
-            f"ratio {cfg.ratio}",
-            uniform_plan(groups, cfg.ratio, cfg.round_to),
-            {g.name: g.channels for g in groups},
-            meta={"ratio": cfg.ratio, "round_to": cfg.round_to},
-        )
+        plan = uniform_plan_of(groups, cfg.ratio, cfg.round_to, spec.name, run.device.name)
     else:
         weights = resolve_weights(cfg.model, cfg.weights, run.data)
         plan = runner.search(

@@ -23,6 +23,7 @@ from torch import nn
 from .errors import TrtpruneError
 from .importance import get_importance
 from .models.shortcut import ChannelPadShortcut
+from .search.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,23 @@ def uniform_plan(groups: list[ChannelGroup], ratio: float, round_to: int = 1) ->
     return plan
 
 
+def uniform_plan_of(
+    groups: list[ChannelGroup], ratio: float, round_to: int, model: str, device: str = "", **meta
+) -> Plan:
+    """The :class:`Plan` of uniform pruning (``uniform_plan``): the one plan format, loadable by ``prune --plan``.
+    ``device`` is empty when no device was involved (``trtprune prune --ratio``)."""
+    keep = uniform_plan(groups, ratio, round_to)
+    return Plan(
+        model,
+        device,
+        "uniform",
+        f"ratio {ratio}",
+        keep,
+        {g.name: g.channels for g in groups},
+        meta={"ratio": ratio, "round_to": round_to, **meta},
+    )
+
+
 def prune_uniform(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -270,19 +288,11 @@ def prune_uniform(
     round_to: int = 1,
     importance: str = "l1",
     scores: Mapping | None = None,
-) -> tuple[dict, list]:
+    model_name: str = "",
+) -> tuple[Plan, list]:
     """Prune every group of ``model`` by ``ratio`` (in place), by ``scores`` (from :meth:`GroupPruner.scores`)
-    if given, else by a data-free ``importance``. Returns the plan document and the history."""
+    if given, else by a data-free ``importance``. Returns the plan (named ``model_name``) and the history."""
     pruner = GroupPruner(model, input_shape)
-    groups = pruner.groups()
-    plan = uniform_plan(groups, ratio, round_to)
-    pruner.prune_to(plan, importance, scores=scores)
-    doc = {
-        "method": "uniform",
-        "ratio": ratio,
-        "round_to": round_to,
-        "importance": importance,
-        "keep_channels": plan,
-        "channels": {g.name: g.channels for g in groups},
-    }
-    return doc, pruner.history()
+    plan = uniform_plan_of(pruner.groups(), ratio, round_to, model_name, importance=importance)
+    pruner.prune_to(plan.keep_channels, importance, scores=scores)
+    return plan, pruner.history()
