@@ -68,7 +68,7 @@ def test_run_writes_the_engine_and_a_measured_report(finished_run):
     run = work / "runs" / "r20"
     for name in ("config.json", "baseline.onnx", "plan.json", "pruned.pt", "model.pt", "pruned.onnx", "report.md"):
         assert (run / name).is_file(), name
-    assert (work / "engines" / "resnet20-cpu.onnx").read_bytes() == (run / "pruned.onnx").read_bytes()
+    assert (work / "engines" / "r20.onnx").read_bytes() == (run / "pruned.onnx").read_bytes()  # named after the run
     r = json.loads((run / "report.json").read_text())
     assert r["device"]["engine"] == "onnxruntime" and r["device"]["threads"] == 1 and r["device"]["batch"] == 1
     for role in ("baseline", "pruned"):
@@ -172,6 +172,8 @@ def test_stage_commands_chain(tiny_data, tmp_path, capsys):
             "0.25",
             "--round-to",
             "1",
+            "--importance",
+            "l1",
             "-o",
             tmp_path / "p.pt",
         )[0]

@@ -58,6 +58,31 @@ def _external_conv(path: Path, location: str) -> Path:
     return _onnx_model(path, [helper.make_node("Conv", ["x", "w"], ["y"])], [x], [y], [w])
 
 
+def _unwritable_folder(d: Path) -> Path | None:
+    """A folder no file can be created in: a read-only one, or for root (who writes anywhere) /sys if it refuses."""
+    import tempfile
+
+    def folder_writable(folder) -> bool:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                return True
+        except OSError:
+            return False
+
+    ro = d / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if not folder_writable(ro):
+        return ro
+    return Path("/sys") if Path("/sys").is_dir() and not folder_writable("/sys") else None
+
+
+def _factory(path: Path, fn: str = "make"):
+    from trtprune.sources.models import _load_user_factory
+
+    return _load_user_factory(str(path), fn)
+
+
 LINEAR_ONLY = """
 import torch.nn as nn
 
@@ -108,7 +133,17 @@ def bad(tmp_path_factory, tiny_data):
     torch.save(build_model("resnet20"), d / "whole.pt")
     (d / "linear.py").write_text(LINEAR_ONLY)
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).state_dict(), d / "lin.pt")
+    for name, classes in (("narrow", 5), ("wide", 1000)):  # models for 5 and 1,000 classes, on 10-class data
+        (d / f"{name}.py").write_text(TINY_CNN.replace("nn.Linear(24, 10)", f"nn.Linear(24, {classes})"))
+        torch.save(_factory(d / f"{name}.py")().state_dict(), d / f"{name}.pt")
+    x1, x2 = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 32, 32]) for n in ("a", "b"))
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])
+    _onnx_model(d / "two.onnx", [helper.make_node("Add", ["a", "b"], ["y"])], [x1, x2], [out])
+    (d / "exits.py").write_text("import sys\n\nsys.exit(3)\n")
     (d / "afile").write_text("a file where a folder is needed")
+    (d / "empty.pt").write_bytes(b"")
+    (d / "cut.pt").write_bytes((d / "r32.pt").read_bytes()[:3000])  # a zip without its end
+    f["ro"] = _unwritable_folder(d)
     (d / "junk.sqlite").write_bytes(b"not sqlite " * 100)
     plan = {"format": "trtprune.plan/1", "model": "resnet20", "device": "cpu", "method": "locp", "budget": "0.5x"}
     for name, text in {
@@ -155,15 +190,41 @@ CASES = [
      "the latency table '{dir}' is a folder", ["{out}/p"], {}),
     ("lut-is-not-sqlite", ["profile", "--model", "resnet20", "--lut", "{dir}/junk.sqlite", "--out", "{out}/p"],
      "cannot open the latency table", ["{out}/p"], {}),
+    ("data-is-a-file", ["eval", *R20, "--data", "{dir}/afile"],
+     "data folder '{dir}/afile' (from --data) is a file, not a folder", [], {}),
+    ("prune-output-folder-unwritable", ["prune", *R20, "--importance", "l1", "-o", "{ro}/p.pt"],
+     "cannot write '{ro}/p.pt': its folder '{ro}' cannot be written", ["{ro}/p.pt", "{ro}/p.plan.json"], {}),
+    ("lut-folder-unwritable", ["profile", "--model", "resnet20", "--lut", "{ro}/l.sqlite", "--out", "{out}/p"],
+     "cannot open the latency table '{ro}/l.sqlite': its folder '{ro}' cannot be written",
+     ["{out}/p", "{ro}/l.sqlite"], {}),
+    ("model-file-exits", ["groups", "--model", "{dir}/exits.py:make"], "importing '{dir}/exits.py' called sys.exit(3)",
+     [], {}),
     ("model-file-missing", ["eval", "--model", "{dir}/none.py:make", "--data", "{data}"],
      "model file '{dir}/none.py' does not exist", [], {}),
     ("plan-missing", ["prune", *R20, "--plan", "{dir}/none.json", "-o", "{out}/p.pt"],
      "plan '{dir}/none.json' does not exist", ["{out}/p.pt"], {}),
+    # files that are not checkpoints: not "pickles" (see whole-model-pickle)
+    ("weights-empty", ["eval", "--model", "resnet20", "--weights", "{dir}/empty.pt", "--data", "{data}"],
+     "weights file '{dir}/empty.pt' is empty (0 bytes)", [], {}),
+    ("weights-truncated", ["eval", "--model", "resnet20", "--weights", "{dir}/cut.pt", "--data", "{data}"],
+     "weights file '{dir}/cut.pt' is a truncated PyTorch checkpoint (3,000 bytes)", [], {}),
+    ("weights-is-onnx", ["eval", "--model", "resnet20", "--weights", "{dir}/small.onnx", "--data", "{data}"],
+     "'{dir}/small.onnx' is an ONNX model, not a PyTorch checkpoint", [], {}),
     # weights that do not fit the architecture
     ("weights-of-resnet32", ["eval", "--model", "resnet20", "--weights", "{dir}/r32.pt", "--data", "{data}"],
      "weights '{dir}/r32.pt' do not fit the model", [], {}),
     ("onnx-for-other-images", ["eval", "--model", "resnet20", "--onnx", "{dir}/small.onnx", "--data", "{data}"],
      "'{dir}/small.onnx' takes input 'input' of shape [1, 3, 8, 8]", [], {}),
+    # a model for fewer classes than the dataset has; an ONNX model with two inputs
+    ("model-fewer-outputs-than-classes",
+     ["eval", "--model", "{dir}/narrow.py:make", "--weights", "{dir}/narrow.pt", "--data", "{data}"],
+     "the model gives 5 class scores per image, but the dataset has 10 classes", [], {}),
+    ("finetune-fewer-outputs-than-classes",
+     ["finetune", "--model", "{dir}/narrow.py:make", "--weights", "{dir}/narrow.pt", "--data", "{data}",
+      "--train-limit", "8", "--batch-size", "4", "--eval-limit", "8", "-o", "{out}/f.pt"],
+     "the model gives 5 class scores per image, but the dataset has 10 classes", ["{out}/f.pt"], {}),
+    ("onnx-two-inputs", ["eval", "--model", "resnet20", "--onnx", "{dir}/two.onnx", "--data", "{data}"],
+     "'{dir}/two.onnx' takes 2 inputs (a, b), not one batch of images", [], {}),
     # truncated or corrupt ONNX (all-zero bytes: tests/test_cli.py)
     ("truncated-onnx-measure", ["measure", "{dir}/cut.onnx", "--json", "{out}/m.json"],
      "'{dir}/cut.onnx' is not a valid ONNX model", ["{out}/m.json"], {}),
@@ -201,6 +262,14 @@ CASES = [
      {}),
     ("budget-ms-zero", [*SEARCH, "--budget-ms", "0"], "--budget-ms 0.0 is not a latency", ["{out}/plan.json"], {}),
     ("budget-ms-negative", [*SEARCH, "--budget-ms=-1"], "--budget-ms -1.0 is not a latency", ["{out}/plan.json"], {}),
+    ("budget-ms-inf", [*SEARCH, "--budget-ms", "inf"],
+     "argument --budget-ms: 'inf' is not a number: it must be a finite number", ["{out}/plan.json"], {}),
+    ("budget-ms-nan", [*SEARCH, "--budget-ms", "nan"],
+     "argument --budget-ms: 'nan' is not a number: it must be a finite number", ["{out}/plan.json"], {}),
+    ("budget-and-budget-ms", [*SEARCH, "--budget", "0.5x", "--budget-ms", "1"],
+     "argument --budget-ms: not allowed with argument --budget", ["{out}/plan.json"], {}),
+    ("run-budget-and-budget-ms", ["run", *R20, "--budget", "0.5x", "--budget-ms", "1", "--runs-dir", "{out}/runs"],
+     "argument --budget-ms: not allowed with argument --budget", ["{out}/runs"], {}),
     ("budget-missing", SEARCH, "trtprune search needs a budget", ["{out}/plan.json"], {}),
     ("run-budget-zero", ["run", *R20, "--budget", "0", "--runs-dir", "{out}/runs"],
      "budget 0.0x is not below the baseline", ["{out}/runs"], {}),
@@ -219,6 +288,28 @@ CASES = [
      ["quantize", "--model", "resnet20", "{dir}/small.onnx", "--calib", "{dir}/calib.npy", "-n", "0", "-o",
       "{out}/q.onnx"],
      "asked for 0 calibration images", ["{out}/q.onnx"], {}),
+    # settings no run can use: refused while parsing (non-finite, negative) or before any file is made
+    ("lr-nan", ["finetune", *R20, "--data", "{data}", "--lr", "nan", "-o", "{out}/f.pt"],
+     "argument --lr: 'nan' is not a positive number: it must be a finite number", ["{out}/f.pt"], {}),
+    ("lr-inf", ["finetune", *R20, "--data", "{data}", "--lr", "inf", "-o", "{out}/f.pt"],
+     "argument --lr: 'inf' is not a positive number: it must be a finite number", ["{out}/f.pt"], {}),
+    ("lr-negative", ["finetune", *R20, "--data", "{data}", "--lr=-0.1", "-o", "{out}/f.pt"],
+     "argument --lr: '-0.1' is not a positive number: it must be above 0", ["{out}/f.pt"], {}),
+    ("distill-nan", ["run", *R20, "--distill", "nan", "--runs-dir", "{out}/runs"],
+     "argument --distill: 'nan' is not a number: it must be a finite number", ["{out}/runs"], {}),
+    ("eval-limit-negative", ["finetune", *R20, "--data", "{data}", "--eval-limit=-1", "-o", "{out}/f.pt"],
+     "argument --eval-limit: '-1' is negative: give 0 (all) or a positive count", ["{out}/f.pt"], {}),
+    ("train-limit-negative", ["finetune", *R20, "--data", "{data}", "--train-limit=-5", "-o", "{out}/f.pt"],
+     "argument --train-limit: '-5' is negative: give 0 (all) or a positive count", ["{out}/f.pt"], {}),
+    ("eval-limit-negative-eval", ["eval", *R20, "--data", "{data}", "--limit=-1"],
+     "argument --limit: '-1' is negative: give 0 (all) or a positive count", [], {}),
+    ("round-to-above-every-group", ["prune", *R20, "--importance", "l1", "--round-to", "1000", "-o", "{out}/p.pt"],
+     "--round-to 1000 exceeds the channels of every group (at most 64)", ["{out}/p.pt", "{out}/p.plan.json"], {}),
+    ("run-round-to-above-every-group", ["run", *R20, "--budget", "none", "--round-to", "1000", "--runs-dir",
+                                        "{out}/runs"],
+     "--round-to 1000 exceeds the channels of every group (at most 64)", ["{out}/runs", "engines"], {}),
+    ("export-batch-beyond-memory", ["export", *R20, "--batch", "100000000", "-o", "{out}/x.onnx"],
+     "batch 100,000,000 needs about", ["{out}/x.onnx"], {}),
     # malformed plan, run configuration and device file
     ("plan-not-json", ["prune", *R20, "--plan", "{dir}/plan_text.json", "-o", "{out}/p.pt"],
      "plan '{dir}/plan_text.json' is not JSON", ["{out}/p.pt"], {}),
@@ -238,6 +329,8 @@ CASES = [
      "'{dir}/runs/corrupt/config.json' is not a run configuration", ["{dir}/runs/corrupt/baseline.onnx"], {}),
     ("device-file-syntax", ["measure", "{dir}/small.onnx", "--device", "x"],
      "device file '{dir}/dev_syntax.toml' cannot be read", [], {"TRTPRUNE_DEVICES": "{dir}/dev_syntax.toml"}),
+    ("device-file-is-a-folder", ["measure", "{dir}/small.onnx", "--device", "x"],
+     "device file '{dir}' is a folder", [], {"TRTPRUNE_DEVICES": "{dir}"}),
     ("device-file-types", ["measure", "{dir}/small.onnx", "--device", "x"],
      "device 'x' in '{dir}/dev_types.toml': batch = '8' has the wrong type", [],
      {"TRTPRUNE_DEVICES": "{dir}/dev_types.toml"}),
@@ -248,6 +341,11 @@ CASES = [
      "argument --method: invalid choice: 'magic'", ["{out}/plan.json"], {}),
     ("unknown-importance", ["prune", *R20, "--importance", "magic", "-o", "{out}/p.pt"],
      "argument --importance: invalid choice: 'magic'", ["{out}/p.pt"], {}),
+    # run names that would write outside --runs-dir
+    ("run-name-escapes", ["run", *R20, "--budget", "none", "--runs-dir", "{out}/runs", "--name", "../../x"],
+     "run name '../../x' is not a plain name", ["{out}/runs", "{out}/x", "x", "engines"], {}),
+    ("run-name-dotdot", ["run", *R20, "--budget", "none", "--runs-dir", "{out}/runs", "--name", ".."],
+     "run name '..' is not a plain name", ["{out}/runs", "engines"], {}),
     # untrusted checkpoints (see also test_a_pickled_whole_model_loads_only_when_trusted)
     ("whole-model-pickle", ["eval", "--model", "resnet20", "--weights", "{dir}/whole.pt", "--data", "{data}"],
      "cannot read weights file '{dir}/whole.pt': UnpicklingError: it holds pickled Python objects", [], {}),
@@ -258,6 +356,8 @@ CASES = [
 def test_bad_input_is_one_clear_message_exit_2_and_nothing_written(
     case, argv, message, outputs, env, bad, tmp_path, capsys, monkeypatch
 ):
+    if bad["ro"] is None and any("{ro}" in a for a in argv):
+        pytest.skip("no folder here refuses writes (root without a read-only /sys)")
     fill = {k: str(v) for k, v in bad.items()} | {"out": str(tmp_path / "out")}
     monkeypatch.chdir(tmp_path)
     for key, value in env.items():
@@ -296,6 +396,106 @@ def test_profiling_skips_layers_it_cannot_time_with_a_warning(tmp_path, capsys, 
     assert "group 0: 2 not found as Conv/Gemm with constant weights" in err and "profiled without them" in err
     stairs = json.loads((tmp_path / "p" / "stairs.json").read_text())
     assert stairs["left_out"] == {"0": ["2"], "2": ["2"]} and set(stairs["groups"]) == {"0", "2"}
+
+
+def test_two_runs_of_one_model_get_their_own_engines_and_factories_their_own_names(tmp_path):
+    """The engine is named after the run: two --names of one model and device write two engines (the default name
+    <model>-<device> keeps make engine's engines/resnet56-cpu.onnx); two factories of one file, two default names."""
+    from trtprune.config import RunConfig
+    from trtprune.run import Run, run_name
+
+    def engine(name):
+        return Run(tmp_path / "runs" / name, RunConfig(model="resnet20"), engines_dir=tmp_path / "e").engine_path
+
+    assert engine("a") == tmp_path / "e" / "a.onnx" and engine("b") == tmp_path / "e" / "b.onnx"
+    assert engine(run_name(None, "resnet56", "cpu")) == tmp_path / "e" / "resnet56-cpu.onnx"
+    (tmp_path / "f.py").write_text(TINY_CNN)
+    names = {run_name(None, f"{tmp_path}/f.py:{fn}", "cpu") for fn in ("a", "b")}
+    assert names == {"f.a-cpu", "f.b-cpu"}
+    for bad in ("../x", "a/b", "a\\b", "..", ".", ""):
+        with pytest.raises(TrtpruneError, match="is not a plain name"):
+            run_name(bad, "resnet20", "cpu")
+
+
+def test_a_model_for_more_classes_than_the_dataset_is_scored_with_a_warning(bad, capsys, caplog, tmp_path):
+    from trtprune.deploy.export import onnx_from_torch
+    from trtprune.metrics import top1_onnx
+
+    argv = ["eval", "--model", bad["dir"] / "wide.py:make", "--weights", bad["dir"] / "wide.pt", "--data", bad["data"]]
+    code, out, err = cli(capsys, *argv, "--limit", "16")
+    assert code == 0 and "top-1" in out, err
+    assert "gives 1000 class scores per image but the dataset has 10 classes" in caplog.text
+    onnx_from_torch(_factory(bad["dir"] / "narrow.py")(), tmp_path / "narrow.onnx", (3, 32, 32))
+    x, y = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64)
+    with pytest.raises(TrtpruneError, match="gives 5 class scores per image, but the dataset has 10 classes"):
+        top1_onnx(tmp_path / "narrow.onnx", x, y, (0.5,) * 3, (0.25,) * 3)
+
+
+def test_a_model_file_that_parses_sys_argv_at_import_sees_only_its_own_name(tmp_path, capsys):
+    """A script-like model file (argparse at its top level) used to end trtprune with its usage text, exit 2: it
+    is imported with sys.argv = [the file], and trtprune's own argv is restored afterwards."""
+    (tmp_path / "script.py").write_text(
+        "import argparse\nimport sys\n\nSEEN = list(sys.argv)\nargparse.ArgumentParser().parse_args()\n" + TINY_CNN
+    )
+    argv_before = list(sys.argv)
+    code, out, err = cli(capsys, "groups", "--model", f"{tmp_path}/script.py:make")
+    assert code == 0 and "2 prunable groups" in out, err
+    seen = sys.modules["trtprune_user_script"].SEEN
+    assert seen == [str(tmp_path / "script.py")] and sys.argv == argv_before
+
+
+def test_advice_names_a_user_factory_as_path_file_py_factory(bad, tmp_path, capsys):
+    """A pruned checkpoint or plan of a user factory, used with another model: the fix spells --model as the CLI
+    takes it (path/to/linear.py:make), not as the spec name (linear.make)."""
+    from trtprune.search import Plan
+    from trtprune.sources.weights import save_pruned
+
+    save_pruned(tmp_path / "lin.pt", torch.nn.Linear(2, 2), "linear.make", [])
+    code, _, err = cli(capsys, "eval", "--model", "resnet20", "--weights", tmp_path / "lin.pt", "--data", bad["data"])
+    assert code == 2 and "was pruned from 'linear.make', not from 'resnet20'" in err
+    assert "fix: use --model path/to/linear.py:make" in err
+    Plan("linear.make", "cpu", "locp", "0.5x", {"0": 1}, {"0": 2}).save(tmp_path / "plan.json")
+    argv = ["prune", "--model", "resnet20", "--weights", bad["w"], "--plan", tmp_path / "plan.json"]
+    code, _, err = cli(capsys, *argv, "-o", tmp_path / "p.pt")
+    assert code == 2 and "fix: use --model path/to/linear.py:make" in err and not (tmp_path / "p.pt").exists()
+
+
+def test_the_plan_of_prune_ratio_is_one_prune_plan_takes_and_prune_defaults_to_search_s_importance(
+    bad, tmp_path, capsys
+):
+    """prune --ratio writes <out>.plan.json in the Plan format (it used to write another document, which
+    prune --plan refused as 'not a trtprune plan'); prune and search have one default importance, taylor."""
+    from trtprune.cli import parser
+    from trtprune.search import Plan
+
+    w = ["--model", "resnet20", "--weights", bad["w"], "--data", bad["data"]]
+    code, _, err = cli(capsys, "prune", *w, "--ratio", "0.5", "--round-to", "4", "-o", tmp_path / "a.pt")
+    assert code == 0, err
+    plan = Plan.load(tmp_path / "a.plan.json")
+    assert (plan.model, plan.method, plan.meta["importance"], plan.keep_channels["conv1"]) == (
+        "resnet20", "uniform", "taylor", 8
+    )  # fmt: skip
+    code, out, err = cli(capsys, "prune", *w, "--plan", tmp_path / "a.plan.json", "-o", tmp_path / "b.pt")
+    assert code == 0 and "pruned to" in out, err
+    defaults = {c: parser().parse_args([c, "-o", "x"]).importance for c in ("prune", "search")}
+    assert defaults == {"prune": "taylor", "search": "taylor"}
+    assert parser().parse_args(["run"]).importance == "taylor"
+
+
+def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(caplog):
+    import math
+
+    from trtprune.pruning.prune import ChannelGroup, uniform_plan
+    from trtprune.search import Budget
+
+    for ms in (math.inf, math.nan, -math.inf):
+        with pytest.raises(TrtpruneError, match="is not a latency"):
+            Budget.parse(ms=ms)
+    groups = [ChannelGroup(n, c, (n,), ()) for n, c in (("a", 16), ("b", 64))]
+    with pytest.raises(TrtpruneError, match="exceeds the channels of every group"):
+        uniform_plan(groups, 0.5, 100)
+    assert uniform_plan(groups, 0.5, 32) == {"a": 16, "b": 32}  # some groups too small: a warning naming them
+    assert "--round-to 32 exceeds the channels of 1 group(s), which keep all their channels: a (16)" in caplog.text
 
 
 # -- interruption -----------------------------------------------------------------------------------------------

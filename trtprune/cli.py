@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -25,6 +26,38 @@ from trtprune.sources.models import BUILTIN
 from trtprune.sources.weights import unsafe_pickle
 
 log = logging.getLogger("trtprune")
+
+
+# -- checked numbers: a value no run can use is refused while parsing (argparse's one message, exit 2) ------------
+def _number(text: str, kind, what: str) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}") from None
+    if kind is float and not math.isfinite(value):  # nan trains to a NaN loss, inf gives "Infinity" in JSON
+        raise argparse.ArgumentTypeError(f"'{text}' is not {what}: it must be a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0: a learning rate, milliseconds."""
+    value = _number(text, float, "a positive number")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive number: it must be above 0")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A finite number; its range is checked with the setting's own message."""
+    return _number(text, float, "a number")
+
+
+def count(text: str) -> int:
+    """A count of images that may be 0 (= all): never negative (-1 would take all images but the last)."""
+    value = _number(text, int, "a whole number")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is negative: give 0 (all) or a positive count")
+    return value
 
 
 # -- shared option groups ---------------------------------------------------------------------------
@@ -72,10 +105,13 @@ def _quick(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
+def _pruning(p: argparse.ArgumentParser, importance: str = "taylor") -> None:
 
     p.add_argument(
-        "--ratio", type=float, default=0.5, help="uniform pruning: fraction of every group to remove (default 0.5)"
+        "--ratio",
+        type=finite_float,
+        default=0.5,
+        help="uniform pruning: fraction of every group to remove (default 0.5)",
     )
     p.add_argument(
         "--round-to", type=int, default=8, help="uniform and flops: keep a multiple of this many channels (default 8)"
@@ -91,14 +127,17 @@ def _pruning(p: argparse.ArgumentParser, importance: str = "l1") -> None:
 def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
 
     p.add_argument("--method", default="locp", choices=list(SEARCHERS), help="search (default locp)")
-    p.add_argument(
+    one = p.add_mutually_exclusive_group()  # both given: one of them would silently win
+    one.add_argument(
         "--budget",
         default=budget,
         help="latency budget as a fraction of the baseline measured on the "
         f"device, e.g. 0.5x{f' (default {budget})' if budget else ''}"
         + ("; 'none' for plain uniform pruning by --ratio" if budget else ""),
     )
-    p.add_argument("--budget-ms", type=float, help="latency budget in milliseconds instead")
+    one.add_argument(
+        "--budget-ms", type=finite_float, help="latency budget in milliseconds instead (not with --budget)"
+    )
     p.add_argument("--lut", help="latency table (default: lut.sqlite in the user cache)")
 
 
@@ -107,14 +146,14 @@ def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
     d = FinetuneConfig(distill=distill)
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"fine-tuning epochs (default {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"training batch (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate, cosine decay (default {d.lr})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"peak learning rate, cosine decay (default {d.lr})")
     p.add_argument(
         "--distill",
-        type=float,
+        type=finite_float,
         default=d.distill,
         help=f"weight of distillation from the unpruned model, 0..1 (default {d.distill}; 0 = off)",
     )
-    p.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (default: all)")
+    p.add_argument("--train-limit", type=count, default=0, help="train on the first N images only (default: all)")
     p.add_argument("--no-channels-last", action="store_true", help="train in NCHW instead of NHWC memory format")
     p.add_argument(
         "--precision",
@@ -188,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
     _model(p)
     p.add_argument("--onnx", help="evaluate this ONNX file instead (its --model gives the normalisation)")
     p.add_argument("--split", default="test", choices=["test", "train"])
-    p.add_argument("--limit", type=int, default=0, help="first N images only (default: all)")
+    p.add_argument("--limit", type=count, default=0, help="first N images only (default: all)")
     p = add("profile", C.cmd_profile, "measure how each channel group's latency moves with its channels (LUT)")
     _model(p, "checkpoint (optional: latency does not depend on the weights)")
     _device(p)
@@ -199,7 +238,7 @@ def parser() -> argparse.ArgumentParser:
         choices=["three_point", "exhaustive"],
         help="stair search (default three_point)",
     )
-    p.add_argument("--rel", type=float, default=0.01, help="latencies within this fraction are the same (0.01)")
+    p.add_argument("--rel", type=finite_float, default=0.01, help="latencies within this fraction are the same (0.01)")
     p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
     p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")
     _quick(p)
@@ -220,7 +259,7 @@ def parser() -> argparse.ArgumentParser:
     _device(p)
     _searching(p, budget=None)
     _quick(p)
-    _pruning(p, importance="taylor")
+    _pruning(p)
     p.add_argument("-o", "--output", required=True, help="plan to write (.json)")
     p = add("prune", C.cmd_prune, "prune to a plan (from trtprune search), or every group by a uniform ratio")
     _model(p)
@@ -231,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     _model(p, "the checkpoint to fine-tune (e.g. from trtprune prune)", weights_required=True)
     _finetuning(p)
     p.add_argument("--teacher", help="unpruned weights to distil from (with --distill)")
-    p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (default: all)")
+    p.add_argument("--eval-limit", type=count, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint at -o")
     p.add_argument(
         "--nproc",
@@ -252,10 +291,14 @@ def parser() -> argparse.ArgumentParser:
     _model(p)
     _device(p)
     _searching(p)
-    _pruning(p, importance="taylor")
+    _pruning(p)
     _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
-    p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images (default: all)")
-    p.add_argument("--name", help="run name (default: <model>-<device>)")
+    p.add_argument("--eval-limit", type=count, default=0, help="evaluate on the first N test images (default: all)")
+    p.add_argument(
+        "--name",
+        help="run name: the run goes to <runs-dir>/<name>, the engine to <engines-dir>/<name>.onnx (or .plan) "
+        "(default: <model>-<device>; for a user factory f.py:make, f.make-<device>)",
+    )
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--engines-dir", default="engines", help="where deployable models go (default: engines)")
     p.add_argument("--fresh", action="store_true", help="discard the run's earlier outputs and start over")

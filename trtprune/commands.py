@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -21,15 +22,15 @@ from trtprune.profiling.profile import Profiler, group_layers, profile_groups
 from trtprune.profiling.stairs import Tolerance
 from trtprune.provenance import provenance
 from trtprune.pruning.importance import IMPORTANCE
-from trtprune.pruning.prune import GroupPruner, prune_uniform
+from trtprune.pruning.prune import GroupPruner, check_round_to, uniform_plan_of
 from trtprune.report import stage_report
-from trtprune.run import Run, RunConfig, read_config, run_all
+from trtprune.run import Run, RunConfig, read_config, run_all, run_name
 from trtprune.search import Budget, Plan, runner
 from trtprune.search.runner import channel_scores
 from trtprune.sources import fetch
 from trtprune.sources.datasets import ensure_cifar10
 from trtprune.sources.images import open_images
-from trtprune.sources.models import BUILTIN, model_spec
+from trtprune.sources.models import BUILTIN, build_model, model_argument, model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned, unsafe_pickle
 from trtprune.training import distributed as DI
 from trtprune.training.finetune import FinetuneConfig, finetune
@@ -37,10 +38,10 @@ from trtprune.training.finetune import FinetuneConfig, finetune
 
 def _ft_config(a):
 
-    if a.epochs < 1 or a.batch_size < 1 or a.lr <= 0 or not 0 <= a.distill <= 1:
+    if a.epochs < 1 or a.batch_size < 1 or not 0 < a.lr < math.inf or not 0 <= a.distill <= 1 or a.train_limit < 0:
         raise TrtpruneError(
             "fine-tuning settings out of range",
-            fix="use --epochs >= 1, --batch-size >= 1, --lr > 0 and --distill in [0, 1]",
+            fix="use --epochs >= 1, --batch-size >= 1, a finite --lr > 0, --distill in [0, 1] and --train-limit >= 0",
         )
     return FinetuneConfig(
         epochs=a.epochs,
@@ -180,7 +181,8 @@ def cmd_prune(a) -> None:
         loaded = Plan.load(a.plan)
         if loaded.model != spec.name:
             raise TrtpruneError(
-                f"plan '{a.plan}' is for {loaded.model}, not {spec.name}", fix=f"use --model {loaded.model}"
+                f"plan '{a.plan}' is for {loaded.model}, not {spec.name}",
+                fix=f"use --model {model_argument(loaded.model)}",
             )
         pruner = GroupPruner(model, spec.input_shape)
         pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
@@ -190,12 +192,14 @@ def cmd_prune(a) -> None:
             f"{sum(loaded.channels.values())} channels kept)"
         )
         return
-    scores = channel_scores(model, spec, a.importance, a.data)
-    plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance, scores=scores)
-    save_pruned(a.output, model, spec.name, history, plan=plan["keep_channels"])
+    pruner = GroupPruner(model, spec.input_shape)
+    # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring with data
+    plan = uniform_plan_of(pruner.groups(), a.ratio, a.round_to, spec.name, importance=a.importance)
+    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
+    save_pruned(a.output, model, spec.name, pruner.history(), plan=plan.keep_channels)
     plan_path = Path(a.output).with_suffix(".plan.json")
-    write_json(plan_path, plan)
-    kept, total = sum(plan["keep_channels"].values()), sum(plan["channels"].values())
+    plan.save(plan_path)  # the Plan format: prune --plan takes it back
+    kept, total = sum(plan.keep_channels.values()), sum(plan.channels.values())
     print(f"wrote {a.output} and {plan_path}: {kept} of {total} channels kept")
 
 
@@ -274,7 +278,10 @@ def cmd_build(a) -> None:
 
 def cmd_run(a) -> None:
 
+    name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
+    if budget is None or a.method in ("uniform", "flops"):  # --round-to is used: check it before any file is made
+        check_round_to(GroupPruner(build_model(a.model), model_spec(a.model).input_shape).groups(), a.round_to)
     cfg = RunConfig(
         model=a.model,
         weights=a.weights,
@@ -287,7 +294,6 @@ def cmd_run(a) -> None:
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )
-    name = a.name or f"{Path(cfg.model.split(':')[0]).stem}-{cfg.device}"
     with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut) as run:
         report = run_all(run)
     b, p = report["baseline"], report["pruned"]

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
@@ -52,12 +53,28 @@ def atomic_path(path: str | os.PathLike):
     _remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        try:  # created before the writer runs: a folder that cannot be written is named, not torch's or onnx's error
+            open(tmp, "wb").close()
+        except OSError as e:
+            raise TrtpruneError(
+                f"cannot write '{path}': its folder '{path.parent}' cannot be written: {e.strerror or e}",
+                fix="choose an output path in a folder you can write (check its permissions and free space)",
+            ) from e
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def folder_writable(folder: str | os.PathLike) -> bool:
+    """Whether a file can be created in ``folder`` (tried, not guessed from permission bits: root, read-only mounts)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
@@ -9,6 +11,8 @@ from trtprune.errors import TrtpruneError
 from trtprune.latency.ort import ort_session
 from trtprune.log import progress
 from trtprune.sources.images import Images, as_images
+
+log = logging.getLogger(__name__)
 
 
 def count_params(model: nn.Module) -> int:
@@ -37,12 +41,31 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(total)
 
 
-def _check_classes(outputs: int, images: Images, what: str) -> None:
-    if images.num_classes is not None and outputs < images.num_classes:
+_warned: set[tuple[str, int]] = set()
+
+
+def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10) -> None:
+    """A model scored on ``classes`` classes must give at least that many logits per image: fewer is an error (labels
+    beyond them can never be predicted); more is a warning (a model made for another dataset scores near 0 %)."""
+    n = outputs[-1] if len(outputs) == 2 else None
+    if n is None or n < classes:
         raise TrtpruneError(
-            f"{what} has {outputs} outputs, but the images have {images.num_classes} classes ({images.name})",
-            why="a model scores one class per output; labels beyond its outputs can never be right",
-            fix="give the data the model was made for, or a model whose head has one output per class",
+            f"{what} gives outputs of shape {list(outputs)}, not one row of class scores per image"
+            if n is None
+            else f"{what} gives {n} class scores per image, but the dataset has {classes} classes",
+            why=f"top-1 compares the largest of the model's {classes} class scores (logits, one row per image) with "
+            "the label",
+            fix=f"give a model whose last layer has {classes} outputs (e.g. nn.Linear(..., {classes}))",
+        )
+    if n > classes and (what, n) not in _warned:
+        _warned.add((what, n))
+        log.warning(
+            "%s gives %d class scores per image but the dataset has %d classes: it was made for another dataset, "
+            "so its accuracy here is meaningless (near 0 %%); give it a last layer of %d outputs and train it",
+            what,
+            n,
+            classes,
+            classes,
         )
 
 
@@ -53,8 +76,8 @@ class _Counter:
         self.images, self.what, self.n, self.correct = images, what, 0, {1: 0, 5: 0}
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        if self.n == 0:
-            _check_classes(logits.shape[1], self.images, self.what)
+        if self.n == 0:  # the first batch: the head fits the data
+            check_outputs(tuple(logits.shape), self.what, self.images.num_classes or logits.shape[-1])
         for k in self.correct:
             if k <= logits.shape[1]:
                 top = logits.topk(k, 1).indices
@@ -96,9 +119,9 @@ def accuracy_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval")
     inputs = sess.get_inputs()
     if len(inputs) != 1:
         raise TrtpruneError(
-            f"'{path}' has {len(inputs)} inputs ({', '.join(i.name for i in inputs)})",
-            why="trtprune evaluates image classifiers: one image batch in, one score per class out",
-            fix="evaluate a model with a single image input",
+            f"'{path}' takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}), not one batch of images",
+            why="trtprune evaluates image classifiers: one input of shape (batch, C, H, W)",
+            fix="evaluate the ONNX export of a model with one image input (trtprune export --model ...)",
         )
     inp = inputs[0]
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256

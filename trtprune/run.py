@@ -12,6 +12,7 @@ import fcntl
 import functools
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path, write_json
 from trtprune.latency import get_backend
 from trtprune.latency.devices import get_device
-from trtprune.pruning.prune import GroupPruner, uniform_plan
+from trtprune.pruning.prune import GroupPruner, uniform_plan_of
 from trtprune.report import stage_report
 from trtprune.search import runner
 from trtprune.search.plan import Budget, Plan
@@ -34,6 +35,22 @@ from trtprune.sources.weights import load_model, read_checkpoint, resolve_weight
 from trtprune.training.finetune import finetune
 
 log = logging.getLogger(__name__)
+
+
+def run_name(name: str | None, model: str, device: str) -> str:
+    """The run directory's name: ``name`` if given, else ``<model>-<device>`` with the model's spec name (a user
+    factory ``f.py:a`` gives ``f.a``, so two factories of one file get two runs). A name is one path component."""
+    if name is None:
+        return f"{model_spec(model).name}-{device}"
+    if not name or ".." in name or name == "." or any(c in name for c in ("/", "\\", os.sep, "\0")):
+        raise TrtpruneError(
+            f"run name '{name}' is not a plain name",
+            why="the run goes to <runs-dir>/<name> and its engine to <engines-dir>/<name>.<onnx|plan>: a name with "
+            "a path separator or '..' would write elsewhere",
+            fix="give a name without '/', '\\' or '..' (e.g. --name resnet56-half); use --runs-dir to choose the "
+            "folder",
+        )
+    return name
 
 
 def read_config(path: Path) -> dict:
@@ -139,8 +156,9 @@ class Run:
 
     @property
     def engine_path(self) -> Path:
-
-        return self.engines_dir / f"{model_spec(self.cfg.model).name}-{self.device.name}{self.device.engine_suffix}"
+        """``engines/<run name>.<onnx|plan>``: named after the run, so that two runs of one model on one device
+        (different --name) do not overwrite each other's engine (the default name is ``<model>-<device>``)."""
+        return self.engines_dir / f"{self.dir.name}{self.device.engine_suffix}"
 
 
 def stage(label: str, output: str):
@@ -182,15 +200,7 @@ def stage_search(run: Run, out: Path) -> None:
     if budget is None:
         model, spec = _load_base(run)
         groups = GroupPruner(model, spec.input_shape).groups()
-        plan = Plan(
-            spec.name,
-            run.device.name,
-            "uniform",
-            f"ratio {cfg.ratio}",
-            uniform_plan(groups, cfg.ratio, cfg.round_to),
-            {g.name: g.channels for g in groups},
-            meta={"ratio": cfg.ratio, "round_to": cfg.round_to},
-        )
+        plan = uniform_plan_of(groups, cfg.ratio, cfg.round_to, spec.name, run.device.name)
     else:
         weights = resolve_weights(cfg.model, cfg.weights, run.data)
         plan = runner.search(
@@ -264,7 +274,7 @@ def int8_onnx(run: Run) -> Path:
 
 
 def deliver(run: Run) -> Path:
-    """The deployable model at ``engines/<model>-<device>.<plan|onnx>`` (always: the run may be newer): a
+    """The deployable model at ``engines/<run name>.<plan|onnx>`` (always: the run may be newer): a
     TensorRT plan built on the device (from the calibrated Q/DQ model for int8), or the pruned ONNX model for
     ONNX Runtime."""
     if run.device.engine_suffix == ".plan":

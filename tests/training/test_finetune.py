@@ -279,3 +279,62 @@ def test_compile_wraps_the_student_and_the_teacher_and_checkpoints_stay_plain(pr
             base_model="resnet20",
             history=history,
         )
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Epoch 1 trains and is saved; in epoch 2 the loss becomes NaN (as with too high a learning rate): a clear error,
+    and the checkpoint of epoch 1 stays as it was."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    calls = 0
+
+    def poison(module, inputs, output):  # training steps 1-2 (epoch 1) are fine, step 3 gives NaN logits
+        nonlocal calls
+        if module.training:
+            calls += 1
+            return output * float("nan") if calls > 2 else output
+
+    model.register_forward_hook(poison)
+    cfg = FinetuneConfig(epochs=2, batch_size=4, precision="fp32", train_device="cpu")
+    ckpt = tmp_path / "ft.pt"
+    with pytest.raises(TrtpruneError, match=r"the training loss became nan at step 3 \(epoch 2/2\)") as e:
+        finetune(model, synthetic_cifar10(8, 1), synthetic_cifar10(4, 2), IMAGENET_MEAN, IMAGENET_STD, cfg,
+                 checkpoint=ckpt, base_model="x", history=[])  # fmt: skip
+    assert f"the checkpoint '{ckpt}' of epoch 1, the last good one, is kept" in e.value.why
+    saved = read_checkpoint(ckpt)
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+    with pytest.raises(TrtpruneError, match="the training loss became nan at step 1") as e:  # nothing saved yet
+        finetune(model, synthetic_cifar10(8, 1), None, IMAGENET_MEAN, IMAGENET_STD, cfg,
+                 checkpoint=tmp_path / "new.pt", base_model="x", history=[])  # fmt: skip
+    assert "nothing was written" in e.value.why and not (tmp_path / "new.pt").exists()
+
+
+def test_distillation_reads_the_teacher_on_every_batch(tmp_path):
+    """Each step is distilled from the teacher's outputs on that step's images (not the first step's)."""
+    torch.manual_seed(0)
+    seen = []
+
+    class Teacher(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.net(x)
+
+    student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    finetune(
+        student,
+        synthetic_cifar10(96, 3),
+        None,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        FinetuneConfig(epochs=1, batch_size=32, lr=0.01, distill=0.5, precision="fp32"),
+        checkpoint=tmp_path / "kd.pt",
+        base_model="x",
+        history=[],
+        teacher=Teacher(),
+    )
+    assert len(seen) == 3 and not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])

@@ -130,6 +130,12 @@ def load_devices(path: str | Path) -> dict[str, Device]:
         import tomli as tomllib
 
     path = Path(path)
+    if path.is_dir():
+        raise TrtpruneError(
+            f"device file '{path}' is a folder",
+            why="TRTPRUNE_DEVICES names one TOML file of [devices.<name>] tables",
+            fix=f"point it at the file (e.g. {path / 'devices.toml'}), or unset TRTPRUNE_DEVICES",
+        )
     try:
         doc = tomllib.loads(path.read_text())
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
+from trtprune.fsutil import folder_writable
 from trtprune.sources.fetch import cache_dir
 
 SCHEMA_VERSION = 2  # 2: a layer's latency is a low quantile of its runs (1: the median of bursts)
@@ -71,6 +72,15 @@ class LUT:
                 "ms REAL NOT NULL, created REAL NOT NULL)"
             )
         except sqlite3.DatabaseError as e:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
+            if not folder_writable(self.path.parent):  # SQLite needs to create the table, or its -wal beside it
+                raise TrtpruneError(
+                    f"cannot open the latency table '{self.path}': its folder '{self.path.parent}' cannot be written",
+                    why=f"SQLite says: {e}; it creates the table file and a write-ahead log (-wal, -shm) beside it",
+                    fix="pass a --lut in a folder you can write (the default is lut.sqlite in the user cache)",
+                ) from e
             raise TrtpruneError(
                 f"cannot open the latency table '{self.path}': {e}",
                 why="it is not an SQLite database, or it is corrupt",

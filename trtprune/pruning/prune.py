@@ -22,6 +22,7 @@ from torch import nn
 
 from trtprune.errors import TrtpruneError
 from trtprune.pruning.importance import get_criterion
+from trtprune.search.plan import Plan
 from trtprune.sources.models.shortcut import ChannelPadShortcut
 
 log = logging.getLogger(__name__)
@@ -216,18 +217,56 @@ def replay(model: nn.Module, input_shape: tuple[int, ...], history: list) -> nn.
     return model
 
 
+def check_round_to(groups: list[ChannelGroup], round_to: int) -> None:
+    """A group with fewer channels than ``round_to`` cannot be pruned to a multiple of it and keeps all of them:
+    an error when that is every group (nothing would be pruned), a warning naming them when it is some."""
+    small = [g for g in groups if g.channels < round_to]
+    if groups and len(small) == len(groups):
+        raise TrtpruneError(
+            f"--round-to {round_to} exceeds the channels of every group (at most {max(g.channels for g in groups)})",
+            why="counts are rounded to a multiple of --round-to, and a group smaller than it keeps all its channels: "
+            "nothing would be pruned",
+            fix=f"use a --round-to of at most {min(g.channels for g in groups)} (8 suits most CPUs and GPUs)",
+        )
+    if small:
+        log.warning(
+            "--round-to %d exceeds the channels of %d group(s), which keep all their channels: %s",
+            round_to,
+            len(small),
+            ", ".join(f"{g.name} ({g.channels})" for g in small[:6]) + (" ..." if len(small) > 6 else ""),
+        )
+
+
 def uniform_plan(groups: list[ChannelGroup], ratio: float, round_to: int = 1) -> dict[str, int]:
     """Remove ``ratio`` of every group, keeping a multiple of ``round_to`` (at least one multiple)."""
     if not 0.0 <= ratio < 1.0:
         raise TrtpruneError(f"pruning ratio {ratio} is out of range", fix="use a ratio in [0, 1), e.g. 0.5")
     if round_to < 1:
         raise TrtpruneError(f"round_to {round_to} must be >= 1")
+    check_round_to(groups, round_to)
     plan = {}
     for g in groups:
         keep = g.channels * (1.0 - ratio)
         keep = max(round_to, round_to * math.floor(keep / round_to + 0.5))  # nearest multiple
         plan[g.name] = min(g.channels, keep)
     return plan
+
+
+def uniform_plan_of(
+    groups: list[ChannelGroup], ratio: float, round_to: int, model: str, device: str = "", **meta
+) -> Plan:
+    """The :class:`Plan` of uniform pruning (``uniform_plan``): the one plan format, loadable by ``prune --plan``.
+    ``device`` is empty when no device was involved (``trtprune prune --ratio``)."""
+    keep = uniform_plan(groups, ratio, round_to)
+    return Plan(
+        model,
+        device,
+        "uniform",
+        f"ratio {ratio}",
+        keep,
+        {g.name: g.channels for g in groups},
+        meta={"ratio": ratio, "round_to": round_to, **meta},
+    )
 
 
 def prune_uniform(
@@ -237,19 +276,11 @@ def prune_uniform(
     round_to: int = 1,
     importance: str = "l1",
     scores: Mapping | None = None,
-) -> tuple[dict, list]:
+    model_name: str = "",
+) -> tuple[Plan, list]:
     """Prune every group of ``model`` by ``ratio`` (in place), by ``scores`` (from :meth:`GroupPruner.scores`)
-    if given, else by a data-free ``importance``. Returns the plan document and the history."""
+    if given, else by a data-free ``importance``. Returns the plan (named ``model_name``) and the history."""
     pruner = GroupPruner(model, input_shape)
-    groups = pruner.groups()
-    plan = uniform_plan(groups, ratio, round_to)
-    pruner.prune_to(plan, importance, scores=scores)
-    doc = {
-        "method": "uniform",
-        "ratio": ratio,
-        "round_to": round_to,
-        "importance": importance,
-        "keep_channels": plan,
-        "channels": {g.name: g.channels for g in groups},
-    }
-    return doc, pruner.history()
+    plan = uniform_plan_of(pruner.groups(), ratio, round_to, model_name, importance=importance)
+    pruner.prune_to(plan.keep_channels, importance, scores=scores)
+    return plan, pruner.history()

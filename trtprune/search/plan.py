@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ class Budget:
         if (text is None) == (ms is None):
             raise TrtpruneError("give one latency budget", fix="use --budget 0.5x (of the baseline) or --budget-ms 1.2")
         if ms is not None:
-            if not ms > 0:
+            if not 0 < ms < math.inf:  # nan, inf: a plan for "any latency" would be empty, with Infinity in its JSON
                 raise TrtpruneError(f"--budget-ms {ms} is not a latency", fix="give milliseconds > 0, e.g. 1.2")
             return cls(ms=float(ms))
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*x?\s*", str(text))

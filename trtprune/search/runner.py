@@ -10,7 +10,7 @@ from trtprune.latency import get_backend
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.predict import Predictor
 from trtprune.pruning.importance import needs_data
-from trtprune.pruning.prune import GroupPruner
+from trtprune.pruning.prune import GroupPruner, check_round_to
 from trtprune.search import get_searcher
 from trtprune.search.plan import Budget, Plan
 from trtprune.search.space import SearchSpace
@@ -56,6 +56,8 @@ def search(
     searcher_options = {"round_to": round_to} if method in ("uniform", "flops") else {}
     get_searcher(method, **searcher_options)  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
+    if searcher_options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
+        check_round_to(GroupPruner(model, spec.input_shape).groups(), round_to)
     scores = channel_scores(model, spec, importance, data)
     if method == "flops":
         searcher_options["magnitude"] = channel_scores(model, spec, "l2", data)

@@ -86,8 +86,13 @@ def data_root(data: str | os.PathLike | None = None) -> tuple[Path, bool]:
     given = data or os.environ.get("TRTPRUNE_DATA")
     if given:
         root = Path(given).expanduser()
+        source = "--data" if data else "TRTPRUNE_DATA"
+        if root.exists() and not root.is_dir():
+            raise TrtpruneError(
+                f"data folder '{root}' (from {source}) is a file, not a folder",
+                fix=f"point it at {LAYOUT_HELP}",
+            )
         if not root.is_dir():
-            source = "--data" if data else "TRTPRUNE_DATA"
             raise TrtpruneError(
                 f"data folder '{root}' (from {source}) does not exist", fix=f"point it at {LAYOUT_HELP}"
             )

@@ -13,6 +13,7 @@ import contextvars
 import logging
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path
 from trtprune.pruning.prune import replay
 from trtprune.sources import fetch
-from trtprune.sources.models import build_model, model_spec
+from trtprune.sources.models import build_model, model_argument, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,41 @@ def unsafe_pickle():
         _UNSAFE_PICKLE.reset(token)
 
 
+def _not_a_checkpoint(path: Path, error: Exception) -> None:
+    """When torch cannot load ``path``: a clear error if the file is empty, a zip archive cut short (every
+    ``torch.save`` file is a zip), or an ONNX model; nothing when it is something else."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if size == 0:
+        raise TrtpruneError(
+            f"weights file '{path}' is empty (0 bytes)",
+            why="it was not written to the end: an interrupted save, copy or download",
+            fix="save, copy or download the checkpoint again",
+        ) from error
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise TrtpruneError(
+            f"weights file '{path}' is a truncated PyTorch checkpoint ({size:,} bytes)",
+            why="torch.save writes a zip archive, and this one lacks its end (the zip directory): it was cut short by "
+            "an interrupted save, copy or download",
+            fix="save, copy or download the checkpoint again",
+        ) from error
+    if head[:1] == b"\x08":  # an ONNX file starts with its ir_version field
+        import onnx
+
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:
+            return
+        if model.ir_version > 0 and len(model.graph.node) > 0:
+            raise TrtpruneError(
+                f"'{path}' is an ONNX model, not a PyTorch checkpoint",
+                why="--weights takes the state dict or checkpoint (.pt, .pth, .th) of the PyTorch --model",
+                fix="use the ONNX file with the commands that take ONNX (eval --onnx, measure, quantize), and give "
+                "--weights the PyTorch checkpoint",
+            ) from error
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """The dict stored in a checkpoint file, loaded without executing code (see :func:`unsafe_pickle`)."""
     path = Path(path)
@@ -60,6 +96,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not unsafe)
     except Exception as e:
+        _not_a_checkpoint(path, e)  # empty, cut short, or an ONNX model: say so, not "pickled objects"
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # torch colours its messages
         if not unsafe and first.startswith("Weights only load failed"):
             first = "it holds pickled Python objects, not only tensors (e.g. a model saved by torch.save(model))"
@@ -146,7 +183,7 @@ def load_model(model: str, weights: str | os.PathLike | None = None):
         if ckpt.get("base_model") != spec.name:
             raise TrtpruneError(
                 f"'{weights}' was pruned from '{ckpt.get('base_model')}', not from '{spec.name}'",
-                fix=f"use --model {ckpt.get('base_model')}",
+                fix=f"use --model {model_argument(str(ckpt.get('base_model')))}",
             )
         replay(net, spec.input_shape, ckpt["history"])
     load_state(net, state_dict_of(ckpt), str(weights))

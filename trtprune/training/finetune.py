@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trtprune.config import FinetuneConfig
 from trtprune.errors import TrtpruneError
 from trtprune.log import progress
+from trtprune.metrics import check_outputs
 from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_state, read_checkpoint, save_pruned
 from trtprune.training import distributed as DI
@@ -137,6 +138,21 @@ def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
         )
 
 
+def _stop_diverged(loss: float, step: int, epoch: int, cfg: FinetuneConfig, checkpoint: Path) -> None:
+    """A loss of NaN or inf: the weights are (or are about to be) ruined; stop before a checkpoint is overwritten."""
+    kept = (
+        f"the checkpoint '{checkpoint}' of epoch {epoch}, the last good one, is kept"
+        if epoch > 0 and checkpoint.is_file()
+        else "nothing was written"
+    )
+    raise TrtpruneError(
+        f"the training loss became {loss} at step {step + 1} (epoch {epoch + 1}/{cfg.epochs}): training stopped",
+        why=f"the learning rate ({cfg.lr:g}) is too high for this model, or the weights hold NaN or infinite values; "
+        f"{kept}",
+        fix=f"fine-tune again with a lower --lr (e.g. {cfg.lr / 10:g})",
+    )
+
+
 def finetune(
     model: nn.Module,
     train,
@@ -209,6 +225,7 @@ def finetune(
         if cfg.compile:  # the checkpoints, the evaluation and the caller keep the module itself
             net = compiled(net)
             log.info("torch.compile: the first steps compile the model (minutes on a CPU), the rest run faster")
+        first_step = step
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             t0, loss_sum, seen = time.perf_counter(), 0.0, 0
@@ -233,6 +250,8 @@ def finetune(
                     if cfg.distill > 0:
                         with torch.no_grad():
                             soft = soft_targets(xb).float()
+                if step == first_step:  # a model with fewer outputs than classes fails in cross_entropy, unclearly
+                    check_outputs(tuple(out.shape), "the model", train.num_classes or out.shape[-1])
                 if len(yb):
                     loss = F.cross_entropy(out, yb)
                     if cfg.distill > 0:
@@ -240,11 +259,17 @@ def finetune(
                     objective = loss if size == 1 else loss * (len(yb) * size / n_global)
                 else:  # a last batch with fewer images than processes: this one has none, but takes part
                     loss = objective = out.sum() * 0.0
+                loss_value = float(loss.detach())
+                diverged = not math.isfinite(loss_value)
+                if size > 1:  # every process stops together (one alone would leave the others waiting in DDP)
+                    diverged = DI.all_sum(float(diverged))[0] > 0
+                if diverged:
+                    _stop_diverged(loss_value, step, epoch, cfg, checkpoint)
                 opt.zero_grad(set_to_none=True)
                 objective.backward()
                 opt.step()
                 step += 1
-                loss_sum += float(loss.detach()) * len(yb)
+                loss_sum += loss_value * len(yb)
                 seen += len(yb)
                 bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.4f}")
             loss_sum, seen = DI.all_sum(loss_sum, seen)

@@ -65,6 +65,15 @@ def model_spec(name: str) -> ModelSpec:
     )
 
 
+def model_argument(name: str) -> str:
+    """How to give the model of spec name ``name`` to --model: a built-in's name, or for a user factory (spec name
+    ``file.factory``) ``path/to/file.py:factory``, since the spec name does not keep the file's folder."""
+    if name in BUILTIN or "." not in name:
+        return name
+    file, fn = name.rsplit(".", 1)
+    return f"path/to/{file}.py:{fn}"
+
+
 def _load_user_factory(file: str, fn: str):
     path = Path(file)
     if not path.is_file():
@@ -73,10 +82,23 @@ def _load_user_factory(file: str, fn: str):
     spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module  # so torch/pickle can find classes defined there
+    argv = sys.argv
+    sys.argv = [str(path)]  # a file that parses its command line at import sees none, not trtprune's options
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:  # sys.exit() or argparse at import would end trtprune with the file's status
+        sys.modules.pop(mod_name, None)
+        raise TrtpruneError(
+            f"importing '{file}' called sys.exit({e.code!r})",
+            why="trtprune imports the file to call its factory; code at its top level ran and asked to exit "
+            "(a script's main part, or argument parsing)",
+            fix='put that code under `if __name__ == "__main__":` so that importing the file only defines things',
+        ) from None
     except Exception as e:
+        sys.modules.pop(mod_name, None)
         raise TrtpruneError(f"importing '{file}' failed: {type(e).__name__}: {e}", fix="fix the file") from e
+    finally:
+        sys.argv = argv
     if not callable(getattr(module, fn, None)):
         raise TrtpruneError(
             f"'{file}' has no function '{fn}'",
@@ -97,7 +119,7 @@ def build_model(spec: ModelSpec | str):
         factory = _load_user_factory(where, fn)
         try:
             model = factory()
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             raise TrtpruneError(
                 f"the factory '{spec.factory_path}' failed: {type(e).__name__}: {e}",
                 fix="it is called without arguments and must return the model",
