@@ -209,7 +209,7 @@ def test_stage_commands_chain(tiny_data, tmp_path, capsys):
         == 0
     )
     code, out, _ = run_cli(
-        capsys, "measure", tmp_path / "b.onnx", tmp_path / "e.onnx", "--rounds", "3", "--json", tmp_path / "m.json"
+        capsys, "measure", tmp_path / "b.onnx", tmp_path / "e.onnx", "--rounds", "3", "--json-file", tmp_path / "m.json"
     )
     assert code == 0 and "speed-up" in out
     assert set(json.loads((tmp_path / "m.json").read_text())["models"]) == {
@@ -434,3 +434,61 @@ def test_quantize_from_the_training_set_or_a_calib_folder(capsys, tiny_data, tmp
         capsys, "quantize", "--model", "resnet20", small_onnx, "--calib", tmp_path / "none", "-o", tmp_path / "c.onnx"
     )
     assert code == 2 and not (tmp_path / "c.onnx").exists() and "Traceback" not in err
+
+
+# -- the interface: --version, global options, -q, --log-file, --json, exit statuses -----------------------------
+def test_version_and_global_options_before_the_subcommand(capsys, tmp_path):
+    from trtprune import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"trtprune {__version__}"
+    code, out, err = run_cli(capsys, "--json", "-q", "list")  # options before the command ...
+    assert code == 0 and json.loads(out)["methods"][0] == "locp" and "models:" in err
+    code, out, _ = run_cli(capsys, "list", "--json")  # ... or after it
+    assert code == 0 and "fake" not in json.loads(out)["backends"] and "ort" in json.loads(out)["backends"]
+
+
+def test_list_shows_the_users_devices_and_not_the_test_only_backend(capsys, tmp_path, monkeypatch):
+    (tmp_path / "devices.toml").write_text('[devices.edge-box]\nbackend = "ort"\nthreads = 2\nbatch = 4\n')
+    monkeypatch.setenv("TRTPRUNE_DEVICES", str(tmp_path / "devices.toml"))
+    code, out, _ = run_cli(capsys, "list")
+    assert code == 0 and "edge-box (" in out and ", yours)" in out and "fake" not in out.split("backends:")[1]
+
+
+def test_quiet_hides_info_and_log_file_keeps_everything(capsys, tmp_path, small_onnx):
+    log = tmp_path / "trtprune.log"
+    code, out, err = run_cli(capsys, "-q", "--log-file", log, "measure", small_onnx, "--rounds", "2")
+    assert code == 0 and "median" in out
+    assert " ms median " not in err  # the per-model INFO line is not on stderr with -q ...
+    assert " ms median " in log.read_text()  # ... but is in the log file, dated
+    assert log.read_text()[:4].isdigit()
+    code, _, err = run_cli(capsys, "measure", small_onnx, "--rounds", "2")
+    assert code == 0 and " ms median " in err
+
+
+def test_measure_json_prints_the_result_alone_on_stdout(capsys, small_onnx):
+    code, out, err = run_cli(capsys, "measure", small_onnx, "--rounds", "2", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["models"][str(small_onnx)]["n"] > 0 and "speed-up" in err
+
+
+def test_a_missed_budget_and_a_top1_drop_have_their_own_exit_status(capsys):
+    from trtprune.commands import verdict
+    from trtprune.errors import BUDGET_MISSED, TOP1_GATE
+
+    def report(met: bool, top1: float) -> dict:
+        return {
+            "budget": {"budget": "0.5x", "met": met, "ratio": 0.48 if met else 0.61, "target_ms": 1.0},
+            "baseline": {"top1": 93.0},
+            "pruned": {"top1": top1},
+        }
+
+    assert verdict(report(True, 92.5), None) == 0
+    assert verdict(report(True, 92.5), 1.0) == 0
+    assert verdict(report(False, 92.5), 1.0) == BUDGET_MISSED == 3
+    assert "misses its budget 0.5x: 0.610x" in capsys.readouterr().err
+    assert verdict(report(True, 91.0), 1.0) == TOP1_GATE == 4
+    assert "top-1 dropped 2.00 points" in capsys.readouterr().err
+    assert verdict(report(False, 91.0), 1.0) == BUDGET_MISSED | TOP1_GATE == 7
+    assert verdict({**report(True, 91.0), "budget": None}, None) == 0  # a uniform run has no budget

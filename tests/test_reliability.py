@@ -226,7 +226,7 @@ CASES = [
     ("onnx-two-inputs", ["eval", "--model", "resnet20", "--onnx", "{dir}/two.onnx", "--data", "{data}"],
      "'{dir}/two.onnx' takes 2 inputs (a, b), not one batch of images", [], {}),
     # truncated or corrupt ONNX (all-zero bytes: tests/test_cli.py)
-    ("truncated-onnx-measure", ["measure", "{dir}/cut.onnx", "--json", "{out}/m.json"],
+    ("truncated-onnx-measure", ["measure", "{dir}/cut.onnx", "--json-file", "{out}/m.json"],
      "'{dir}/cut.onnx' is not a valid ONNX model", ["{out}/m.json"], {}),
     ("truncated-onnx-eval", ["eval", "--model", "resnet20", "--onnx", "{dir}/cut.onnx", "--data", "{data}"],
      "'{dir}/cut.onnx' is not a valid ONNX model", [], {}),
@@ -234,9 +234,9 @@ CASES = [
      ["quantize", "--model", "resnet20", "{dir}/cut.onnx", "--calib", "{dir}/calib.npy", "-o", "{out}/q.onnx"],
      "'{dir}/cut.onnx' is not a valid ONNX model", ["{out}/q.onnx"], {}),
     # an operator the engine does not implement; dynamic shapes where static ones are needed
-    ("custom-operator", ["measure", "{dir}/custom.onnx", "--json", "{out}/m.json"],
+    ("custom-operator", ["measure", "{dir}/custom.onnx", "--json-file", "{out}/m.json"],
      "ONNX Runtime cannot load '{dir}/custom.onnx'", ["{out}/m.json"], {}),
-    ("dynamic-batch", ["measure", "{dir}/dyn.onnx", "--json", "{out}/m.json"],
+    ("dynamic-batch", ["measure", "{dir}/dyn.onnx", "--json-file", "{out}/m.json"],
      "input 'input' of '{dir}/dyn.onnx' has a dynamic shape ['N', 3, 8, 8]", ["{out}/m.json"], {}),
     ("onnx-external-data-outside", ["measure", "{dir}/model/escape.onnx"],
      "'{dir}/model/escape.onnx' refers to external data outside its folder", [], {}),

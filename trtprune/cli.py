@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import signal
 import sys
 import threading
 
+from trtprune import __version__
 from trtprune import commands as C
 from trtprune import log as logsetup
 from trtprune.config import FinetuneConfig
-from trtprune.errors import TrtpruneError
+from trtprune.errors import USER_ERROR, TrtpruneError
 from trtprune.latency.devices import DEFAULT_DEVICE, DEVICES
 from trtprune.pruning.importance import IMPORTANCE
 from trtprune.search import SEARCHERS
@@ -61,12 +63,31 @@ def count(text: str) -> int:
 
 
 # -- shared option groups ---------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more detail; -vv for debug logs")
+def _common(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """The options every command takes, before or after its name (``trtprune -v run`` = ``trtprune run -v``):
+    on the top-level parser with their defaults, on each subcommand without one (SUPPRESS), so that a value given
+    before the subcommand is not reset by the subcommand's parser."""
+
+    def default(value):
+        return value if top else argparse.SUPPRESS
+
+    p.add_argument("-v", "--verbose", action="count", default=default(0), help="more detail; -vv for debug logs")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=default(False), help="warnings and errors only, no progress bars"
+    )
+    p.add_argument("--log-file", default=default(None), help="also append every log record (debug included) here")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print the command's result as JSON on stdout (its other lines go to stderr)",
+    )
     p.add_argument(
         "--data",
-        help="folder with cifar10/ and weights/ (default: $TRTPRUNE_DATA, else the user "
-        "cache, downloading what is missing)",
+        default=default(None),
+        help="the dataset: a folder with CIFAR-10 (cifar10/) and weights/, an image folder with train/ and val/ "
+        "(<class>/<image> in each), or path/file.py:function returning (train_loader, val_loader) "
+        "(default: $TRTPRUNE_DATA, else the user cache, downloading what is missing)",
     )
 
 
@@ -183,7 +204,11 @@ def parser() -> argparse.ArgumentParser:
         prog="trtprune",
         description="Prune CNNs onto the latency stairs of the device "
         "they run on. Start with: trtprune run --model resnet56 --device cpu",
+        epilog="exit status: 0 done; 2 a usage or input error (one message, nothing half-written); 3 the delivered "
+        "model misses its latency budget; 4 top-1 dropped more than --max-top1-drop (7: both); 130/143 interrupted",
     )
+    ap.add_argument("--version", action="version", version=f"trtprune {__version__}")
+    _common(ap, top=True)
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, fn, help_):
@@ -222,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("onnx", nargs="+", help="ONNX files (the first is the reference for speed-ups)")
     _device(p)
     p.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--json-file", help="also write the figures to this JSON file")
     p = add("eval", C.cmd_eval, "top-1 accuracy of a model (torch) or of an ONNX file (ONNX Runtime)")
     _model(p)
     p.add_argument("--onnx", help="evaluate this ONNX file instead (its --model gives the normalisation)")
@@ -287,6 +312,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("report", C.cmd_report, "re-measure and rewrite the report of a finished run")
     p.add_argument("run_dir", help="runs/<name>")
     p.add_argument("--engines-dir", default="engines")
+    _gate(p)
     p = add("run", C.cmd_run, "export, search, prune, fine-tune, build and report, in a run directory (resumable)")
     _model(p)
     _device(p)
@@ -302,7 +328,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--engines-dir", default="engines", help="where deployable models go (default: engines)")
     p.add_argument("--fresh", action="store_true", help="discard the run's earlier outputs and start over")
+    _gate(p)
     return ap
+
+
+def _gate(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-top1-drop",
+        type=finite_float,
+        metavar="POINTS",
+        help="exit with status 4 when the pruned model's top-1 is more than this many points below the baseline's",
+    )
 
 
 class Terminated(KeyboardInterrupt):
@@ -316,20 +352,28 @@ def _on_sigterm(signum, frame):
 def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
-    logsetup.setup(args.verbose)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    status = 0
     try:
+        logsetup.setup(args.verbose, args.quiet, args.log_file)
         scope = contextlib.nullcontext()
         if getattr(args, "unsafe_pickle", False):
             scope = unsafe_pickle()
         with scope:
-            args.fn(args)
+            if args.json:  # the result alone on stdout, for scripts; the human lines on stderr
+                with contextlib.redirect_stdout(sys.stderr):
+                    result = args.fn(args)
+                print(json.dumps(result if result is not None else {}, indent=2, default=str))
+            else:
+                result = args.fn(args)
+        if isinstance(result, dict):
+            status = int(result.get("exit_status", 0))
     except TrtpruneError as e:
         if args.verbose:
             log.exception("details")
         print(f"trtprune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR
     except OSError as e:  # a path that cannot be read or written (missing folder, a file in the way, no space)
         if args.verbose:
             log.exception("details")
@@ -339,14 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             "  fix: check the paths given and that their folders exist and can be written (-v shows where)",
             file=sys.stderr,
         )
-        return 2
+        return USER_ERROR
     except KeyboardInterrupt as e:
         print(f"trtprune {args.command}: interrupted; finished files are kept, re-run to resume", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,18 +1,21 @@
-"""What each subcommand does, given its parsed arguments. Heavy modules are imported per command."""
+"""What each subcommand does, given its parsed arguments: it prints its lines and returns its result (a dict that
+``--json`` prints instead)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
-from trtprune.errors import TrtpruneError
+from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
 from trtprune.fsutil import write_json, write_text
-from trtprune.latency import BACKENDS, get_backend
-from trtprune.latency.devices import DEVICES, get_device
+from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
+from trtprune.latency.devices import DEVICES, all_devices, get_device
 from trtprune.metrics import accuracy_onnx, accuracy_torch
 from trtprune.plots import stairs_plot
 from trtprune.profiling.fleet import Fleet
@@ -25,7 +28,7 @@ from trtprune.pruning.importance import IMPORTANCE
 from trtprune.pruning.prune import GroupPruner, check_round_to, uniform_plan_of
 from trtprune.report import stage_report
 from trtprune.run import Run, RunConfig, read_config, run_all, run_name
-from trtprune.search import Budget, Plan, runner
+from trtprune.search import SEARCHERS, Budget, Plan, runner
 from trtprune.search.runner import channel_scores
 from trtprune.sources import fetch
 from trtprune.sources.datasets import ensure_cifar10
@@ -57,15 +60,30 @@ def _ft_config(a):
     )
 
 
-def cmd_list(a) -> None:
+def cmd_list(a) -> dict:
 
+    devices = all_devices()  # the built-in ones and the user's (TRTPRUNE_DEVICES or ~/.config/trtprune/devices.toml)
+    backends = [b for b in BACKENDS if b not in TEST_ONLY_BACKENDS]
     print("models:     " + ", ".join(f"{n}{' (pretrained)' if s.pretrained else ''}" for n, s in BUILTIN.items()))
-    print("devices:    " + ", ".join(f"{n} ({d.description})" for n, d in DEVICES.items()))
-    print("backends:   " + ", ".join(BACKENDS))
+    print(
+        "devices:    "
+        + ", ".join(f"{n} ({d.description}{'' if n in DEVICES else ', yours'})" for n, d in devices.items())
+    )
+    print("backends:   " + ", ".join(backends))
     print("importance: " + ", ".join(IMPORTANCE))
+    print("methods:    " + ", ".join(SEARCHERS))
+    return {
+        "models": {
+            n: {"input_shape": list(s.input_shape), "pretrained": bool(s.pretrained)} for n, s in BUILTIN.items()
+        },
+        "devices": {n: {**dataclasses.asdict(d), "builtin": n in DEVICES} for n, d in devices.items()},
+        "backends": backends,
+        "importance": list(IMPORTANCE),
+        "methods": list(SEARCHERS),
+    }
 
 
-def cmd_groups(a) -> None:
+def cmd_groups(a) -> dict:
 
     model, spec = load_model(a.model, a.weights)
     groups = GroupPruner(model, spec.input_shape).groups()
@@ -73,9 +91,10 @@ def cmd_groups(a) -> None:
     for g in groups:
         print(f"{g.name:<24} {g.channels:>8}  {', '.join(g.producers)} -> {', '.join(g.consumers)}")
     print(f"{len(groups)} prunable groups")
+    return {"groups": [dataclasses.asdict(g) for g in groups]}
 
 
-def cmd_export(a) -> None:
+def cmd_export(a) -> dict:
 
     batch = a.batch if a.batch is not None else get_device(a.device).batch
     if batch < 1:
@@ -83,9 +102,10 @@ def cmd_export(a) -> None:
     model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
     e = onnx_from_torch(model, a.output, spec.input_shape, batch)
     print(f"wrote {e.path} (batch {batch}, {e.nodes} nodes, max |onnxruntime - torch| = {e.max_abs_diff:.2e})")
+    return {"onnx": str(e.path), "batch": batch, "nodes": e.nodes, "max_abs_diff": e.max_abs_diff}
 
 
-def cmd_quantize(a) -> None:
+def cmd_quantize(a) -> dict:
 
     spec = model_spec(a.model)
     calib = calib_images(a.calib, spec, a.images) if a.calib else calib_from_training(a.data, spec, a.images)
@@ -95,9 +115,10 @@ def cmd_quantize(a) -> None:
         f"wrote {out}: INT8 Q/DQ for {a.target} ({s['quantize']} Q / {s['dequantize']} DQ nodes), {a.method} "
         f"calibration on {len(calib)} images"
     )
+    return {"onnx": str(out), "target": a.target, "method": a.method, "calibration_images": len(calib), **s}
 
 
-def cmd_measure(a) -> None:
+def cmd_measure(a) -> dict:
 
     for m in a.onnx:
         read_onnx(m)
@@ -108,14 +129,13 @@ def cmd_measure(a) -> None:
     print(f"{'model':<40} {'median ms':>10} {'p90 ms':>10} {'n':>6} {'speed-up':>9}")
     for m, t in zip(a.onnx, timings):
         print(f"{m:<40} {t.median_ms:>10.3f} {t.p90_ms:>10.3f} {t.n:>6} {timings[0].median_ms / t.median_ms:>8.2f}x")
-    if a.json:
-        write_json(
-            a.json,
-            {"device": info, "models": {m: t.to_dict() for m, t in zip(a.onnx, timings)}, "provenance": provenance()},
-        )
+    result = {"device": info, "models": {m: t.to_dict() for m, t in zip(a.onnx, timings)}, "provenance": provenance()}
+    if a.json_file:
+        write_json(a.json_file, result)
+    return result
 
 
-def cmd_eval(a) -> None:
+def cmd_eval(a) -> dict:
 
     if a.onnx:
         model = read_onnx(a.onnx)
@@ -133,6 +153,7 @@ def cmd_eval(a) -> None:
         )
     top5 = f", top-5 {acc['top5']:.2f} %" if "top5" in acc else ""
     print(f"top-1 {acc['top1']:.2f} %{top5} on {len(images):,} {a.split} images: {what}")
+    return {**acc, "images": len(images), "split": a.split, "model": what}
 
 
 def _budget(a):
@@ -144,7 +165,7 @@ def _budget(a):
     return Budget.parse(a.budget)
 
 
-def cmd_search(a) -> None:
+def cmd_search(a) -> dict:
     import tempfile
 
     budget = _budget(a)
@@ -172,9 +193,10 @@ def cmd_search(a) -> None:
         f"baseline {plan.baseline_ms:.3f} ms ({plan.measured_ms / plan.baseline_ms:.3f}x; predicted "
         f"{plan.predicted_ms:.3f} ms), search {plan.meta['search_s']:.0f} s"
     )
+    return {"plan": str(a.output), **dataclasses.asdict(plan)}
 
 
-def cmd_prune(a) -> None:
+def cmd_prune(a) -> dict:
 
     model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
     if a.plan:
@@ -191,7 +213,7 @@ def cmd_prune(a) -> None:
             f"wrote {a.output}: pruned to {a.plan} ({sum(loaded.keep_channels.values())} of "
             f"{sum(loaded.channels.values())} channels kept)"
         )
-        return
+        return {"checkpoint": str(a.output), "plan": str(a.plan), "keep_channels": loaded.keep_channels}
     pruner = GroupPruner(model, spec.input_shape)
     # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring with data
     plan = uniform_plan_of(pruner.groups(), a.ratio, a.round_to, spec.name, importance=a.importance)
@@ -201,9 +223,10 @@ def cmd_prune(a) -> None:
     plan.save(plan_path)  # the Plan format: prune --plan takes it back
     kept, total = sum(plan.keep_channels.values()), sum(plan.channels.values())
     print(f"wrote {a.output} and {plan_path}: {kept} of {total} channels kept")
+    return {"checkpoint": str(a.output), "plan": str(plan_path), "keep_channels": plan.keep_channels}
 
 
-def cmd_finetune(a) -> None:
+def cmd_finetune(a) -> dict:
 
     cfg = _ft_config(a)
     launched = int(os.environ.get("WORLD_SIZE", "1") or 1)  # by torchrun
@@ -227,6 +250,7 @@ def cmd_finetune(a) -> None:
     if os.environ.get("RANK", "0") in ("", "0"):
         last = records[-1]
         print(f"wrote {a.output}: top-1 {last['top1']:.2f} % after {last['epoch']} epochs")
+    return {"checkpoint": str(a.output), "records": records}
 
 
 def _finetune_job(a, cfg) -> list[dict]:
@@ -253,7 +277,7 @@ def _finetune_job(a, cfg) -> list[dict]:
     )
 
 
-def cmd_build(a) -> None:
+def cmd_build(a) -> dict:
     import tempfile
 
     device = get_device(a.device)
@@ -269,14 +293,37 @@ def cmd_build(a) -> None:
             print(
                 f"wrote {out}: TensorRT engine for {device.name} ({backend.key()}), built on {backend.info()['where']}"
             )
-        return
+            return {"engine": str(out), "device": device.name, "key": backend.key()}
     e = onnx_from_torch(model, out, spec.input_shape, device.batch)
     print(
         f"wrote {out} for device {device.name} (batch {device.batch}, max |onnxruntime - torch| = {e.max_abs_diff:.2e})"
     )
+    return {"engine": str(out), "device": device.name, "batch": device.batch, "max_abs_diff": e.max_abs_diff}
 
 
-def cmd_run(a) -> None:
+def verdict(report: dict, max_top1_drop: float | None) -> int:
+    """The exit status of a finished run: 0, or BUDGET_MISSED / TOP1_GATE / both, printed on stderr."""
+    status = 0
+    if report.get("budget") and not report["budget"]["met"]:
+        status |= BUDGET_MISSED
+        v = report["budget"]
+        print(
+            f"trtprune: the delivered model misses its budget {v['budget']}: {v['ratio']:.3f}x of the baseline in the "
+            f"report's side-by-side measurement (exit status {BUDGET_MISSED})",
+            file=sys.stderr,
+        )
+    drop = report["baseline"]["top1"] - report["pruned"]["top1"]
+    if max_top1_drop is not None and drop > max_top1_drop:
+        status |= TOP1_GATE
+        print(
+            f"trtprune: top-1 dropped {drop:.2f} points ({report['baseline']['top1']:.2f} -> "
+            f"{report['pruned']['top1']:.2f} %), more than --max-top1-drop {max_top1_drop:g} (exit status {TOP1_GATE})",
+            file=sys.stderr,
+        )
+    return status
+
+
+def cmd_run(a) -> dict:
 
     name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
@@ -303,9 +350,10 @@ def cmd_run(a) -> None:
         f"{b['top1']:.2f} -> {p['top1']:.2f} %"
     )
     print(f"engine: {report['engine']}\nreport: {run.path('report.md')}")
+    return {**report, "exit_status": verdict(report, a.max_top1_drop)}
 
 
-def cmd_report(a) -> None:
+def cmd_report(a) -> dict:
 
     path = Path(a.run_dir) / "config.json"
     if not path.is_file():
@@ -317,8 +365,9 @@ def cmd_report(a) -> None:
                 raise TrtpruneError(
                     f"the run has no {name} yet", fix=f"finish it: trtprune run ... --name {run.dir.name}"
                 )
-        stage_report(run)
+        report = stage_report(run)
     print(f"wrote {run.path('report.md')} and {run.path('report.json')}")
+    return {**report, "exit_status": verdict(report, a.max_top1_drop)}
 
 
 def _profilable(gls, model) -> tuple[list, dict[str, list[str]]]:
@@ -354,7 +403,7 @@ def _profilable(gls, model) -> tuple[list, dict[str, list[str]]]:
     return kept, left_out
 
 
-def cmd_profile(a) -> None:
+def cmd_profile(a) -> dict:
     import onnx
 
     if not 0 < a.rel < 1:
@@ -442,3 +491,4 @@ def cmd_profile(a) -> None:
         f"wrote {out / 'stairs.md'}, {out / 'stairs.json'}{'' if a.no_plots else ' and one plot per group'}; "
         f"LUT: {lut_path}"
     )
+    return {**summary, "groups": results, "stairs": str(out / "stairs.json")}

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Exit statuses of the CLI besides 0 (done) and 1 (a bug: a traceback): documented in the README.
+USER_ERROR = 2  # a TrtpruneError: what, why, what to do; nothing half-written
+BUDGET_MISSED = 3  # run/report: the delivered model misses its latency budget in the report's own measurement
+TOP1_GATE = 4  # run/report: top-1 dropped more than --max-top1-drop (both: 3 | 4 = 7)
+
 
 class TrtpruneError(Exception):
     """A problem the user can fix. The CLI prints it without a traceback and exits 2.

@@ -66,7 +66,7 @@ def stage_report(run) -> dict:
     )
     write_text(run.path("report.md"), markdown(report))
     if report["budget"] and not report["budget"]["met"]:
-        log.warning("report    | %s", _budget_line(report))
+        log.warning("report    | %s", budget_line(report))
     log.info(
         "report    | %.3f -> %.3f ms (%.2fx) | top-1 %.2f -> %.2f %%",
         timings["baseline"].median_ms,
@@ -90,7 +90,7 @@ def budget_verdict(budget, pruned_ms: float, baseline_ms: float) -> dict | None:
     }
 
 
-def _budget_line(r: dict) -> str:
+def budget_line(r: dict) -> str:
     v, m = r["budget"], r["method"]
     here = f"{r['pruned']['latency']['median_ms']:.3f} ms = {v['ratio']:.3f}x of the baseline in this run"
     if v["met"]:
@@ -144,7 +144,7 @@ def markdown(r: dict) -> str:
         f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
-        *([_budget_line(r), ""] if r.get("budget") else []),
+        *([budget_line(r), ""] if r.get("budget") else []),
         f"Deployable model: `{r['engine']}`.",
         "",
         "## Channels kept per group",

@@ -17,6 +17,7 @@ BACKENDS: dict[str, str] = {
     "ssh": "trtprune.latency.ssh:SshBackend",  # TensorRT via trtexec on a device over ssh (Jetsons)
     "fake": "trtprune.latency.fake:FakeBackend",  # deterministic formula, for tests only (no device uses it)
 }
+TEST_ONLY_BACKENDS = ("fake",)  # never listed to users: a fake latency is never a measurement
 
 
 def get_backend(device) -> Backend:

@@ -135,7 +135,7 @@ def time_points(
         offs.append(max(ref_off, t.witness_off))
         if offs[-1] <= SPELL:
             break
-        log.info(
+        log.debug(
             "reference %.1f %% off its usual, witnesses %.1f %% off their stored latency: a spell; timing the "
             "batch again",
             100 * ref_off,
@@ -337,14 +337,32 @@ def profile_groups(
 
     if parallel is None:
         parallel = profiler.fleet.parallel if profiler.fleet is not None else 1
+    t0, total = time.perf_counter(), len(gls)
+
+    def report(name: str, stairs: Stairs, i: int) -> Stairs:  # a line per group: progress where no bar shows
+        log.info(
+            "profile   | %-24s | %4d ch | edges %s | %d/%d groups, %d points measured, %.0f s",
+            name,
+            stairs.hi,
+            ", ".join(map(str, stairs.edges[-6:])) + (" ..." if len(stairs.edges) > 6 else ""),
+            i,
+            total,
+            profiler.measured,
+            time.perf_counter() - t0,
+        )
+        return stairs
+
     if parallel <= 1:
-        return {gl.group.name: profiler.stairs(gl, tol, method) for gl in progress(gls, desc=desc, unit="group")}
+        return {
+            gl.group.name: report(gl.group.name, profiler.stairs(gl, tol, method), i + 1)
+            for i, gl in enumerate(progress(gls, desc=desc, unit="group"))
+        }
     done: dict[str, Stairs] = {}
     pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="trtprune-profile")
     try:
         futures = {pool.submit(profiler.stairs, gl, tol, method): gl.group.name for gl in gls}
         for f in progress(as_completed(futures), total=len(futures), desc=desc, unit="group"):
-            done[futures[f]] = f.result()
+            done[futures[f]] = report(futures[f], f.result(), len(done) + 1)
     except BaseException:
         if profiler.fleet is not None:
             profiler.fleet.stop()  # threads waiting on a worker give up
