@@ -492,3 +492,76 @@ def test_a_missed_budget_and_a_top1_drop_have_their_own_exit_status(capsys):
     assert "top-1 dropped 2.00 points" in capsys.readouterr().err
     assert verdict(report(False, 91.0), 1.0) == BUDGET_MISSED | TOP1_GATE == 7
     assert verdict({**report(True, 91.0), "budget": None}, None) == 0  # a uniform run has no budget
+
+
+def _cifar_or_synthetic(n: int):
+    """n real CIFAR-10 test images when the shared data is there, else generated ones (the test says which)."""
+    from tests.conftest import _shared_data
+    from trtprune.sources.datasets import load_cifar10, synthetic_cifar10
+
+    root = _shared_data()
+    if root is None:
+        return synthetic_cifar10(n, seed=5), "generated"
+    x, y = load_cifar10(root, "test")
+    return (x[:n], y[:n]), "CIFAR-10"
+
+
+def test_a_run_on_an_image_folder_at_64x64_with_a_user_model(tmp_path, capsys):
+    """A user's MobileNetV2-style network at 3x64x64 on an image folder (CIFAR-10 images resized to 64x64): one
+    epoch of trtprune run, uniform pruning, measured on ONNX Runtime; the input shape is honoured everywhere."""
+    import onnx
+    import torch
+    from PIL import Image
+
+    from trtprune.sources.datasets import CLASSES
+
+    (x, y), _ = _cifar_or_synthetic(240)
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = tmp_path / "data" / ("train" if i < 192 else "val") / CLASSES[label]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).resize((64, 64), Image.BILINEAR).save(d / f"{i:04d}.png")
+    (tmp_path / "net.py").write_text(
+        "from trtprune.sources.models.imagenet import MobileNetV2\n"
+        "def make():\n"
+        "    return MobileNetV2(num_classes=10, last_channels=256)\n"
+    )
+    torch.manual_seed(0)
+    from trtprune.sources.models.imagenet import MobileNetV2
+
+    torch.save(MobileNetV2(num_classes=10, last_channels=256).state_dict(), tmp_path / "w.pt")
+    code, out, err = run_cli(
+        capsys,
+        "run",
+        "--data",
+        tmp_path / "data",
+        "--model",
+        f"{tmp_path / 'net.py'}:make",
+        "--weights",
+        tmp_path / "w.pt",
+        "--input-shape",
+        "3x64x64",
+        "--budget",
+        "none",
+        "--ratio",
+        "0.5",
+        "--importance",
+        "l1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--engines-dir",
+        tmp_path / "engines",
+        "--name",
+        "mbv2-64",
+    )
+    assert code == 0, err
+    r = json.loads((tmp_path / "runs" / "mbv2-64" / "report.json").read_text())
+    assert r["input_shape"] == [3, 64, 64] and r["eval"]["images"] == 48 and len(r["finetune"]["records"]) == 1
+    assert r["pruned"]["macs"] < r["baseline"]["macs"] / 2 and r["speedup"] > 0 and 0 <= r["pruned"]["top1"] <= 100
+    assert json.loads((tmp_path / "runs" / "mbv2-64" / "config.json").read_text())["input_shape"] == "3x64x64"
+    engine = onnx.load(str(tmp_path / "engines" / "mbv2-64.onnx"))
+    assert [d.dim_value for d in engine.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 64]
+    assert "3x64x64 images" in (tmp_path / "runs" / "mbv2-64" / "report.md").read_text()

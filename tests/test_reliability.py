@@ -170,6 +170,13 @@ def bad(tmp_path_factory, tiny_data):
     np.save(d / "calib_empty.npy", np.zeros((0, 32, 32, 3), np.uint8))
     (d / "calib_dir").mkdir()
     np.save(d / "calib.npy", np.zeros((4, 32, 32, 3), np.uint8))
+    (d / "loaders.py").write_text("def broken():\n    raise ValueError('no such folder /nowhere')\n")
+    from PIL import Image
+
+    for split in ("train", "val"):  # an image folder of 12 classes, for a 10-output model
+        for c in range(12):
+            (d / "folder12" / split / f"c{c:02d}").mkdir(parents=True)
+            Image.new("RGB", (40, 36), (20 * c, 0, 0)).save(d / "folder12" / split / f"c{c:02d}" / "0.png")
     return f
 
 
@@ -225,6 +232,24 @@ CASES = [
      "the model gives 5 class scores per image, but the dataset has 10 classes", ["{out}/f.pt"], {}),
     ("onnx-two-inputs", ["eval", "--model", "resnet20", "--onnx", "{dir}/two.onnx", "--data", "{data}"],
      "'{dir}/two.onnx' takes 2 inputs (a, b), not one batch of images", [], {}),
+    # input shapes, normalisation and datasets that do not fit the model
+    ("input-shape-malformed", ["export", *R20, "--input-shape", "3x224", "-o", "{out}/x.onnx"],
+     "input shape '3x224' is not C x H x W", ["{out}/x.onnx"], {}),
+    ("input-shape-the-model-cannot-take",
+     ["prune", *R20, "--input-shape", "1x32x32", "--mean", "0.5", "--std", "0.25", "-o", "{out}/p.pt"],
+     "the model does not run on an input of shape (1, 1, 32, 32)", ["{out}/p.pt", "{out}/p.plan.json"], {}),
+    ("mean-for-other-channels", ["export", *R20, "--mean", "0.5,0.5", "-o", "{out}/x.onnx"],
+     "normalisation mean (0.5, 0.5)", ["{out}/x.onnx"], {}),
+    ("input-shape-for-other-channels", ["prune", *R20, "--input-shape", "1x32x32", "-o", "{out}/p.pt"],
+     "normalisation mean (0.485, 0.456, 0.406) / std (0.229, 0.224, 0.225) does not fit 1-channel images",
+     ["{out}/p.pt"], {}),
+    ("loaders-file-raises", ["eval", *R20, "--data", "{dir}/loaders.py:broken"],
+     "the data loaders of '{dir}/loaders.py:broken' failed: ValueError: no such folder /nowhere", [], {}),
+    ("folder-with-more-classes-than-the-head", ["eval", *R20, "--data", "{dir}/folder12"],
+     "the model gives 10 class scores per image, but the dataset has 12 classes", [], {}),
+    ("finetune-on-more-classes-than-the-head",
+     ["finetune", *R20, "--data", "{dir}/folder12", "--batch-size", "4", "-o", "{out}/f.pt"],
+     "the model gives 10 class scores per image, but the dataset has 12 classes", ["{out}/f.pt"], {}),
     # truncated or corrupt ONNX (all-zero bytes: tests/test_cli.py)
     ("truncated-onnx-measure", ["measure", "{dir}/cut.onnx", "--json-file", "{out}/m.json"],
      "'{dir}/cut.onnx' is not a valid ONNX model", ["{out}/m.json"], {}),

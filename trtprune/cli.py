@@ -102,6 +102,18 @@ def _model(
     )
     p.add_argument("--weights", help=weights_help, required=weights_required)
     p.add_argument(
+        "--input-shape",
+        metavar="CxHxW",
+        help="one image's shape, e.g. 3x224x224 (default: the model's own, 3x32x32 for the CIFAR models; the batch "
+        "comes from the device)",
+    )
+    p.add_argument(
+        "--mean",
+        help="per-channel mean the model was trained with, e.g. 0.485,0.456,0.406 (default: "
+        "the model's own, ImageNet's)",
+    )
+    p.add_argument("--std", help="per-channel standard deviation, e.g. 0.229,0.224,0.225 (default: the model's own)")
+    p.add_argument(
         "--unsafe-pickle",
         action="store_true",
         help="also load checkpoints that need full unpickling (e.g. torch.save(model)): such a file can run "

@@ -39,6 +39,11 @@ from trtprune.training import distributed as DI
 from trtprune.training.finetune import FinetuneConfig, finetune
 
 
+def _spec(a):
+    """The model's spec with the input shape and normalisation given on the command line."""
+    return model_spec(a.model, input_shape=a.input_shape, mean=a.mean, std=a.std)
+
+
 def _ft_config(a):
 
     if a.epochs < 1 or a.batch_size < 1 or not 0 < a.lr < math.inf or not 0 <= a.distill <= 1 or a.train_limit < 0:
@@ -85,7 +90,7 @@ def cmd_list(a) -> dict:
 
 def cmd_groups(a) -> dict:
 
-    model, spec = load_model(a.model, a.weights)
+    model, spec = load_model(_spec(a), a.weights)
     groups = GroupPruner(model, spec.input_shape).groups()
     print(f"{'group':<24} {'channels':>8}  producers -> consumers")
     for g in groups:
@@ -99,7 +104,7 @@ def cmd_export(a) -> dict:
     batch = a.batch if a.batch is not None else get_device(a.device).batch
     if batch < 1:
         raise TrtpruneError(f"--batch {batch} is not a batch size", fix="use 1 or more")
-    model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+    model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, a.data))
     e = onnx_from_torch(model, a.output, spec.input_shape, batch)
     print(f"wrote {e.path} (batch {batch}, {e.nodes} nodes, max |onnxruntime - torch| = {e.max_abs_diff:.2e})")
     return {"onnx": str(e.path), "batch": batch, "nodes": e.nodes, "max_abs_diff": e.max_abs_diff}
@@ -107,7 +112,7 @@ def cmd_export(a) -> dict:
 
 def cmd_quantize(a) -> dict:
 
-    spec = model_spec(a.model)
+    spec = _spec(a)
     calib = calib_images(a.calib, spec, a.images) if a.calib else calib_from_training(a.data, spec, a.images)
     out = qdq_from_onnx(a.onnx, a.output, calib, method=a.method, target=a.target)
     s = qdq_summary(out)
@@ -139,13 +144,13 @@ def cmd_eval(a) -> dict:
 
     if a.onnx:
         model = read_onnx(a.onnx)
-        spec = model_spec(a.model)
+        spec = _spec(a)
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
         shape = tuple(dims[1:]) if len(dims) == 4 and all(dims[1:]) else spec.input_shape
         images = open_images(a.data, a.split, shape, a.limit)
         acc, what = accuracy_onnx(a.onnx, images, spec.mean, spec.std), a.onnx
     else:
-        model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+        model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, a.data))
         images = open_images(a.data, a.split, spec.input_shape, a.limit)
         acc, what = (
             accuracy_torch(model, images, spec.mean, spec.std),
@@ -175,7 +180,7 @@ def cmd_search(a) -> dict:
     weights = resolve_weights(a.model, a.weights, a.data)
     with tempfile.TemporaryDirectory(prefix="trtprune-search-") as tmp:
         plan = runner.search(
-            a.model,
+            _spec(a),
             weights,
             device,
             budget,
@@ -198,7 +203,7 @@ def cmd_search(a) -> dict:
 
 def cmd_prune(a) -> dict:
 
-    model, spec = load_model(a.model, resolve_weights(a.model, a.weights, a.data))
+    model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, a.data))
     if a.plan:
         loaded = Plan.load(a.plan)
         if loaded.model != spec.name:
@@ -259,9 +264,9 @@ def _finetune_job(a, cfg) -> list[dict]:
 
     # a process started by --nproc does not inherit the CLI's --unsafe-pickle scope
     with unsafe_pickle() if a.unsafe_pickle else contextlib.nullcontext():
-        model, spec = load_model(a.model, a.weights)
+        model, spec = load_model(_spec(a), a.weights)
         history = read_checkpoint(a.weights).get("history", [])
-        teacher = load_model(a.model, a.teacher)[0] if cfg.distill > 0 else None
+        teacher = load_model(_spec(a), a.teacher)[0] if cfg.distill > 0 else None
     return finetune(
         model,
         open_images(a.data, "train", spec.input_shape),
@@ -281,7 +286,7 @@ def cmd_build(a) -> dict:
     import tempfile
 
     device = get_device(a.device)
-    model, spec = load_model(a.model, a.weights)
+    model, spec = load_model(_spec(a), a.weights)
     out = Path(a.output or f"engines/{spec.name}-{device.name}{device.engine_suffix}")
     if device.engine_suffix == ".plan":  # TensorRT: export, then build the engine on the device
         with tempfile.TemporaryDirectory() as tmp, get_backend(device) as backend:
@@ -328,9 +333,12 @@ def cmd_run(a) -> dict:
     name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
     if budget is None or a.method in ("uniform", "flops"):  # --round-to is used: check it before any file is made
-        check_round_to(GroupPruner(build_model(a.model), model_spec(a.model).input_shape).groups(), a.round_to)
+        check_round_to(GroupPruner(build_model(_spec(a)), _spec(a).input_shape).groups(), a.round_to)
     cfg = RunConfig(
         model=a.model,
+        input_shape=a.input_shape,
+        mean=a.mean,
+        std=a.std,
         weights=a.weights,
         device=a.device,
         method=a.method,
@@ -414,7 +422,7 @@ def cmd_profile(a) -> dict:
             fix="e.g. --ray local --ray-workers 2; a cluster's workers are its nodes' device resources",
         )
     device = get_device(a.device)
-    model, spec = load_model(a.model, a.weights)
+    model, spec = load_model(_spec(a), a.weights)
     groups = GroupPruner(model, spec.input_shape).groups()
     out = Path(a.out or f"profiles/{spec.name}-{device.name}")
     tol = Tolerance(rel=a.rel)

@@ -38,6 +38,9 @@ class RunConfig:
     importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.pruning.importance
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
+    input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)
+    mean: str | None = None  # "0.485,0.456,0.406": per-channel normalisation the model was trained with (None:
+    std: str | None = None  # the model's own, ImageNet's by default)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,8 +26,8 @@ def _model_facts(model, spec) -> dict:
 def stage_report(run) -> dict:
     """Measure baseline and pruned ONNX in one interleaved run, evaluate both, write report.json/.md."""
 
-    base_model, spec = load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
-    pruned_model, _ = load_model(run.cfg.model, run.path("model.pt"))
+    base_model, spec = load_model(run.spec, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
+    pruned_model, _ = load_model(run.spec, run.path("model.pt"))
     onnx = {"baseline": run.path("baseline.onnx"), "pruned": run.path("pruned.onnx")}
     test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
     with get_backend(run.device) as backend:
@@ -38,6 +38,8 @@ def stage_report(run) -> dict:
             device_info["parity"] = parity(backend, onnx["pruned"], xs, run.device.batch)
     report = {
         "model": spec.name,
+        "input_shape": list(spec.input_shape),  # one image, C x H x W; the batch is the device's
+        "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
         "device": device_info,
         "eval": {"split": "test", "images": len(test), "data": test.name},
         "method": json.loads(run.path("plan.json").read_text()),
@@ -128,7 +130,8 @@ def markdown(r: dict) -> str:
         f"# trtprune report: {r['model']} on `{d['device']}`",
         "",
         f"Engine {engine}, {d.get('cpu', '')} ({d.get('isa', '')}), "
-        f"{d['threads']} thread(s), batch {d['batch']}, {d['precision']}. Latency: baseline and pruned measured in "
+        f"{d['threads']} thread(s), batch {d['batch']} of {'x'.join(map(str, r.get('input_shape', [])))} images, "
+        f"{d['precision']}. Latency: baseline and pruned measured in "
         f"one interleaved run (n = {b['latency']['n']} / {p['latency']['n']} timed inferences).",
         "",
         "| | baseline | pruned |",

@@ -109,6 +109,7 @@ class Run:
         self.dir, self.cfg, self.data, self.lut = Path(directory), cfg, data, lut
         self.engines_dir = Path(engines_dir)
         self.device = get_device(cfg.device)
+        self.spec = model_spec(cfg.model, input_shape=cfg.input_shape, mean=cfg.mean, std=cfg.std)
         self.fresh = fresh
         self._lock = None
 
@@ -146,7 +147,9 @@ class Run:
         if not path.is_file():
             write_json(path, wanted)
             return
-        found, wanted = _outcome(read_config(path)), _outcome(wanted)
+        # settings added since the file was written take their defaults (from_dict): a run resumes across versions
+        found = _outcome(RunConfig.from_dict(read_config(path), str(path)).to_dict())
+        wanted = _outcome(wanted)
         if found != wanted:
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
             raise TrtpruneError(
@@ -183,7 +186,7 @@ def stage(label: str, output: str):
 
 def _load_base(run: Run):
 
-    return load_model(run.cfg.model, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
+    return load_model(run.spec, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
 
 
 @stage("export", "baseline.onnx")
@@ -204,7 +207,7 @@ def stage_search(run: Run, out: Path) -> None:
     else:
         weights = resolve_weights(cfg.model, cfg.weights, run.data)
         plan = runner.search(
-            cfg.model,
+            run.spec,
             weights,
             run.device,
             budget,
@@ -232,7 +235,7 @@ def stage_prune(run: Run, out: Path) -> None:
 @stage("finetune", "model.pt")
 def stage_finetune(run: Run, out: Path) -> None:
 
-    model, spec = load_model(run.cfg.model, run.path("pruned.pt"))
+    model, spec = load_model(run.spec, run.path("pruned.pt"))
     history = read_checkpoint(run.path("pruned.pt"))["history"]
     cfg = run.cfg.finetune
     teacher = _load_base(run)[0] if cfg.distill > 0 else None
@@ -258,7 +261,7 @@ def stage_finetune(run: Run, out: Path) -> None:
 @stage("build", "pruned.onnx")
 def stage_build(run: Run, out: Path) -> None:
 
-    model, spec = load_model(run.cfg.model, run.path("model.pt"))
+    model, spec = load_model(run.spec, run.path("model.pt"))
     onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 
@@ -268,7 +271,7 @@ def int8_onnx(run: Run) -> Path:
 
     out = run.dir / "pruned.int8.onnx"
     if not out.is_file() or out.stat().st_mtime < run.path("pruned.onnx").stat().st_mtime:
-        calib = calib_from_training(run.data, model_spec(run.cfg.model))
+        calib = calib_from_training(run.data, run.spec)
         qdq_from_onnx(run.path("pruned.onnx"), out, calib, target="tensorrt")
     return out
 

@@ -88,7 +88,7 @@ class GroupPruner:
         except Exception as e:
             raise TrtpruneError(
                 f"the model does not run on an input of shape {tuple(example.shape)}: {type(e).__name__}: {e}",
-                fix="check --model and its input size",
+                fix="give the image shape the model takes with --input-shape CxHxW (e.g. 3x224x224), or check --model",
             ) from e
         self._ignored = [classifier] if classifier is not None else []
         with warnings.catch_warnings():

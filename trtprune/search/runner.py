@@ -15,6 +15,7 @@ from trtprune.search import get_searcher
 from trtprune.search.plan import Budget, Plan
 from trtprune.search.space import SearchSpace
 from trtprune.sources.images import Images, open_images
+from trtprune.sources.models import ModelSpec
 from trtprune.sources.weights import load_model
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def channel_scores(model, spec, importance: str, data: str | None):
 
 
 def search(
-    model_name: str,
+    model_name: str | ModelSpec,
     weights: str | Path | None,
     device,
     budget: Budget,
@@ -51,7 +52,8 @@ def search(
     round_to: int = 1,
     protocol: str = "full",
 ) -> Plan:
-    """Search a plan for ``model_name`` on ``device`` under ``budget``; sub-nets are written to ``workdir``."""
+    """Search a plan for ``model_name`` (a name or a spec) on ``device`` under ``budget``; sub-nets are written to
+    ``workdir``."""
 
     searcher_options = {"round_to": round_to} if method in ("uniform", "flops") else {}
     get_searcher(method, **searcher_options)  # an unknown method fails before any work

@@ -6,7 +6,9 @@ when it is named, and its factory is called without arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,8 +53,62 @@ BUILTIN: dict[str, ModelSpec] = {
 }
 
 
-def model_spec(name: str) -> ModelSpec:
-    """The spec of a built-in model or of a user factory ``path/file.py:function``."""
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """``"3x224x224"`` (C x H x W) as a tuple; a clear error otherwise."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise TrtpruneError(
+            f"input shape '{text}' is not C x H x W",
+            why="one image's channels, height and width, in pixels; the batch comes from the device",
+            fix="write it like 3x224x224",
+        )
+    return shape
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """``"0.485,0.456,0.406"`` as a tuple of finite numbers."""
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise TrtpruneError(
+            f"{what} '{text}' is not a list of numbers", fix=f"write it like --{what} 0.485,0.456,0.406"
+        )
+    return values
+
+
+def model_spec(
+    name: str | ModelSpec,
+    *,
+    input_shape: str | tuple[int, ...] | None = None,
+    mean: str | tuple[float, ...] | None = None,
+    std: str | tuple[float, ...] | None = None,
+) -> ModelSpec:
+    """The spec of a built-in model or of a user factory ``path/file.py:function`` (or ``name`` itself, a spec),
+    with the input shape (C, H, W) and the normalisation the user gives in place of the model's defaults."""
+    spec = name if isinstance(name, ModelSpec) else _named(name)
+    changes = {}
+    if input_shape is not None:
+        changes["input_shape"] = parse_shape(input_shape) if isinstance(input_shape, str) else tuple(input_shape)
+    for key, value in (("mean", mean), ("std", std)):
+        if value is not None:
+            changes[key] = parse_floats(value, key) if isinstance(value, str) else tuple(map(float, value))
+    spec = dataclasses.replace(spec, **changes) if changes else spec
+    channels = spec.input_shape[0]
+    if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels) or min(spec.std) <= 0:
+        raise TrtpruneError(
+            f"normalisation mean {spec.mean} / std {spec.std} does not fit {channels}-channel images",
+            fix=f"give one value per channel ({channels}) to --mean and --std, std above 0",
+        )
+    return spec
+
+
+def _named(name: str) -> ModelSpec:
     if name in BUILTIN:
         return BUILTIN[name]
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
