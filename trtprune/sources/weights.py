@@ -23,6 +23,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path
 from trtprune.pruning.prune import replay
 from trtprune.sources import fetch
+from trtprune.sources.images import is_loaders_spec
 from trtprune.sources.models import build_model, model_argument, model_spec
 
 log = logging.getLogger(__name__)
@@ -203,5 +204,6 @@ def resolve_weights(model_name: str, weights: str | None, data: str | None) -> P
             f"model '{model_name}' has no published weights",
             fix="train it first and pass the state dict with --weights",
         )
-    root, may_download = fetch.data_root(data)
+    # --data file.py:loaders names the user's loaders, not a folder: the published weights come from the cache
+    root, may_download = fetch.data_root(None if is_loaders_spec(data) else data)
     return fetch.ensure_resource(spec.pretrained, root, may_download)
