@@ -161,6 +161,7 @@ def cmd_search(a) -> None:
             data=a.data,
             round_to=a.round_to,
             protocol=a.protocol,
+            ignore=a.ignore,
         )
     plan.save(a.output)
     print(
@@ -186,16 +187,18 @@ def cmd_prune(a) -> None:
             raise TrtpruneError(
                 f"plan '{a.plan}' is for {loaded.model}, not {spec.name}", fix=f"use --model {loaded.model}"
             )
-        pruner = GroupPruner(model, spec.input_shape)
-        pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
+        pruner = GroupPruner(model, spec.input_shape, a.ignore)
+        pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data, a.ignore))
         save_pruned(a.output, model, spec.name, pruner.history(), plan=loaded.keep_channels)
         print(
             f"wrote {a.output}: pruned to {a.plan} ({sum(loaded.keep_channels.values())} of "
             f"{sum(loaded.channels.values())} channels kept)"
         )
         return
-    scores = channel_scores(model, spec, a.importance, a.data)
-    plan, history = prune_uniform(model, spec.input_shape, a.ratio, a.round_to, a.importance, scores=scores)
+    scores = channel_scores(model, spec, a.importance, a.data, a.ignore)
+    plan, history = prune_uniform(
+        model, spec.input_shape, a.ratio, a.round_to, a.importance, scores=scores, ignore=a.ignore
+    )
     save_pruned(a.output, model, spec.name, history, plan=plan["keep_channels"])
     plan_path = Path(a.output).with_suffix(".plan.json")
     write_json(plan_path, plan)
@@ -303,6 +306,7 @@ def cmd_run(a) -> None:
         ratio=a.ratio,
         round_to=a.round_to,
         importance=a.importance,
+        ignore=list(a.ignore),
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )

@@ -213,7 +213,7 @@ def stage_search(run: Run, out: Path) -> None:
         from .prune import GroupPruner, uniform_plan
 
         model, spec = _load_base(run)
-        groups = GroupPruner(model, spec.input_shape).groups()
+        groups = GroupPruner(model, spec.input_shape, cfg.ignore).groups()
         plan = Plan(
             spec.name,
             run.device.name,
@@ -236,6 +236,7 @@ def stage_search(run: Run, out: Path) -> None:
             importance=cfg.importance,
             data=run.data,
             round_to=cfg.round_to,
+            ignore=cfg.ignore,
         )
     plan.save(out)
 
@@ -249,8 +250,8 @@ def stage_prune(run: Run, out: Path) -> None:
 
     plan = Plan.load(run.path("plan.json"))
     model, spec = _load_base(run)
-    scores = channel_scores(model, spec, run.cfg.importance, run.data)
-    pruner = GroupPruner(model, spec.input_shape)
+    scores = channel_scores(model, spec, run.cfg.importance, run.data, run.cfg.ignore)
+    pruner = GroupPruner(model, spec.input_shape, run.cfg.ignore)
     pruner.prune_to(plan.keep_channels, scores=scores)
     save_pruned(out, model, spec.name, pruner.history(), plan=plan.keep_channels)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import TrtpruneError
@@ -25,13 +26,14 @@ def score_batches(data: str | None, spec, n: int = SCORE_BATCHES, batch_size: in
     return list(D.batches(D.to_tensor(x), torch.from_numpy(y), batch_size, spec.mean, spec.std))
 
 
-def channel_scores(model, spec, importance: str, data: str | None):
-    """Importance of every channel of every group of ``model`` (see trtprune.importance)."""
+def channel_scores(model, spec, importance: str, data: str | None, ignore: Iterable[str] = ()):
+    """Importance of every channel of every group of ``model`` (see trtprune.importance); modules in
+    ``ignore`` keep their outputs, so their groups have none."""
     from ..importance import NEEDS_DATA
     from ..prune import GroupPruner
 
     batches = score_batches(data, spec) if importance in NEEDS_DATA else None
-    return GroupPruner(model, spec.input_shape).scores(importance, batches)
+    return GroupPruner(model, spec.input_shape, ignore).scores(importance, batches)
 
 
 def search(
@@ -47,6 +49,7 @@ def search(
     data: str | None = None,
     round_to: int = 1,
     protocol: str = "full",
+    ignore: Iterable[str] = (),
 ) -> Plan:
     """Search a plan for ``model_name`` on ``device`` under ``budget``; sub-nets are written to ``workdir``."""
     from ..latency import get_backend
@@ -59,14 +62,14 @@ def search(
     searcher_options = {"round_to": round_to} if method in ("uniform", "flops") else {}
     get_searcher(method, **searcher_options)  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
-    scores = channel_scores(model, spec, importance, data)
+    scores = channel_scores(model, spec, importance, data, ignore)
     if method == "flops":
-        searcher_options["magnitude"] = channel_scores(model, spec, "l2", data)
+        searcher_options["magnitude"] = channel_scores(model, spec, "l2", data, ignore)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with get_backend(device) as backend, LUT(lut_path) as lut:
         # a user file.py:factory, not its spec name; ``protocol``: see trtprune.profile.PROTOCOLS
-        predictor = Predictor(model_name, backend, lut, workdir, protocol)
+        predictor = Predictor(model_name, backend, lut, workdir, protocol, ignore)
         space = SearchSpace.build(predictor, scores)
         result = get_searcher(method, **searcher_options).search(space, budget)
         key = predictor.profiler.key()
@@ -79,7 +82,11 @@ def search(
         )
     meta = {k: v for k, v in result.items() if k not in ("keep_channels", "predicted_ms", "measured_ms", "baseline_ms")}
     meta.update(
-        importance=importance, round_to=round_to, candidates=space.candidates, overhead=predictor.overhead.to_dict()
+        importance=importance,
+        round_to=round_to,
+        ignore=list(ignore),
+        candidates=space.candidates,
+        overhead=predictor.overhead.to_dict(),
     )
     return Plan(
         spec.name,
