@@ -175,3 +175,37 @@ def test_grouped_conv_inputs_are_pruned_by_the_same_positions_in_every_block():
         ref.a.bias[drop] = 0
         assert model.g.weight.shape == (16, 3, 3, 3)
         assert torch.allclose(model(x), ref(x), atol=1e-6)
+
+
+def test_a_grouped_conv_reading_part_of_a_concat_is_kept_whole(caplog):
+    from torch import nn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+            self.g = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+            self.fc = nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.fc(self.g(torch.cat([self.a(x), self.b(x)], 1)).mean((2, 3)))
+
+    with caplog.at_level("INFO", logger="trtprune.prune"):
+        pruner = GroupPruner(Net(), SHAPE)
+        assert [g.name for g in pruner.groups()] == ["g"]
+    assert pruner.kept_whole() == ["a", "b"]
+    assert sum("kept whole" in r.message for r in caplog.records) == 2  # one line per group
+
+
+def test_cli_prunes_a_user_network_with_ignored_layers(tmp_path, capsys):
+    from .conftest import cli
+
+    out, weights = tmp_path / "p.pt", tmp_path / "w.pt"
+    torch.save(zoo.resnext_se_net().state_dict(), weights)
+    model = ["--model", zoo.spec("resnext_se_net"), "--weights", weights]
+    code, stdout, err = cli(capsys, "prune", *model, "--ratio", "0.5", "--ignore", "stage1.se", "-o", out)
+    assert code == 0, err
+    plan = __import__("json").loads(out.with_suffix(".plan.json").read_text())["keep_channels"]
+    assert "stage1.se.reduce" not in plan and plan["stage2.se.reduce"] == 8 and plan["stage2.grouped.0"] == 32
+    code, _, err = cli(capsys, "prune", *model, "--ignore", "stem.9", "-o", out)
+    assert code == 2 and "'stem.9', which is not a module" in err and "stem.0" in err and "Traceback" not in err
