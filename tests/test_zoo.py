@@ -209,3 +209,14 @@ def test_cli_prunes_a_user_network_with_ignored_layers(tmp_path, capsys):
     assert "stage1.se.reduce" not in plan and plan["stage2.se.reduce"] == 8 and plan["stage2.grouped.0"] == 32
     code, _, err = cli(capsys, "prune", *model, "--ignore", "stem.9", "-o", out)
     assert code == 2 and "'stem.9', which is not a module" in err and "stem.0" in err and "Traceback" not in err
+
+
+def test_a_grouped_conv_at_one_channel_per_group_is_planned_as_the_depthwise_conv_it_becomes(tmp_path):
+    """A 4-group conv pruned to 4 channels exports as a depthwise conv; the planned layers must say so
+    (a cpu search of resnext_se_net stopped on it)."""
+    with get_backend(FAKE) as backend, LUT(tmp_path / "lut.sqlite") as lut:
+        predictor = Predictor(zoo.spec("resnext_se_net"), backend, lut, tmp_path)
+        keep = {"stage1.reduce.0": 4, "stage1.grouped.0": 4}
+        predictor.subnet(keep, tmp_path / "sub.onnx")  # raises if the exported layers differ from the plan
+        sig, cin, cout = predictor.points(keep)[list(predictor.layers).index("stage1.grouped.0")]
+        assert (sig.depthwise, sig.groups, cin, cout) == (True, 1, 4, 4)

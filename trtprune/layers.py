@@ -58,6 +58,14 @@ class Signature:
         return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
 
 
+def point(sig: Signature, cin: int, cout: int) -> tuple[Signature, int, int]:
+    """A layer at (cin, cout) as a LUT point: a grouped conv pruned to one channel per group is depthwise,
+    as the exported model then says."""
+    if sig.groups > 1 and cin == cout == sig.groups:
+        sig = replace(sig, groups=1, depthwise=True)
+    return sig, cin, cout
+
+
 @dataclass(frozen=True)
 class Layer:
     """One prunable layer of a model: its module name, signature and current channel counts."""

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .layers import Layer
+from .errors import TrtpruneError
+from .layers import Layer, point
 from .profile import Point, Profiler
 from .prune import ChannelGroup
 
@@ -41,7 +42,7 @@ def planned_points(layers: Mapping[str, Layer], groups: list[ChannelGroup], keep
         g = out_group.get(layer.name)
         cout = keep.get(g.name, layer.cout) if g is not None else layer.cout
         cin = cout if layer.signature.depthwise else layer.cin - removed_in.get(layer.name, 0)
-        points.append((layer.signature, cin, cout))
+        points.append(point(layer.signature, cin, cout))
     return points
 
 
@@ -146,8 +147,21 @@ class Predictor:
         model = build_model(self.spec)
         GroupPruner(model, self.spec.input_shape, self.ignore).prune_to(keep)
         onnx_from_torch(model, path, self.spec.input_shape, self.backend.device.batch)
-        actual = sorted(repr((x.signature, x.cin, x.cout)) for x in layers_of(onnx.load(str(path))).values())
-        assert actual == sorted(map(repr, self.points(keep))), f"{path}: layers differ from the plan"
+        actual = layers_of(onnx.load(str(path)))
+        planned = dict(zip(self.layers, self.points(keep)))
+        differ = [
+            f"{key}: planned {p[1]}->{p[2]} ch, exported "
+            + (f"{actual[key].cin}->{actual[key].cout} ch" if key in actual else "nothing")
+            for key, p in planned.items()
+            if key not in actual or (actual[key].signature, actual[key].cin, actual[key].cout) != p
+        ] + [f"{key}: exported but not planned" for key in actual if key not in planned]
+        if differ:
+            raise TrtpruneError(
+                f"the pruned model's layers differ from the plan: {'; '.join(differ[:4])}",
+                why="the latency model maps each channel group to the ONNX layers it sets; for this model the "
+                "mapping misses a structure",
+                fix="report the model; meanwhile keep the named layers whole with --ignore",
+            )
         return Path(path)
 
     def calibrate(self, plans: list[Mapping[str, int]], rounds: int = 30) -> list[float]:

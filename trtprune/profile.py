@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import TrtpruneError
 from .latency.base import Backend
-from .layers import Layer, Signature, micro_model
+from .layers import Layer, Signature, micro_model, point
 from .lut import LUT, Entry
 from .prune import ChannelGroup
 from .stairs import Stairs, Tolerance, exhaustive, three_point
@@ -81,11 +81,13 @@ class GroupLayers:
         a consumer - a concat's other parts - at their current counts)."""
         g, removed = self.group, self.group.channels - c
         pts = [
-            (p.signature, c if p.signature.depthwise else p.cin - (removed if p.name in g.self_fed else 0), c)
+            point(p.signature, c if p.signature.depthwise else p.cin - (removed if p.name in g.self_fed else 0), c)
             for p in self.producers
         ]
         return pts + [
-            (q.signature, q.cin - removed * g.fan(q.name), q.cout) for q in self.consumers if not q.signature.depthwise
+            point(q.signature, q.cin - removed * g.fan(q.name), q.cout)
+            for q in self.consumers
+            if not q.signature.depthwise
         ]
 
 

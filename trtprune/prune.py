@@ -253,7 +253,7 @@ class GroupPruner:
                     f"plan keeps {keep} channels of group '{info.name}', which has {info.channels}",
                     why=f"a multiple of {info.multiple} (it feeds or leaves a conv in {info.multiple} groups)"
                     if info.multiple > 1
-                    else None,
+                    else "",
                     fix=f"keep between {info.multiple} and {info.channels}"
                     + (f", a multiple of {info.multiple}" if info.multiple > 1 else ""),
                 )
@@ -262,7 +262,15 @@ class GroupPruner:
             group_scores = torch.as_tensor(scores[info.name]) if scores is not None else _score(scorer, tp_group, info)
             drop = _drop(group_scores, info.channels - keep, info.multiple)
             root = tp_group[0].dep
-            self.dg.get_pruning_group(root.target.module, root.handler, drop).prune()
+            try:
+                self.dg.get_pruning_group(root.target.module, root.handler, drop).prune()
+            except Exception as e:
+                raise TrtpruneError(
+                    f"Torch-Pruning could not prune group '{info.name}' (layers {', '.join(info.producers)} -> "
+                    f"{', '.join(info.consumers)}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    why="a layer of this group is a structure trtprune does not prune",
+                    fix=f"keep it whole: --ignore {info.name}",
+                ) from e
             log.debug("%-24s | %4d -> %4d ch", info.name, info.channels, keep)
         assert not todo, f"groups left unpruned: {todo}"
         _, out_shape = _trace_outputs(self.model, self._example)
