@@ -242,6 +242,10 @@ def test_stage_commands_chain(tiny_data, tmp_path, capsys):
         (["export", "--model", "resnet20", "--weights", "{w}", "--batch", "0", "-o", "x.onnx"], "not a batch size"),
         (["run", "--model", "resnet20", "--weights", "{w}", "--device", "quantum"], "unknown device 'quantum'"),
         (["report", "."], "is not a run directory"),
+        (
+            ["prune", "--model", "resnet20", "--weights", "{w}", "--ignore", "layer9", "-o", "p.pt"],
+            "--ignore names 'layer9', which is not a module of the model",
+        ),
         (["eval", "--model", "resnet20", "--weights", "{w}", "--data", "{empty}"], "no CIFAR-10 test set"),
     ],
 )

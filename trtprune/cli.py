@@ -155,6 +155,14 @@ def _pruning(p: argparse.ArgumentParser, importance: str = "taylor") -> None:
         choices=list(IMPORTANCE),
         help=f"which channels go, and the search's cost (default {importance}; taylor and dynamic need data)",
     )
+    p.add_argument(
+        "--ignore",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="modules whose output channels are kept whole (names as in model.named_modules(); a container "
+        "keeps every conv and linear in it)",
+    )
 
 
 def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:

@@ -191,6 +191,7 @@ def cmd_search(a) -> dict:
             data=a.data,
             round_to=a.round_to,
             protocol=a.protocol,
+            ignore=a.ignore,
         )
     plan.save(a.output)
     print(
@@ -211,18 +212,18 @@ def cmd_prune(a) -> dict:
                 f"plan '{a.plan}' is for {loaded.model}, not {spec.name}",
                 fix=f"use --model {model_argument(loaded.model)}",
             )
-        pruner = GroupPruner(model, spec.input_shape)
-        pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
+        pruner = GroupPruner(model, spec.input_shape, a.ignore)
+        pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data, a.ignore))
         save_pruned(a.output, model, spec.name, pruner.history(), plan=loaded.keep_channels)
         print(
             f"wrote {a.output}: pruned to {a.plan} ({sum(loaded.keep_channels.values())} of "
             f"{sum(loaded.channels.values())} channels kept)"
         )
         return {"checkpoint": str(a.output), "plan": str(a.plan), "keep_channels": loaded.keep_channels}
-    pruner = GroupPruner(model, spec.input_shape)
+    pruner = GroupPruner(model, spec.input_shape, a.ignore)
     # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring with data
     plan = uniform_plan_of(pruner.groups(), a.ratio, a.round_to, spec.name, importance=a.importance)
-    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, a.importance, a.data))
+    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, a.importance, a.data, a.ignore))
     save_pruned(a.output, model, spec.name, pruner.history(), plan=plan.keep_channels)
     plan_path = Path(a.output).with_suffix(".plan.json")
     plan.save(plan_path)  # the Plan format: prune --plan takes it back
@@ -346,6 +347,7 @@ def cmd_run(a) -> dict:
         ratio=a.ratio,
         round_to=a.round_to,
         importance=a.importance,
+        ignore=list(a.ignore),
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )

@@ -36,6 +36,7 @@ class RunConfig:
     ratio: float = 0.5  # uniform pruning without a budget: fraction of every channel group removed
     round_to: int = 8  # uniform and flops: keep a multiple of this many channels per group
     importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.pruning.importance
+    ignore: list[str] = field(default_factory=list)  # modules whose output channels are kept whole
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
     input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)
@@ -88,7 +89,14 @@ def _fits(value, types: tuple) -> bool:
 
 
 # The JSON types a setting of each annotation may hold (ints are accepted where floats are expected).
-_JSON_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "str | None": (str, type(None))}
+_JSON_TYPES = {
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+    "str": (str,),
+    "str | None": (str, type(None)),
+    "list[str]": (list,),
+}
 _TYPES = {
     **{f"finetune.{f.name}": _JSON_TYPES[f.type] for f in dataclasses.fields(FinetuneConfig)},
     **{f.name: _JSON_TYPES[f.type] for f in dataclasses.fields(RunConfig) if f.name != "finetune"},

@@ -202,7 +202,7 @@ def stage_search(run: Run, out: Path) -> None:
     cfg, budget = run.cfg, Budget.from_text(run.cfg.budget)
     if budget is None:
         model, spec = _load_base(run)
-        groups = GroupPruner(model, spec.input_shape).groups()
+        groups = GroupPruner(model, spec.input_shape, cfg.ignore).groups()
         plan = uniform_plan_of(groups, cfg.ratio, cfg.round_to, spec.name, run.device.name)
     else:
         weights = resolve_weights(cfg.model, cfg.weights, run.data)
@@ -217,6 +217,7 @@ def stage_search(run: Run, out: Path) -> None:
             importance=cfg.importance,
             data=run.data,
             round_to=cfg.round_to,
+            ignore=cfg.ignore,
         )
     plan.save(out)
 
@@ -226,8 +227,8 @@ def stage_prune(run: Run, out: Path) -> None:
 
     plan = Plan.load(run.path("plan.json"))
     model, spec = _load_base(run)
-    scores = channel_scores(model, spec, run.cfg.importance, run.data)
-    pruner = GroupPruner(model, spec.input_shape)
+    scores = channel_scores(model, spec, run.cfg.importance, run.data, run.cfg.ignore)
+    pruner = GroupPruner(model, spec.input_shape, run.cfg.ignore)
     pruner.prune_to(plan.keep_channels, scores=scores)
     save_pruned(out, model, spec.name, pruner.history(), plan=plan.keep_channels)
 

@@ -5,7 +5,7 @@ import torch
 from trtprune.deploy.export import onnx_from_torch, run_onnx
 from trtprune.errors import TrtpruneError
 from trtprune.pruning.prune import GroupPruner, replay, uniform_plan
-from trtprune.sources.models import BUILTIN, build_model
+from trtprune.sources.models import BUILTIN, build_model, model_spec
 from trtprune.sources.models.shortcut import ChannelPadShortcut
 
 SHAPE = (3, 32, 32)
@@ -17,13 +17,20 @@ GROUPS = {
     "resnet110": 57,
     "vgg16_bn": 13,
     "mobilenet_v2": 25,
+    "resnet18": 12,  # the ImageNet layouts, at 64x64: their groups do not depend on the resolution
+    "mobilenet_v2_imagenet": 25,
 }
+SMALL = {"resnet18": (3, 64, 64), "mobilenet_v2_imagenet": (3, 64, 64)}
+
+
+def shape(name: str) -> tuple[int, int, int]:
+    return SMALL.get(name, SHAPE)
 
 
 def pruned(name, ratio=0.5, round_to=1, seed=0):
     torch.manual_seed(seed)
     model = build_model(name)
-    pruner = GroupPruner(model, SHAPE)
+    pruner = GroupPruner(model, shape(name))
     groups = pruner.groups()
     plan = uniform_plan(groups, ratio, round_to)
     pruner.prune_to(plan)
@@ -36,15 +43,15 @@ def test_pruned_model_has_the_planned_channels_and_runs(name):
     assert len(groups) == GROUPS[name]
     after = {g.name: g.channels for g in pruner.groups()}
     assert after == plan
-    assert model(torch.randn(2, *SHAPE)).shape == (2, 10)
+    assert model(torch.randn(2, *shape(name))).shape == (2, model_spec(name).num_classes)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUILTIN))
 def test_pruned_model_exports_and_matches_onnxruntime(name, tmp_path):
     model, *_ = pruned(name, 0.3, 1)  # odd counts: the general (Gather) form of the shortcut
-    onnx_from_torch(model, tmp_path / "m.onnx", SHAPE)
-    x = torch.randn(1, *SHAPE)
+    onnx_from_torch(model, tmp_path / "m.onnx", shape(name))
+    x = torch.randn(1, *shape(name))
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(
@@ -76,9 +83,9 @@ def test_pruning_equals_zeroing_the_removed_channels(name):
     _randomise_bn(model, gen)
     silenced = build_model(name)
     silenced.load_state_dict(model.state_dict())
-    pruner = GroupPruner(model, SHAPE)
+    pruner = GroupPruner(model, shape(name))
     pruner.prune_to(uniform_plan(pruner.groups(), 0.4, 1))
-    ref = GroupPruner(silenced, SHAPE)
+    ref = GroupPruner(silenced, shape(name))
     for module_name, is_out, idxs in pruner.history():
         module = silenced.get_submodule(module_name)
         handler = ref.dg.get_pruner_of_module(module)
@@ -92,7 +99,7 @@ def test_pruning_equals_zeroing_the_removed_channels(name):
                 target.bias.data[group_idxs] = 0.0
             elif isinstance(target, ChannelPadShortcut) and ref.dg.is_out_channel_pruning_fn(dep.handler):
                 target.gather = [-1 if j in group_idxs else g for j, g in enumerate(target.gather)]
-    x = torch.randn(2, *SHAPE, generator=gen)
+    x = torch.randn(2, *shape(name), generator=gen)
     with torch.no_grad():
         expected, got = silenced.eval()(x), model.eval()(x)
     assert sum(p.numel() for p in model.parameters()) < 0.5 * sum(p.numel() for p in silenced.parameters())

@@ -4,7 +4,8 @@ Never measured, never reported: no device uses it, so the CLI cannot select it; 
 ``Device(name, "fake")`` themselves. Each Conv costs its multiply-accumulates with output channels
 padded to ``BLOCK``; input channels up to one block cost what they are, above it a multiple of 4 is
 padded to ``BLOCK`` (the blocked kernel) and any other count runs a 25 % slower kernel (a dip). A Gemm
-costs its MACs; every graph pays a fixed overhead per run.
+costs its MACs; every graph pays a fixed overhead per run. A grouped conv costs what a plain conv with its
+per-group input count costs.
 
 Two knobs exist for fleet tests: ``TRTPRUNE_FAKE_HW`` in a process's environment names the "hardware"
 in its key (a worker on another device), and the burst option ``delay_s`` makes each model take that
@@ -56,7 +57,7 @@ def model_ms(proto) -> float:
             cout, cin_g, kh, kw = inits[n.input[1]]
             groups = next((a.i for a in n.attribute if a.name == "group"), 1)
             b, _, oh, ow = shapes[n.output[0]]
-            if groups > 1:  # depthwise: per-channel work, no channel reduction
+            if groups > 1 and cin_g == 1:  # depthwise: per-channel work, no channel reduction
                 total += PER_LAYER_MS + PER_MAC_MS * BLOCK * math.ceil(cout / BLOCK) * b * oh * ow * kh * kw
             else:
                 total += layer_ms("conv", cin_g, cout, b * oh * ow * kh * kw)

@@ -1,20 +1,31 @@
 """Prunable layers as the engine sees them: signatures read from the exported ONNX, and micro-models.
 
 A *signature* holds everything about a layer that changes its latency except its channel counts: op,
-kernel, stride, padding, dilation, depthwise or not, input H x W, batch, precision and the ops the
-engine fuses into it (bias from the folded BN, a residual add, ReLU or ReLU6). The LUT is keyed by
+kernel, stride, padding, dilation, groups (plain, grouped or depthwise), input H x W, batch, precision and
+the ops that follow it (bias from the folded BN, a residual add, an activation: ReLU and ReLU6 fuse into
+the conv; SiLU, Hardswish, GELU and Sigmoid run after it, and are timed with it all the same). The LUT is keyed by
 signature + (Cin, Cout), so identical layers - within a model, across models and runs - are measured
 once. A micro-model is the single layer as a tiny ONNX graph (Conv + bias [+ Add] [+ activation]),
-which ONNX Runtime fuses exactly as it fuses the layer inside the whole network.
+which ONNX Runtime fuses exactly as it fuses the layer inside the whole network. A module called more
+than once (the same weights) is one layer per call: each call has its own input size and latency.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-ACTIVATIONS = ("none", "relu", "relu6")
+# How each activation appears after a conv in the exported graph. SiLU is exported as x * Sigmoid(x) (two
+# consumers of the conv's output), GELU as Gelu (opset 20), Hardswish as HardSwish.
+ACTIVATIONS = ("none", "relu", "relu6", "sigmoid", "silu", "hardswish", "gelu")
+_SINGLE_OP_ACTIVATIONS = {
+    "Relu": "relu",
+    "Clip": "relu6",
+    "Sigmoid": "sigmoid",
+    "HardSwish": "hardswish",
+    "Gelu": "gelu",
+}
 
 
 @dataclass(frozen=True)
@@ -29,14 +40,15 @@ class Signature:
     batch: int = 1
     precision: str = "fp32"
     residual: bool = False  # an Add of another tensor fused after the conv
-    act: str = "none"  # activation fused after the conv (and the add)
+    act: str = "none"  # activation after the conv (and the add), one of ACTIVATIONS
+    groups: int = 1  # a grouped (not depthwise) conv: Cin and Cout stay multiples of it
 
     def key(self) -> str:
         """A stable text form, used as the LUT key."""
         j = lambda t: "x".join(map(str, t))  # noqa: E731
         return (
             f"{self.op}|k{j(self.kernel)}|s{j(self.stride)}|p{j(self.pads)}|d{j(self.dilation)}|"
-            f"{'dw' if self.depthwise else 'g1'}|hw{j(self.hw)}|b{self.batch}|{self.precision}|"
+            f"{'dw' if self.depthwise else f'g{self.groups}'}|hw{j(self.hw)}|b{self.batch}|{self.precision}|"
             f"{'res' if self.residual else 'nores'}|{self.act}"
         )
 
@@ -44,6 +56,14 @@ class Signature:
         (h, w), (kh, kw), (sh, sw), (dh, dw) = self.hw, self.kernel, self.stride, self.dilation
         pt, pl, pb, pr = self.pads
         return ((h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1)
+
+
+def point(sig: Signature, cin: int, cout: int) -> tuple[Signature, int, int]:
+    """A layer at (cin, cout) as a LUT point: a grouped conv pruned to one channel per group is depthwise,
+    as the exported model then says."""
+    if sig.groups > 1 and cin == cout == sig.groups:
+        sig = replace(sig, groups=1, depthwise=True)
+    return sig, cin, cout
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,12 @@ class Layer:
     signature: Signature
     cin: int
     cout: int
+    call: int = 0  # the module's n-th call in the graph (a module applied twice is two layers)
+
+    @property
+    def key(self) -> str:
+        """The layer's key in :func:`layers_of`: the module name, ``#n`` added for its n-th call (n >= 1)."""
+        return self.name if self.call == 0 else f"{self.name}#{self.call}"
 
 
 def _attr(node, name, default):
@@ -63,8 +89,18 @@ def _attr(node, name, default):
     return default
 
 
+def _is_silu(output: str, nxt: list) -> bool:
+    """``y = x * Sigmoid(x)``: the two consumers of ``x`` are a Sigmoid and a Mul of ``x`` by its output."""
+    if len(nxt) != 2:
+        return False
+    sig = next((n for n in nxt if n.op_type == "Sigmoid"), None)
+    mul = next((n for n in nxt if n.op_type == "Mul"), None)
+    return sig is not None and mul is not None and sorted(mul.input) == sorted([output, sig.output[0]])
+
+
 def layers_of(proto) -> dict[str, Layer]:
-    """Every Conv and Gemm of an exported model, keyed by torch module name (from the weight's name)."""
+    """Every Conv and Gemm of an exported model, keyed by torch module name (from the weight's name);
+    a module's second and later calls are keyed ``name#1``, ``name#2``... (see :attr:`Layer.key`)."""
     import onnx
 
     proto = onnx.shape_inference.infer_shapes(proto)
@@ -80,18 +116,19 @@ def layers_of(proto) -> dict[str, Layer]:
 
     def follower(output: str, allow_add: bool = True) -> tuple[bool, str]:
         nxt = consumers.get(output, [])
+        if _is_silu(output, nxt):
+            return False, "silu"
         if len(nxt) != 1:
             return False, "none"
         n = nxt[0]
-        if n.op_type == "Relu":
-            return False, "relu"
-        if n.op_type == "Clip":
-            return False, "relu6"
+        if n.op_type in _SINGLE_OP_ACTIVATIONS:
+            return False, _SINGLE_OP_ACTIVATIONS[n.op_type]
         if n.op_type == "Add" and allow_add:
             return True, follower(n.output[0], allow_add=False)[1]
         return False, "none"
 
-    layers = {}
+    layers: dict[str, Layer] = {}
+    calls: dict[str, int] = {}
     for n in proto.graph.node:
         if n.op_type not in ("Conv", "Gemm") or len(n.input) < 2 or n.input[1] not in inits:
             continue
@@ -116,12 +153,14 @@ def layers_of(proto) -> dict[str, Layer]:
                 act=act,
             )
             if groups > 1 and not sig.depthwise:
-                continue  # grouped (not depthwise) convs are not pruned
+                sig = replace(sig, groups=groups)
         else:
             trans_b = _attr(n, "transB", 0)
             cout, cin = (w[0], w[1]) if trans_b else (w[1], w[0])
             sig = Signature("gemm", batch=x[0] if x else 1)
-        layers[name] = Layer(name, sig, int(cin), int(cout))
+        layer = Layer(name, sig, int(cin), int(cout), calls.get(name, 0))
+        calls[name] = layer.call + 1
+        layers[layer.key] = layer
     return layers
 
 
@@ -141,7 +180,8 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
     else:
         if sig.depthwise:
             assert cin == cout, "a depthwise layer has cin == cout"
-        groups = cin if sig.depthwise else 1
+        groups = cin if sig.depthwise else sig.groups
+        assert cin % groups == 0 and cout % groups == 0, f"{cin}, {cout} channels in {groups} groups"
         h, wd = sig.hw
         oh, ow = sig.out_hw()
         inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, cin, h, wd])]
@@ -174,13 +214,22 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
             ]
             nodes.append(helper.make_node("Clip", [last, "lo", "hi"], ["act"]))
             last = "act"
+        elif sig.act == "silu":  # as exported: x * Sigmoid(x)
+            nodes.append(helper.make_node("Sigmoid", [last], ["gate"]))
+            nodes.append(helper.make_node("Mul", [last, "gate"], ["act"]))
+            last = "act"
+        elif sig.act in ("sigmoid", "hardswish", "gelu"):
+            op = {"sigmoid": "Sigmoid", "hardswish": "HardSwish", "gelu": "Gelu"}[sig.act]
+            nodes.append(helper.make_node(op, [last], ["act"]))
+            last = "act"
         nodes.append(helper.make_node("Identity", [last], ["y"]))
         out_shape = [b, cout, oh, ow]
     graph = helper.make_graph(
         nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializer=inits
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="trtprune")
-    model.ir_version = 8
+    opset = 20 if sig.act == "gelu" else 17  # Gelu is an ONNX op from opset 20
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="trtprune")
+    model.ir_version = 9 if opset >= 20 else 8
     return model.SerializeToString()
 
 
@@ -189,5 +238,5 @@ def macs(sig: Signature, cin: int, cout: int) -> int:
     if sig.op == "gemm":
         return cin * cout
     oh, ow = sig.out_hw()
-    per_out = sig.kernel[0] * sig.kernel[1] * (1 if sig.depthwise else cin)
+    per_out = sig.kernel[0] * sig.kernel[1] * (1 if sig.depthwise else cin // sig.groups)
     return per_out * cout * oh * ow

@@ -11,6 +11,7 @@ interleaved run per batch and stored at once, so an interrupted profile resumes 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 from trtprune.errors import TrtpruneError
 from trtprune.latency.base import Backend
 from trtprune.log import progress
-from trtprune.profiling.layers import Layer, Signature, micro_model
+from trtprune.profiling.layers import Layer, Signature, micro_model, point
 from trtprune.profiling.lut import LUT, Entry
 from trtprune.profiling.stairs import Stairs, Tolerance, exhaustive, three_point
 from trtprune.pruning.prune import ChannelGroup
@@ -77,17 +78,27 @@ class GroupLayers:
     consumers: tuple[Layer, ...]  # layers whose input channels are the group's
 
     def points(self, c: int) -> list[Point]:
-        """The single-layer points that make up the group's latency at ``c`` channels."""
-        pts = [(p.signature, c if p.signature.depthwise else p.cin, c) for p in self.producers]
-        return pts + [(q.signature, c, q.cout) for q in self.consumers if not q.signature.depthwise]
+        """The single-layer points that make up the group's latency at ``c`` channels (the other inputs of
+        a consumer - a concat's other parts - at their current counts)."""
+        g, removed = self.group, self.group.channels - c
+        pts = [
+            point(p.signature, c if p.signature.depthwise else p.cin - (removed if p.name in g.self_fed else 0), c)
+            for p in self.producers
+        ]
+        return pts + [
+            point(q.signature, q.cin - removed * g.fan(q.name), q.cout)
+            for q in self.consumers
+            if not q.signature.depthwise
+        ]
 
 
 def group_layers(groups: Iterable[ChannelGroup], layers: dict[str, Layer]) -> list[GroupLayers]:
-    """Map each channel group to the engine layers whose Cout (producers) or Cin (consumers) it sets."""
+    """Map each channel group to the engine layers whose Cout (producers) or Cin (consumers) it sets; a
+    module called more than once is one layer per call."""
     out = []
     for g in groups:
-        prods = tuple(layers[n] for n in g.producers if n in layers)
-        cons = tuple(layers[n] for n in g.consumers if n in layers)
+        prods = tuple(layer for n in g.producers for layer in layers.values() if layer.name == n)
+        cons = tuple(layer for n in g.consumers for layer in layers.values() if layer.name == n)
         out.append(GroupLayers(g, prods, cons))
     return out
 
@@ -315,8 +326,27 @@ class Profiler:
         return out
 
     def stairs(self, gl: GroupLayers, tol: Tolerance, method: str = "three_point", lo: int = 1) -> Stairs:
+        """The group's stairs over counts ``lo..channels``; a group that must keep multiples of ``m`` (grouped
+        convs) is searched over the multiples only."""
         search = {"three_point": three_point, "exhaustive": exhaustive}[method]
-        return search(lo, gl.group.channels, lambda counts: self.curve(gl, counts), tol)
+        m = gl.group.multiple
+        if m == 1:
+            return search(lo, gl.group.channels, lambda counts: self.curve(gl, counts), tol)
+
+        def measure(units: list[int]) -> dict[int, float]:
+            curve = self.curve(gl, [u * m for u in units])
+            return {u: curve[u * m] for u in units}
+
+        s = search(max(1, math.ceil(lo / m)), gl.group.channels // m, measure, tol)
+        scale = lambda counts: tuple(c * m for c in counts)  # noqa: E731
+        return Stairs(
+            s.lo * m,
+            s.hi * m,
+            {c * m: v for c, v in s.latency.items()},
+            scale(s.edges),
+            scale(s.dips),
+            [(a * m, b * m) for a, b in s.plateaus],
+        )
 
 
 def profile_groups(

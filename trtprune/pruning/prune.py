@@ -5,6 +5,12 @@ residual adds or concats), their BNs, and the inputs of every consumer. Groups a
 first producing conv in module order (``layer1.0.conv1``); a *plan* maps group names to the absolute
 number of channels to keep. Pruning records a replayable history, so a pruned checkpoint can be
 rebuilt from the dense architecture: ``replay(build_model(spec), history)``.
+
+Grouped convolutions (1 < groups < channels) keep ``groups`` equal blocks of channels: a group that feeds
+or comes out of one keeps a multiple of ``groups`` channels (:attr:`ChannelGroup.multiple`), and the same
+positions are removed from every block (scores summed over the blocks), the only pattern Torch-Pruning's
+conv pruner slices correctly. A group that cannot be pruned (a grouped conv reading part of a concat) is
+left whole, with one log line saying so.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +63,26 @@ class ChannelGroup:
     channels: int  # current number of channels
     producers: tuple[str, ...]  # modules whose output channels these are
     consumers: tuple[str, ...]  # modules whose input channels these are
+    multiple: int = 1  # kept counts are multiples of it: the groups of the grouped convs it touches
+    fan_in: tuple[int, ...] = ()  # per consumer, its input channels per channel of the group (a flatten: H*W)
+    self_fed: tuple[str, ...] = ()  # producers that also read the group (a module called on its own output)
+
+    def fan(self, consumer: str) -> int:
+        """Input channels of ``consumer`` per channel of this group (1 unless a flatten comes between)."""
+        return self.fan_in[self.consumers.index(consumer)] if self.fan_in else 1
+
+
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped, not depthwise, conv: its channels come in ``groups`` equal blocks."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not _is_depthwise(module)
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups == module.in_channels == module.out_channels > 1
+
+
+class _Unsupported(Exception):
+    """A group trtprune cannot prune correctly (kept whole)."""
 
 
 def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module | None, torch.Size]:
@@ -79,7 +105,9 @@ def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module |
 class GroupPruner:
     """The dependency graph of one model, its channel groups, and pruning to a plan."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable[str] = ()):
+        """``ignore``: module names whose output channels are kept whole (a container: every conv and
+        linear inside it)."""
         self.model = model
         self._example = torch.zeros(1, *input_shape)
         example = self._example
@@ -91,6 +119,8 @@ class GroupPruner:
                 fix="give the image shape the model takes with --input-shape CxHxW (e.g. 3x224x224), or check --model",
             ) from e
         self._ignored = [classifier] if classifier is not None else []
+        self._ignored += _modules_named(model, ignore)
+        self._kept_whole: set[str] = set()  # groups already logged as unprunable
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TP warns about every op it treats as element-wise
             try:
@@ -107,29 +137,57 @@ class GroupPruner:
         self._order = {n: i for i, (n, _) in enumerate(model.named_modules())}
 
     def _tp_groups(self):
+        """Torch-Pruning's groups that trtprune can prune, with their descriptions; the others are
+        skipped (logged once)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield from self.dg.get_all_groups(ignored_layers=self._ignored, root_module_types=(nn.Conv2d, nn.Linear))
+            for tp_group in self.dg.get_all_groups(
+                ignored_layers=self._ignored, root_module_types=(nn.Conv2d, nn.Linear)
+            ):
+                try:
+                    yield tp_group, self._describe(tp_group)
+                except _Unsupported as e:
+                    root = self._names[tp_group[0].dep.target.module]
+                    if root not in self._kept_whole:
+                        self._kept_whole.add(root)
+                        log.info("%-24s | kept whole: %s", root, e)
 
     def _describe(self, group) -> ChannelGroup:
-        producers, consumers = set(), set()
-        for dep, _ in group:
+        channels = len(group[0].idxs)
+        producers, consumers, fan, multiple = set(), set(), {}, 1
+        for dep, idxs in group:
             module = dep.target.module
             if not isinstance(module, (nn.Conv2d, nn.Linear, ChannelPadShortcut)):
                 continue
             name = self._names[module]
-            if self.dg.is_out_channel_pruning_fn(dep.handler):
+            out = self.dg.is_out_channel_pruning_fn(dep.handler)
+            if out:
                 producers.add(name)
             elif self.dg.is_in_channel_pruning_fn(dep.handler):
                 consumers.add(name)
+                fan[name] = fan.get(name, 0) + len(idxs)
+            if _is_grouped(module):
+                width = module.out_channels if out else module.in_channels
+                if len(idxs) != width:
+                    raise _Unsupported(
+                        f"'{name}' (a conv in {module.groups} groups) {'makes' if out else 'reads'} "
+                        f"{len(idxs)} of its {width} channels from this group"
+                    )
+                multiple = math.lcm(multiple, module.groups)
         key = self._order.__getitem__
+        self_fed = tuple(sorted((n for n in producers & consumers if not _is_depthwise(self._module(n))), key=key))
         producers = tuple(sorted(producers, key=key))
         consumers = tuple(sorted(consumers - set(producers), key=key))
-        return ChannelGroup(producers[0], len(group[0].idxs), producers, consumers)
+        fan_in = tuple(fan[n] // channels for n in consumers)
+        fan_in = fan_in if any(f != 1 for f in fan_in) else ()
+        return ChannelGroup(producers[0], channels, producers, consumers, multiple, fan_in, self_fed)
+
+    def _module(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
 
     def groups(self) -> list[ChannelGroup]:
         """Every prunable channel group, in module order of its name."""
-        found = [self._describe(g) for g in self._tp_groups()]
+        found = [info for _, info in self._tp_groups()]
         if not found:
             raise TrtpruneError(
                 "the model has no prunable channel groups",
@@ -152,8 +210,8 @@ class GroupPruner:
             )
         scorer = criterion.scorer(self.model, batches)
         out = {}
-        for tp_group in self._tp_groups():
-            out[self._describe(tp_group).name] = scorer(tp_group).detach().cpu().numpy().astype(np.float64)
+        for tp_group, info in self._tp_groups():
+            out[info.name] = _score(scorer, tp_group, info).detach().cpu().numpy().astype(np.float64)
         criterion.done(self.model)
         return out
 
@@ -175,22 +233,33 @@ class GroupPruner:
                 why=f"the model's groups are {', '.join(list(current)[:8])}{' ...' if len(current) > 8 else ''}",
                 fix="make the plan for this model (trtprune groups lists them)",
             )
-        for tp_group in self._tp_groups():  # lazily, as each prune changes the graph
-            info = self._describe(tp_group)
+        for tp_group, info in self._tp_groups():  # lazily, as each prune changes the graph
             if info.name not in todo:
                 continue
             keep = int(todo.pop(info.name))
-            if not 1 <= keep <= info.channels:
+            if not 1 <= keep <= info.channels or keep % info.multiple:
                 raise TrtpruneError(
                     f"plan keeps {keep} channels of group '{info.name}', which has {info.channels}",
-                    fix=f"keep between 1 and {info.channels}",
+                    why=f"a multiple of {info.multiple} (it feeds or leaves a conv in {info.multiple} groups)"
+                    if info.multiple > 1
+                    else "",
+                    fix=f"keep between {info.multiple} and {info.channels}"
+                    + (f", a multiple of {info.multiple}" if info.multiple > 1 else ""),
                 )
             if keep == info.channels:
                 continue
-            group_scores = torch.as_tensor(scores[info.name]) if scores is not None else scorer(tp_group)
-            drop = torch.argsort(group_scores, stable=True)[: info.channels - keep].tolist()
+            group_scores = torch.as_tensor(scores[info.name]) if scores is not None else _score(scorer, tp_group, info)
+            drop = _drop(group_scores, info.channels - keep, info.multiple)
             root = tp_group[0].dep
-            self.dg.get_pruning_group(root.target.module, root.handler, sorted(drop)).prune()
+            try:
+                self.dg.get_pruning_group(root.target.module, root.handler, drop).prune()
+            except Exception as e:
+                raise TrtpruneError(
+                    f"Torch-Pruning could not prune group '{info.name}' (layers {', '.join(info.producers)} -> "
+                    f"{', '.join(info.consumers)}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                    why="a layer of this group is a structure trtprune does not prune",
+                    fix=f"keep it whole: --ignore {info.name}",
+                ) from e
             log.debug("%-24s | %4d -> %4d ch", info.name, info.channels, keep)
         assert not todo, f"groups left unpruned: {todo}"
         _, out_shape = _trace_outputs(self.model, self._example)
@@ -202,9 +271,52 @@ class GroupPruner:
                 fix="make the classifier the last layer applied in forward()",
             )
 
+    def kept_whole(self) -> list[str]:
+        """Groups (by their first producer) that cannot be pruned and are left whole."""
+        self.groups()
+        return sorted(self._kept_whole, key=self._order.__getitem__)
+
     def history(self) -> list:
         """Replayable record of every pruning step: ``[module_name, is_out_channels, indices]``."""
         return [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in self.dg.pruning_history()]
+
+
+def _score(scorer, tp_group, info: ChannelGroup) -> torch.Tensor:
+    """The criterion's scores of one group; a criterion with nothing to score in it (``bn`` on a group without
+    BatchNorm, e.g. a squeeze-excitation's hidden Linear) falls back to the L1 magnitude, saying so."""
+    out = scorer(tp_group)
+    if out is None:
+        log.info("%-24s | no score by this criterion here (no BatchNorm?): ranked by l1 magnitude", info.name)
+        out = get_criterion("l1").scorer(None, None)(tp_group)
+    return out
+
+
+def _drop(scores: torch.Tensor, n: int, blocks: int = 1) -> list[int]:
+    """The ``n`` least important channels; with ``blocks`` > 1 the same positions of every block (scores
+    summed over the blocks), ``n / blocks`` per block."""
+    if blocks == 1:
+        return sorted(torch.argsort(scores, stable=True)[:n].tolist())
+    per_block = scores.reshape(blocks, -1)
+    positions = torch.argsort(per_block.sum(0), stable=True)[: n // blocks]
+    width = per_block.shape[1]
+    return sorted(int(b * width + p) for b in range(blocks) for p in positions.tolist())
+
+
+def _modules_named(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
+    """The convs and linears named (or inside a container named) in ``names``; an unknown name is an error."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in names:
+        if name not in modules:
+            prunable = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            raise TrtpruneError(
+                f"--ignore names '{name}', which is not a module of the model",
+                why=f"its convs and linears are {', '.join(prunable[:12])}{' ...' if len(prunable) > 12 else ''}",
+                fix="give module names as in model.named_modules() (a container ignores every layer in it)",
+            )
+        found = [m for m in modules[name].modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        out += [m for m in found if m not in out]
+    return out
 
 
 def replay(model: nn.Module, input_shape: tuple[int, ...], history: list) -> nn.Module:
@@ -246,8 +358,11 @@ def uniform_plan(groups: list[ChannelGroup], ratio: float, round_to: int = 1) ->
     check_round_to(groups, round_to)
     plan = {}
     for g in groups:
+        step = math.lcm(round_to, g.multiple)  # a grouped conv's blocks stay equal
+        if g.multiple > 1 and g.channels % step:
+            step = g.multiple  # round_to does not fit this group: its own multiple only
         keep = g.channels * (1.0 - ratio)
-        keep = max(round_to, round_to * math.floor(keep / round_to + 0.5))  # nearest multiple
+        keep = max(step, step * math.floor(keep / step + 0.5))  # nearest multiple
         plan[g.name] = min(g.channels, keep)
     return plan
 
@@ -277,10 +392,12 @@ def prune_uniform(
     importance: str = "l1",
     scores: Mapping | None = None,
     model_name: str = "",
+    ignore: Iterable[str] = (),
 ) -> tuple[Plan, list]:
     """Prune every group of ``model`` by ``ratio`` (in place), by ``scores`` (from :meth:`GroupPruner.scores`)
-    if given, else by a data-free ``importance``. Returns the plan (named ``model_name``) and the history."""
-    pruner = GroupPruner(model, input_shape)
+    if given, else by a data-free ``importance``; modules in ``ignore`` keep their outputs. Returns the plan
+    (named ``model_name``) and the history."""
+    pruner = GroupPruner(model, input_shape, ignore)
     plan = uniform_plan_of(pruner.groups(), ratio, round_to, model_name, importance=importance)
     pruner.prune_to(plan.keep_channels, importance, scores=scores)
     return plan, pruner.history()

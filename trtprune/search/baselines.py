@@ -23,7 +23,12 @@ from trtprune.search.base import Searcher
 from trtprune.search.space import SearchSpace
 
 
-def _round(keep: float, channels: int, round_to: int) -> int:
+def _round(keep: float, channels: int, round_to: int, multiple: int = 1) -> int:
+    """``keep`` rounded to the nearest multiple of ``round_to`` and of the group's own ``multiple`` (the
+    groups of a grouped conv it touches), within 1..channels."""
+    if multiple > 1:
+        step = math.lcm(round_to, multiple) if channels % math.lcm(round_to, multiple) == 0 else multiple
+        return max(step, min(channels, step * math.floor(keep / step + 0.5)))
     if round_to <= 1:
         return max(1, min(channels, int(round(keep))))
     return (
@@ -52,9 +57,10 @@ class Uniform(_OneParameter):
     def family(self, space: SearchSpace) -> list[dict[str, int]]:
         round_to = int(self.options.get("round_to", 1))
         full = space.full
+        multiple = {g.name: g.multiple for g in space.predictor.groups}
         plans = []
         for ratio in np.arange(0.0, 0.96, 0.01):
-            plan = {g: _round(c * (1 - ratio), c, round_to) for g, c in full.items()}
+            plan = {g: _round(c * (1 - ratio), c, round_to, multiple[g]) for g, c in full.items()}
             if plan not in plans:
                 plans.append(plan)
         return plans
@@ -68,9 +74,10 @@ class Flops(_OneParameter):
         magnitude = self.options["magnitude"]  # group name -> per-channel L2 group magnitude
         normalised = {g: m / m.mean() for g, m in magnitude.items()}
         full = space.full
+        multiple = {g.name: g.multiple for g in space.predictor.groups}
         plans = []
         for t in np.quantile(np.concatenate(list(normalised.values())), np.linspace(0, 0.95, 200)):
-            plan = {g: _round(float((normalised[g] >= t).sum()), full[g], round_to) for g in full}
+            plan = {g: _round(float((normalised[g] >= t).sum()), full[g], round_to, multiple[g]) for g in full}
             if plan not in plans:
                 plans.append(plan)
         return sorted(plans, key=lambda p: -plan_macs(space, p))

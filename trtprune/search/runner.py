@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
@@ -31,11 +32,12 @@ def score_batches(data, spec, n: int = SCORE_BATCHES, batch_size: int = SCORE_BA
     return list(train.limit(n * batch_size).batches(batch_size, spec.mean, spec.std))
 
 
-def channel_scores(model, spec, importance: str, data: str | None):
-    """Importance of every channel of every group of ``model`` (see trtprune.pruning.importance)."""
+def channel_scores(model, spec, importance: str, data: str | None, ignore: Iterable[str] = ()):
+    """Importance of every channel of every group of ``model`` (see trtprune.pruning.importance); modules in
+    ``ignore`` keep their outputs, so their groups have none."""
 
     batches = score_batches(data, spec) if needs_data(importance) else None
-    return GroupPruner(model, spec.input_shape).scores(importance, batches)
+    return GroupPruner(model, spec.input_shape, ignore).scores(importance, batches)
 
 
 def search(
@@ -51,6 +53,7 @@ def search(
     data: str | None = None,
     round_to: int = 1,
     protocol: str = "full",
+    ignore: Iterable[str] = (),
 ) -> Plan:
     """Search a plan for ``model_name`` (a name or a spec) on ``device`` under ``budget``; sub-nets are written to
     ``workdir``."""
@@ -59,15 +62,15 @@ def search(
     get_searcher(method, **searcher_options)  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
     if searcher_options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
-        check_round_to(GroupPruner(model, spec.input_shape).groups(), round_to)
-    scores = channel_scores(model, spec, importance, data)
+        check_round_to(GroupPruner(model, spec.input_shape, ignore).groups(), round_to)
+    scores = channel_scores(model, spec, importance, data, ignore)
     if method == "flops":
-        searcher_options["magnitude"] = channel_scores(model, spec, "l2", data)
+        searcher_options["magnitude"] = channel_scores(model, spec, "l2", data, ignore)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with get_backend(device) as backend, LUT(lut_path) as lut:
         # a user file.py:factory, not its spec name; ``protocol``: see trtprune.profiling.profile.PROTOCOLS
-        predictor = Predictor(model_name, backend, lut, workdir, protocol)
+        predictor = Predictor(model_name, backend, lut, workdir, protocol, ignore)
         space = SearchSpace.build(predictor, scores)
         result = get_searcher(method, **searcher_options).search(space, budget)
         key = predictor.profiler.key()
@@ -80,7 +83,11 @@ def search(
         )
     meta = {k: v for k, v in result.items() if k not in ("keep_channels", "predicted_ms", "measured_ms", "baseline_ms")}
     meta.update(
-        importance=importance, round_to=round_to, candidates=space.candidates, overhead=predictor.overhead.to_dict()
+        importance=importance,
+        round_to=round_to,
+        ignore=list(ignore),
+        candidates=space.candidates,
+        overhead=predictor.overhead.to_dict(),
     )
     return Plan(
         spec.name,
