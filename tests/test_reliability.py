@@ -445,6 +445,7 @@ def test_two_runs_of_one_model_get_their_own_engines_and_factories_their_own_nam
 def test_a_model_for_more_classes_than_the_dataset_is_scored_with_a_warning(bad, capsys, caplog, tmp_path):
     from trtprune.deploy.export import onnx_from_torch
     from trtprune.metrics import top1_onnx
+    from trtprune.sources.images import ArrayImages
 
     argv = ["eval", "--model", bad["dir"] / "wide.py:make", "--weights", bad["dir"] / "wide.pt", "--data", bad["data"]]
     code, out, err = cli(capsys, *argv, "--limit", "16")
@@ -453,7 +454,7 @@ def test_a_model_for_more_classes_than_the_dataset_is_scored_with_a_warning(bad,
     onnx_from_torch(_factory(bad["dir"] / "narrow.py")(), tmp_path / "narrow.onnx", (3, 32, 32))
     x, y = np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64)
     with pytest.raises(TrtpruneError, match="gives 5 class scores per image, but the dataset has 10 classes"):
-        top1_onnx(tmp_path / "narrow.onnx", x, y, (0.5,) * 3, (0.25,) * 3)
+        top1_onnx(tmp_path / "narrow.onnx", ArrayImages(x, y, num_classes=10), (0.5,) * 3, (0.25,) * 3)
 
 
 def test_a_model_file_that_parses_sys_argv_at_import_sees_only_its_own_name(tmp_path, capsys):

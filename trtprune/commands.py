@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from trtprune.deploy.build import engine_from_model
 from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
 from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
@@ -284,27 +285,15 @@ def _finetune_job(a, cfg) -> list[dict]:
 
 
 def cmd_build(a) -> dict:
-    import tempfile
 
     device = get_device(a.device)
     model, spec = load_model(_spec(a), a.weights)
     out = Path(a.output or f"engines/{spec.name}-{device.name}{device.engine_suffix}")
-    if device.engine_suffix == ".plan":  # TensorRT: export, then build the engine on the device
-        with tempfile.TemporaryDirectory() as tmp, get_backend(device) as backend:
-            onnx = Path(tmp) / f"{spec.name}.onnx"
-            onnx_from_torch(model, onnx, spec.input_shape, device.batch)
-            if device.precision == "int8":
-                onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib_from_training(a.data, spec))
-            backend.build(onnx, out)
-            print(
-                f"wrote {out}: TensorRT engine for {device.name} ({backend.key()}), built on {backend.info()['where']}"
-            )
-            return {"engine": str(out), "device": device.name, "key": backend.key()}
-    e = onnx_from_torch(model, out, spec.input_shape, device.batch)
-    print(
-        f"wrote {out} for device {device.name} (batch {device.batch}, max |onnxruntime - torch| = {e.max_abs_diff:.2e})"
-    )
-    return {"engine": str(out), "device": device.name, "batch": device.batch, "max_abs_diff": e.max_abs_diff}
+    int8_trt = device.engine_suffix == ".plan" and device.precision == "int8"
+    calib = calib_from_training(a.data, spec) if int8_trt else None
+    e = engine_from_model(model, spec.input_shape, device, out, calib)
+    print(f"wrote {out}: {e.kind} for {device.name} ({e.key})")
+    return {"engine": str(out), "device": device.name, "key": e.key, "kind": e.kind}
 
 
 def verdict(report: dict, max_top1_drop: float | None) -> int:

@@ -138,7 +138,7 @@ def test_top5_where_there_are_more_than_ten_classes_and_a_head_too_small_is_refu
     acc = accuracy_torch(nn.Linear(4, 12), as_images(loader, 12), MEAN, STD)
     assert set(acc) == {"top1", "top5"} and 0 <= acc["top1"] <= acc["top5"] <= 100
     assert acc["top5"] > acc["top1"] or acc["top1"] == 100
-    with pytest.raises(TrtpruneError, match="has 10 outputs, but the images have 12 classes"):
+    with pytest.raises(TrtpruneError, match="gives 10 class scores per image, but the dataset has 12 classes"):
         top1_torch(nn.Linear(4, 10), as_images(loader, 12), MEAN, STD)
     ten = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y % 10), batch_size=16)
     assert set(accuracy_torch(nn.Linear(4, 10), as_images(ten, 10), MEAN, STD)) == {"top1"}

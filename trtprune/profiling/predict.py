@@ -10,18 +10,20 @@ by 20 % here).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from trtprune.deploy.export import onnx_from_torch
 from trtprune.errors import TrtpruneError
 from trtprune.profiling.layers import Layer, layers_of, point
 from trtprune.profiling.profile import Point, Profiler
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
-from trtprune.sources.models import build_model, model_spec
+from trtprune.sources.models import ModelSpec, build_model, model_spec
 
 
 def planned_points(layers: Mapping[str, Layer], groups: list[ChannelGroup], keep: Mapping[str, int]) -> list[Point]:
@@ -116,15 +118,30 @@ class Predictor:
     """
 
     def __init__(
-        self, model: str, backend, lut, workdir: str | Path, protocol: str = "full", ignore: Iterable[str] = ()
+        self,
+        model: nn.Module | str | ModelSpec,
+        backend,
+        lut,
+        workdir: str | Path,
+        protocol: str = "full",
+        ignore: Iterable[str] = (),
+        input_shape: tuple[int, int, int] | None = None,
     ):
+        """``model``: the dense network (a copy is kept; the caller's is left as it is), or a model name or spec
+        to build it from; ``input_shape`` (C, H, W) is the spec's unless given."""
         import onnx
 
-        self.spec, self.backend, self.workdir = model_spec(model), backend, Path(workdir)
-        dense = build_model(self.spec)
+        if isinstance(model, nn.Module):
+            if input_shape is None:
+                raise TypeError("Predictor needs the input_shape of an nn.Module")
+            self.dense = copy.deepcopy(model).eval()
+        else:
+            spec = model_spec(model)
+            self.dense, input_shape = build_model(spec), input_shape or spec.input_shape
+        self.input_shape, self.backend, self.workdir = tuple(input_shape), backend, Path(workdir)
         self.ignore = tuple(ignore)
-        self.groups = GroupPruner(dense, self.spec.input_shape, self.ignore).groups()
-        onnx_from_torch(dense, self.workdir / "dense.onnx", self.spec.input_shape, backend.device.batch)
+        self.groups = GroupPruner(self.dense, self.input_shape, self.ignore).groups()
+        onnx_from_torch(self.dense, self.workdir / "dense.onnx", self.input_shape, backend.device.batch)
         self.layers = layers_of(onnx.load(str(self.workdir / "dense.onnx")))
         self.profiler = Profiler(backend, lut, protocol=protocol)
         self.overhead: Overhead | None = None
@@ -136,9 +153,9 @@ class Predictor:
         """Prune a fresh model to ``keep``, export it, and check its layers are exactly the planned ones."""
         import onnx
 
-        model = build_model(self.spec)
-        GroupPruner(model, self.spec.input_shape, self.ignore).prune_to(keep)
-        onnx_from_torch(model, path, self.spec.input_shape, self.backend.device.batch)
+        model = copy.deepcopy(self.dense)  # latency does not depend on the weights: l1 picks the channels
+        GroupPruner(model, self.input_shape, self.ignore).prune_to(keep)
+        onnx_from_torch(model, path, self.input_shape, self.backend.device.batch)
         actual = layers_of(onnx.load(str(path)))
         planned = dict(zip(self.layers, self.points(keep)))
         differ = [

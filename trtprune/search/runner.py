@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+import numpy as np
+from torch import nn
 
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
@@ -55,24 +58,64 @@ def search(
     protocol: str = "full",
     ignore: Iterable[str] = (),
 ) -> Plan:
-    """Search a plan for ``model_name`` (a name or a spec) on ``device`` under ``budget``; sub-nets are written to
-    ``workdir``."""
-
-    searcher_options = {"round_to": round_to} if method in ("uniform", "flops") else {}
-    get_searcher(method, **searcher_options)  # an unknown method fails before any work
+    """Search a plan for the model ``model_name`` (a name or a spec) with ``weights``, its channels scored on the
+    dataset ``data``: the command line's door onto :func:`search_module`."""
+    get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
-    if searcher_options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
-        check_round_to(GroupPruner(model, spec.input_shape, ignore).groups(), round_to)
-    scores = channel_scores(model, spec, importance, data, ignore)
+    return search_module(
+        model,
+        spec.input_shape,
+        device,
+        budget,
+        method,
+        scores=channel_scores(model, spec, importance, data, ignore),
+        name=spec.name,
+        workdir=workdir,
+        lut_path=lut_path,
+        importance=importance,
+        round_to=round_to,
+        protocol=protocol,
+        ignore=ignore,
+    )
+
+
+def _options(method: str, round_to: int) -> dict:
+    return {"round_to": round_to} if method in ("uniform", "flops") else {}
+
+
+def search_module(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    device,
+    budget: Budget,
+    method: str = "locp",
+    *,
+    scores: Mapping[str, np.ndarray],
+    workdir: str | Path,
+    name: str = "model",
+    lut_path: str | Path | None = None,
+    importance: str = "taylor",
+    round_to: int = 1,
+    protocol: str = "full",
+    ignore: Iterable[str] = (),
+) -> Plan:
+    """Search per-group channel counts of ``model`` (left as it is) that meet ``budget`` on ``device``, measured
+    on the device's engine; ``scores`` are its channels' importance (:meth:`GroupPruner.scores`), the cost the
+    searchers minimise. Sub-nets are exported to ``workdir``; the latency table is ``lut_path`` (None: the user
+    cache's). Raises TrtpruneError when the measured latency never meets the budget."""
+    options = _options(method, round_to)
+    searcher = get_searcher(method, **options)
+    if options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
+        check_round_to(GroupPruner(model, input_shape, ignore).groups(), round_to)
     if method == "flops":
-        searcher_options["magnitude"] = channel_scores(model, spec, "l2", data, ignore)
+        searcher = get_searcher(method, **options, magnitude=GroupPruner(model, input_shape, ignore).scores("l2"))
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     with get_backend(device) as backend, LUT(lut_path) as lut:
-        # a user file.py:factory, not its spec name; ``protocol``: see trtprune.profiling.profile.PROTOCOLS
-        predictor = Predictor(model_name, backend, lut, workdir, protocol, ignore)
+        # ``protocol``: see trtprune.profiling.profile.PROTOCOLS
+        predictor = Predictor(model, backend, lut, workdir, protocol, ignore, input_shape=input_shape)
         space = SearchSpace.build(predictor, scores)
-        result = get_searcher(method, **searcher_options).search(space, budget)
+        result = searcher.search(space, budget)
         key = predictor.profiler.key()
     if not result["met"]:
         raise TrtpruneError(
@@ -86,19 +129,20 @@ def search(
         importance=importance,
         round_to=round_to,
         ignore=list(ignore),
+        input_shape=list(input_shape),
         candidates=space.candidates,
         overhead=predictor.overhead.to_dict(),
     )
     return Plan(
-        spec.name,
-        device.name,
-        method,
-        str(budget),
-        result["keep_channels"],
-        space.full,
-        key,
-        result["baseline_ms"],
-        result["predicted_ms"],
-        result["measured_ms"],
-        meta,
+        model=name,
+        device=device.name,
+        method=method,
+        budget=str(budget),
+        keep_channels=result["keep_channels"],
+        channels=space.full,
+        lut_key=key,
+        baseline_ms=result["baseline_ms"],
+        predicted_ms=result["predicted_ms"],
+        measured_ms=result["measured_ms"],
+        meta=meta,
     )
