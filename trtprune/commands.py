@@ -30,7 +30,7 @@ from trtprune.pruning.prune import GroupPruner, check_round_to, uniform_plan_of
 from trtprune.report import stage_report
 from trtprune.run import Run, RunConfig, read_config, run_all, run_name
 from trtprune.search import SEARCHERS, Budget, Plan, runner
-from trtprune.search.runner import channel_scores
+from trtprune.search.runner import prune_with_data
 from trtprune.sources import fetch
 from trtprune.sources.datasets import ensure_cifar10
 from trtprune.sources.images import open_images
@@ -207,28 +207,23 @@ def cmd_prune(a) -> dict:
 
     model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, a.data))
     if a.plan:
-        loaded = Plan.load(a.plan)
-        if loaded.model != spec.name:
+        plan = Plan.load(a.plan)
+        if plan.model != spec.name:
             raise TrtpruneError(
-                f"plan '{a.plan}' is for {loaded.model}, not {spec.name}",
-                fix=f"use --model {model_argument(loaded.model)}",
+                f"plan '{a.plan}' is for {plan.model}, not {spec.name}",
+                fix=f"use --model {model_argument(plan.model)}",
             )
-        pruner = GroupPruner(model, spec.input_shape, a.ignore)
-        pruner.prune_to(loaded.keep_channels, scores=channel_scores(model, spec, a.importance, a.data, a.ignore))
-        save_pruned(a.output, model, spec.name, pruner.history(), plan=loaded.keep_channels)
-        print(
-            f"wrote {a.output}: pruned to {a.plan} ({sum(loaded.keep_channels.values())} of "
-            f"{sum(loaded.channels.values())} channels kept)"
-        )
-        return {"checkpoint": str(a.output), "plan": str(a.plan), "keep_channels": loaded.keep_channels}
-    pruner = GroupPruner(model, spec.input_shape, a.ignore)
-    # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring with data
-    plan = uniform_plan_of(pruner.groups(), a.ratio, a.round_to, spec.name, importance=a.importance)
-    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, a.importance, a.data, a.ignore))
-    save_pruned(a.output, model, spec.name, pruner.history(), plan=plan.keep_channels)
+    else:  # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring
+        groups = GroupPruner(model, spec.input_shape, a.ignore).groups()
+        plan = uniform_plan_of(groups, a.ratio, a.round_to, spec.name, importance=a.importance)
+    prune_with_data(model, spec, plan, a.importance, a.data, a.ignore)
+    save_pruned(a.output, model, spec.name, model.trtprune_history, plan=plan.keep_channels)
+    kept, total = sum(plan.keep_channels.values()), sum(plan.channels.values())
+    if a.plan:
+        print(f"wrote {a.output}: pruned to {a.plan} ({kept} of {total} channels kept)")
+        return {"checkpoint": str(a.output), "plan": str(a.plan), "keep_channels": plan.keep_channels}
     plan_path = Path(a.output).with_suffix(".plan.json")
     plan.save(plan_path)  # the Plan format: prune --plan takes it back
-    kept, total = sum(plan.keep_channels.values()), sum(plan.channels.values())
     print(f"wrote {a.output} and {plan_path}: {kept} of {total} channels kept")
     return {"checkpoint": str(a.output), "plan": str(plan_path), "keep_channels": plan.keep_channels}
 

@@ -28,7 +28,7 @@ from trtprune.pruning.prune import GroupPruner, uniform_plan_of
 from trtprune.report import stage_report
 from trtprune.search import runner
 from trtprune.search.plan import Budget, Plan
-from trtprune.search.runner import channel_scores
+from trtprune.search.runner import prune_with_data
 from trtprune.sources.images import open_images
 from trtprune.sources.models import model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned
@@ -227,10 +227,8 @@ def stage_prune(run: Run, out: Path) -> None:
 
     plan = Plan.load(run.path("plan.json"))
     model, spec = _load_base(run)
-    scores = channel_scores(model, spec, run.cfg.importance, run.data, run.cfg.ignore)
-    pruner = GroupPruner(model, spec.input_shape, run.cfg.ignore)
-    pruner.prune_to(plan.keep_channels, scores=scores)
-    save_pruned(out, model, spec.name, pruner.history(), plan=plan.keep_channels)
+    prune_with_data(model, spec, plan, run.cfg.importance, run.data, run.cfg.ignore)
+    save_pruned(out, model, spec.name, model.trtprune_history, plan=plan.keep_channels)
 
 
 @stage("finetune", "model.pt")

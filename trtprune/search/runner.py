@@ -43,6 +43,15 @@ def channel_scores(model, spec, importance: str, data: str | None, ignore: Itera
     return GroupPruner(model, spec.input_shape, ignore).scores(importance, batches)
 
 
+def prune_with_data(model: nn.Module, spec, plan: Plan, importance: str, data, ignore: Iterable[str] = ()) -> None:
+    """Prune ``model`` in place to ``plan``, dropping the channels least important by ``importance`` on the
+    dataset ``data`` (the first training batches): the prune stage of the command line and of ``trtprune run``
+    (the API's :func:`trtprune.prune` on loaders). The history is left in ``model.trtprune_history``."""
+    pruner = GroupPruner(model, spec.input_shape, ignore)
+    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, importance, data, ignore))
+    model.trtprune_history = getattr(model, "trtprune_history", []) + pruner.history()
+
+
 def search(
     model_name: str | ModelSpec,
     weights: str | Path | None,
