@@ -18,7 +18,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune
+.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes
 .DEFAULT_GOAL := help
 
 help:
@@ -30,6 +30,7 @@ help:
 	@echo "make bench-fleet                                   profiling wall time with 1 and 2 Ray workers"
 	@echo "make bench-confirm                                 spread of a whole-network ratio by rounds per run"
 	@echo "make bench-finetune                                seconds per fine-tuning step, eager and --compile"
+	@echo "make bench-shapes                                  ResNet-18 / MobileNetV2 at 3x224x224 searched at 0.5x"
 	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
 	@echo "make lint | format | clean"
 
@@ -64,6 +65,9 @@ bench-finetune: setup
 
 bench-fleet: setup
 	$(BIN)/python bench/bench_fleet.py
+
+bench-shapes: setup
+	$(BIN)/python bench/bench_shapes.py --device $(DEVICE)
 
 bench-int8: setup
 	$(BIN)/python bench/bench_int8.py $(INT8_ARGS)
