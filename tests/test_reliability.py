@@ -250,6 +250,9 @@ CASES = [
     ("finetune-on-more-classes-than-the-head",
      ["finetune", *R20, "--data", "{dir}/folder12", "--batch-size", "4", "-o", "{out}/f.pt"],
      "the model gives 10 class scores per image, but the dataset has 12 classes", ["{out}/f.pt"], {}),
+    ("ignore-names-no-module", ["run", *R20, "--data", "{data}", "--ignore", "layer9", "--runs-dir", "{out}/runs",
+                                "--engines-dir", "{out}/engines"],
+     "--ignore names 'layer9', which is not a module of the model", ["{out}/runs", "{out}/engines"], {}),
     # truncated or corrupt ONNX (all-zero bytes: tests/test_cli.py)
     ("truncated-onnx-measure", ["measure", "{dir}/cut.onnx", "--json-file", "{out}/m.json"],
      "'{dir}/cut.onnx' is not a valid ONNX model", ["{out}/m.json"], {}),

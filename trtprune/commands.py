@@ -163,12 +163,8 @@ def cmd_eval(a) -> dict:
 
 
 def _budget(a):
-
-    if a.budget_ms is not None:
-        return Budget.parse(ms=a.budget_ms)
-    if a.budget is None or str(a.budget).lower() == "none":
-        return None
-    return Budget.parse(a.budget)
+    """The budget given by --budget (text) or --budget-ms (argparse makes them exclusive); None for none."""
+    return Budget.parse(ms=a.budget_ms) if a.budget_ms is not None else Budget.from_text(a.budget)
 
 
 def cmd_search(a) -> dict:
@@ -317,8 +313,12 @@ def cmd_run(a) -> dict:
 
     name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
-    if budget is None or a.method in ("uniform", "flops"):  # --round-to is used: check it before any file is made
-        check_round_to(GroupPruner(build_model(_spec(a)), _spec(a).input_shape).groups(), a.round_to)
+    # before any file is made: the model runs at its input shape, --ignore names its modules, and (where it is
+    # used) --round-to prunes something
+    spec = _spec(a)
+    groups = GroupPruner(build_model(spec), spec.input_shape, a.ignore).groups()
+    if budget is None or a.method in ("uniform", "flops"):
+        check_round_to(groups, a.round_to)
     cfg = RunConfig(
         model=a.model,
         input_shape=a.input_shape,
@@ -327,7 +327,7 @@ def cmd_run(a) -> dict:
         weights=a.weights,
         device=a.device,
         method=a.method,
-        budget=None if budget is None else (f"{budget.ms}ms" if budget.ms is not None else str(budget)),
+        budget=None if budget is None else str(budget),  # its one text form, read back by Budget.from_text
         ratio=a.ratio,
         round_to=a.round_to,
         importance=a.importance,

@@ -46,11 +46,18 @@ class Budget:
 
     @classmethod
     def from_text(cls, text: str | None) -> Budget | None:
-        """A budget as a run stores it: ``"0.5x"`` of the baseline or ``"1.2ms"``; None for none."""
-        if text is None:
+        """A budget in its one text form (``str(budget)``): ``"0.5x"`` of the baseline or ``"1.2 ms"``
+        (``"1.2ms"`` too); None (or "none") for none."""
+        if text is None or str(text).strip().lower() == "none":
             return None
         text = str(text).strip()
-        return cls.parse(ms=float(text[:-2])) if text.endswith("ms") else cls.parse(text)
+        if text.endswith("ms"):
+            try:
+                ms = float(text[:-2])
+            except ValueError:
+                raise TrtpruneError(f"cannot read the budget '{text}'", fix="write milliseconds, e.g. 1.2ms") from None
+            return cls.parse(ms=ms)
+        return cls.parse(text)
 
     def target_ms(self, baseline_ms: float) -> float:
         return self.ms if self.ms is not None else self.fraction * baseline_ms
