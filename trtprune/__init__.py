@@ -6,39 +6,7 @@ shell.
 
 __version__ = "0.1.0"
 
-from trtprune.api import (  # noqa: E402 - the version first: the command line reads it without the API
-    Budget,
-    Device,
-    Engine,
-    Plan,
-    build,
-    device,
-    evaluate,
-    export,
-    finetune,
-    groups,
-    measure,
-    profile,
-    prune,
-    scores,
-    search,
-)
+from trtprune import api  # noqa: E402 - the version first: the command line reads it without the API
+from trtprune.api import *  # noqa: E402, F403 - the stages: trtprune.search(...), trtprune.prune(...), ...
 
-__all__ = [
-    "Budget",
-    "Device",
-    "Engine",
-    "Plan",
-    "__version__",
-    "build",
-    "device",
-    "evaluate",
-    "export",
-    "finetune",
-    "groups",
-    "measure",
-    "profile",
-    "prune",
-    "scores",
-    "search",
-]
+__all__ = ["__version__", *api.__all__]

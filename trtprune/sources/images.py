@@ -21,7 +21,6 @@ draws the same global batch.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -34,6 +33,7 @@ import torch
 from trtprune.errors import TrtpruneError
 from trtprune.sources import datasets as D
 from trtprune.sources import fetch
+from trtprune.sources.userfile import user_function
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, then the centre crop (ImageNet practice)
@@ -306,19 +306,10 @@ def folder_classes(train: Path, val: Path) -> list[str]:
 def user_loaders(spec: str) -> tuple[Iterable, Iterable]:
     """``file.py:function`` returning ``(train_loader, val_loader)``."""
     file, _, fn = spec.rpartition(":")
-    path = Path(file)
-    if not path.is_file():
-        raise TrtpruneError(f"loaders file '{file}' does not exist", fix="give --data path/to/file.py:function")
-    name = f"trtprune_user_data_{path.stem}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module  # worker processes unpickle classes defined there
-    argv, sys.argv = sys.argv, [str(path)]
+    make = user_function(file, fn, "user_data", "loaders file", "the function that returns the loaders")
+    argv, sys.argv = sys.argv, [file]
     try:
-        module_spec.loader.exec_module(module)
-        if not callable(getattr(module, fn, None)):
-            raise TrtpruneError(f"'{file}' has no function '{fn}'", fix="name the function that returns the loaders")
-        loaders = getattr(module, fn)()
+        loaders = make()
     except TrtpruneError:
         raise
     except (Exception, SystemExit) as e:

@@ -7,13 +7,13 @@ when it is named, and its factory is called without arguments.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
+from trtprune.sources.userfile import user_function
 
 # The shared CIFAR ResNet checkpoints were trained on pixels/255 normalised with ImageNet statistics;
 # with them the published accuracies reproduce exactly. Built-ins trained here use the same.
@@ -131,37 +131,7 @@ def model_argument(name: str) -> str:
 
 
 def _load_user_factory(file: str, fn: str):
-    path = Path(file)
-    if not path.is_file():
-        raise TrtpruneError(f"model file '{file}' does not exist", fix="check the path before ':'")
-    mod_name = f"trtprune_user_{path.stem}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module  # so torch/pickle can find classes defined there
-    argv = sys.argv
-    sys.argv = [str(path)]  # a file that parses its command line at import sees none, not trtprune's options
-    try:
-        spec.loader.exec_module(module)
-    except SystemExit as e:  # sys.exit() or argparse at import would end trtprune with the file's status
-        sys.modules.pop(mod_name, None)
-        raise TrtpruneError(
-            f"importing '{file}' called sys.exit({e.code!r})",
-            why="trtprune imports the file to call its factory; code at its top level ran and asked to exit "
-            "(a script's main part, or argument parsing)",
-            fix='put that code under `if __name__ == "__main__":` so that importing the file only defines things',
-        ) from None
-    except Exception as e:
-        sys.modules.pop(mod_name, None)
-        raise TrtpruneError(f"importing '{file}' failed: {type(e).__name__}: {e}", fix="fix the file") from e
-    finally:
-        sys.argv = argv
-    if not callable(getattr(module, fn, None)):
-        raise TrtpruneError(
-            f"'{file}' has no function '{fn}'",
-            why=f"it defines: {', '.join(n for n in vars(module) if not n.startswith('_')) or 'nothing public'}",
-            fix="name the factory that returns the nn.Module after ':'",
-        )
-    return getattr(module, fn)
+    return user_function(file, fn, "user", "model file", "the factory that returns the nn.Module")
 
 
 def build_model(spec: ModelSpec | str):

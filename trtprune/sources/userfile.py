@@ -1,0 +1,48 @@
+"""Functions from the user's own Python files (``path/to/file.py:function``): model factories and data loaders."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from trtprune.errors import TrtpruneError
+
+
+def user_function(file: str, fn: str, prefix: str, noun: str, role: str):
+    """``fn`` of the Python file ``file``, imported as module ``<prefix>_<stem>`` (kept in sys.modules so that
+    torch, pickle and DataLoader workers find the classes it defines). The file sees ``sys.argv`` = its own
+    path, and a ``sys.exit()`` or an error at its top level is a TrtpruneError, not the end of trtprune.
+    ``noun`` names the file and ``role`` the function in the messages ("model file", "the factory that returns
+    the nn.Module")."""
+    path = Path(file)
+    if not path.is_file():
+        raise TrtpruneError(f"{noun} '{file}' does not exist", fix="check the path before ':'")
+    name = f"trtprune_{prefix}_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    argv = sys.argv
+    sys.argv = [str(path)]  # a file that parses its command line at import sees none, not trtprune's options
+    try:
+        spec.loader.exec_module(module)
+    except SystemExit as e:  # sys.exit() or argparse at import would end trtprune with the file's status
+        sys.modules.pop(name, None)
+        raise TrtpruneError(
+            f"importing '{file}' called sys.exit({e.code!r})",
+            why="trtprune imports the file to call its function; code at its top level ran and asked to exit "
+            "(a script's main part, or argument parsing)",
+            fix='put that code under `if __name__ == "__main__":` so that importing the file only defines things',
+        ) from None
+    except Exception as e:
+        sys.modules.pop(name, None)
+        raise TrtpruneError(f"importing '{file}' failed: {type(e).__name__}: {e}", fix="fix the file") from e
+    finally:
+        sys.argv = argv
+    if not callable(getattr(module, fn, None)):
+        raise TrtpruneError(
+            f"'{file}' has no function '{fn}'",
+            why=f"it defines: {', '.join(n for n in vars(module) if not n.startswith('_')) or 'nothing public'}",
+            fix=f"name {role} after ':'",
+        )
+    return getattr(module, fn)
