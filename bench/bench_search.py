@@ -35,8 +35,8 @@ from trtprune.metrics import top1_torch
 from trtprune.plots import pareto_plot
 from trtprune.provenance import provenance
 from trtprune.pruning.prune import GroupPruner
-from trtprune.search import Budget, Plan
-from trtprune.search.runner import channel_scores, search
+from trtprune.searching import Budget, Plan
+from trtprune.searching.runner import channel_scores, search
 from trtprune.sources.datasets import load_split
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned
 from trtprune.training.finetune import finetune

@@ -27,8 +27,8 @@ from trtprune.latency.devices import get_device
 from trtprune.log import setup
 from trtprune.provenance import machine, provenance
 from trtprune.pruning.prune import GroupPruner
-from trtprune.search.plan import Budget
-from trtprune.search.runner import search_module
+from trtprune.searching.plan import Budget
+from trtprune.searching.runner import search_module
 from trtprune.sources.models import build_model, model_spec
 
 NETWORKS = ("resnet18", "mobilenet_v2_imagenet")

@@ -18,7 +18,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.latency import trtexec as T
 from trtprune.latency.devices import Device, load_devices
 from trtprune.profiling.stairs import Tolerance, exhaustive, three_point
-from trtprune.search.plan import Plan
+from trtprune.searching.plan import Plan
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "trtexec"
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -476,7 +476,7 @@ def test_a_model_file_that_parses_sys_argv_at_import_sees_only_its_own_name(tmp_
 def test_advice_names_a_user_factory_as_path_file_py_factory(bad, tmp_path, capsys):
     """A pruned checkpoint or plan of a user factory, used with another model: the fix spells --model as the CLI
     takes it (path/to/linear.py:make), not as the spec name (linear.make)."""
-    from trtprune.search import Plan
+    from trtprune.searching import Plan
     from trtprune.sources.weights import save_pruned
 
     save_pruned(tmp_path / "lin.pt", torch.nn.Linear(2, 2), "linear.make", [])
@@ -495,7 +495,7 @@ def test_the_plan_of_prune_ratio_is_one_prune_plan_takes_and_prune_defaults_to_s
     """prune --ratio writes <out>.plan.json in the Plan format (it used to write another document, which
     prune --plan refused as 'not a trtprune plan'); prune and search have one default importance, taylor."""
     from trtprune.cli import parser
-    from trtprune.search import Plan
+    from trtprune.searching import Plan
 
     w = ["--model", "resnet20", "--weights", bad["w"], "--data", bad["data"]]
     code, _, err = cli(capsys, "prune", *w, "--ratio", "0.5", "--round-to", "4", "-o", tmp_path / "a.pt")
@@ -515,7 +515,7 @@ def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(capl
     import math
 
     from trtprune.pruning.prune import ChannelGroup, uniform_plan
-    from trtprune.search import Budget
+    from trtprune.searching import Budget
 
     for ms in (math.inf, math.nan, -math.inf):
         with pytest.raises(TrtpruneError, match="is not a latency"):
@@ -808,7 +808,7 @@ def test_many_fresh_sessions_keep_memory_flat_and_leave_no_temp_files(tmp_path, 
 def test_an_interrupted_search_writes_no_plan_keeps_its_lut_and_completes_on_rerun(sig, tmp_path):
     """Stopped while it profiles: no plan (plans are written whole, at the end), an intact LUT, no temporary
     file; the re-run reuses the stored points and writes a plan that loads."""
-    from trtprune.search import Plan
+    from trtprune.searching import Plan
 
     (tmp_path / "tiny.py").write_text(TINY_CNN)
     sys.path.insert(0, str(tmp_path))

@@ -19,8 +19,8 @@ from trtprune.latency.devices import Device
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.predict import Predictor
 from trtprune.pruning.prune import GroupPruner, prune_uniform, uniform_plan
-from trtprune.search import Budget, get_searcher
-from trtprune.search.space import SearchSpace
+from trtprune.searching import Budget, get_searcher
+from trtprune.searching.space import SearchSpace
 from trtprune.sources.models import build_model, model_spec
 
 from . import zoo

@@ -36,8 +36,8 @@ from trtprune.profiling.profile import Profiler, group_layers, profile_groups
 from trtprune.profiling.stairs import Stairs, Tolerance
 from trtprune.pruning.importance import DEFAULT_IMPORTANCE, needs_data
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
-from trtprune.search.plan import Budget, Plan
-from trtprune.search.runner import SCORE_BATCH_SIZE, SCORE_BATCHES, search_module
+from trtprune.searching.plan import Budget, Plan
+from trtprune.searching.runner import SCORE_BATCH_SIZE, SCORE_BATCHES, search_module
 from trtprune.sources.images import as_images
 from trtprune.sources.models import IMAGENET_MEAN, IMAGENET_STD
 from trtprune.training.finetune import finetune as _finetune

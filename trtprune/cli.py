@@ -23,7 +23,7 @@ from trtprune.config import FinetuneConfig
 from trtprune.errors import USER_ERROR, TrtpruneError
 from trtprune.latency.devices import DEFAULT_DEVICE, DEVICES
 from trtprune.pruning.importance import IMPORTANCE
-from trtprune.search import SEARCHERS
+from trtprune.searching import SEARCHERS
 from trtprune.sources.models import BUILTIN
 from trtprune.sources.weights import unsafe_pickle
 

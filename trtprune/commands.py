@@ -29,8 +29,8 @@ from trtprune.pruning.importance import IMPORTANCE
 from trtprune.pruning.prune import GroupPruner, check_round_to, uniform_plan_of
 from trtprune.report import stage_report
 from trtprune.run import Run, RunConfig, read_config, run_all, run_name
-from trtprune.search import SEARCHERS, Budget, Plan, runner
-from trtprune.search.runner import prune_with_data
+from trtprune.searching import SEARCHERS, Budget, Plan, runner
+from trtprune.searching.runner import prune_with_data
 from trtprune.sources import fetch
 from trtprune.sources.datasets import ensure_cifar10
 from trtprune.sources.images import open_images

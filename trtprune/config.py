@@ -31,7 +31,7 @@ class RunConfig:
     model: str = "resnet56"
     weights: str | None = None  # None: the model's published checkpoint from the data root
     device: str = DEFAULT_DEVICE
-    method: str = "locp"  # a key of trtprune.search.SEARCHERS
+    method: str = "locp"  # a key of trtprune.searching.SEARCHERS
     budget: str | None = "0.5x"  # latency budget, fraction of the baseline ("0.5x") or "1.2ms"; None: no search
     ratio: float = 0.5  # uniform pruning without a budget: fraction of every channel group removed
     round_to: int = 8  # uniform and flops: keep a multiple of this many channels per group

@@ -11,7 +11,7 @@ from trtprune.latency import get_backend
 from trtprune.metrics import accuracy_onnx, count_macs, count_params
 from trtprune.plots import channels_plot
 from trtprune.provenance import provenance
-from trtprune.search.plan import Budget
+from trtprune.searching.plan import Budget
 from trtprune.sources.images import open_images
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights
 

@@ -26,9 +26,9 @@ from trtprune.latency import get_backend
 from trtprune.latency.devices import get_device
 from trtprune.pruning.prune import GroupPruner, uniform_plan_of
 from trtprune.report import stage_report
-from trtprune.search import runner
-from trtprune.search.plan import Budget, Plan
-from trtprune.search.runner import prune_with_data
+from trtprune.searching import runner
+from trtprune.searching.plan import Budget, Plan
+from trtprune.searching.runner import prune_with_data
 from trtprune.sources.images import open_images
 from trtprune.sources.models import model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned

@@ -28,7 +28,7 @@ from torch import nn
 
 from trtprune.errors import TrtpruneError
 from trtprune.pruning.importance import get_criterion
-from trtprune.search.plan import Plan
+from trtprune.searching.plan import Plan
 from trtprune.sources.models.shortcut import ChannelPadShortcut
 
 log = logging.getLogger(__name__)

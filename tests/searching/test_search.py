@@ -10,8 +10,8 @@ from trtprune.latency.devices import Device
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.predict import Predictor
 from trtprune.pruning.prune import GroupPruner
-from trtprune.search import SEARCHERS, Budget, Plan, get_searcher
-from trtprune.search.space import SearchSpace
+from trtprune.searching import SEARCHERS, Budget, Plan, get_searcher
+from trtprune.searching.space import SearchSpace
 
 FAKE = Device("fake-test", "fake")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from trtprune.search.base import Searcher
-from trtprune.search.space import SearchSpace
+from trtprune.searching.base import Searcher
+from trtprune.searching.space import SearchSpace
 
 
 class LOCP(Searcher):

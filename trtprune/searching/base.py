@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 
 from trtprune.errors import TrtpruneError
-from trtprune.search.plan import Budget
-from trtprune.search.space import SearchSpace
+from trtprune.searching.plan import Budget
+from trtprune.searching.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

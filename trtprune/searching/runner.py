@@ -15,9 +15,9 @@ from trtprune.profiling.lut import LUT
 from trtprune.profiling.predict import Predictor
 from trtprune.pruning.importance import needs_data
 from trtprune.pruning.prune import GroupPruner, check_round_to
-from trtprune.search import get_searcher
-from trtprune.search.plan import Budget, Plan
-from trtprune.search.space import SearchSpace
+from trtprune.searching import get_searcher
+from trtprune.searching.plan import Budget, Plan
+from trtprune.searching.space import SearchSpace
 from trtprune.sources.images import Images, open_images
 from trtprune.sources.models import ModelSpec
 from trtprune.sources.weights import load_model

@@ -26,9 +26,9 @@ from torch import nn
 
 from trtprune.profiling.layers import macs
 from trtprune.profiling.profile import group_layers
-from trtprune.search.base import Searcher
-from trtprune.search.locp import walk_down
-from trtprune.search.space import SearchSpace
+from trtprune.searching.base import Searcher
+from trtprune.searching.locp import walk_down
+from trtprune.searching.space import SearchSpace
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from trtprune.search.base import Searcher
-from trtprune.search.space import SearchSpace
+from trtprune.searching.base import Searcher
+from trtprune.searching.space import SearchSpace
 
 
 class Knapsack(Searcher):

@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 
 from trtprune.errors import TrtpruneError
-from trtprune.search.plan import Budget, Plan
+from trtprune.searching.plan import Budget, Plan
 
 SEARCHERS: dict[str, str] = {
-    "locp": "trtprune.search.locp:LOCP",  # stair edges + two-stage benefit assessment (default)
-    "knapsack": "trtprune.search.knapsack:Knapsack",  # HALP-style grouped knapsack
-    "lap": "trtprune.search.lap:LAP",  # DDPG agent with latency sensitivity (LAP/AMC)
-    "uniform": "trtprune.search.baselines:Uniform",  # one ratio everywhere (round_to)
-    "flops": "trtprune.search.baselines:Flops",  # global magnitude to a MACs target (round_to)
+    "locp": "trtprune.searching.locp:LOCP",  # stair edges + two-stage benefit assessment (default)
+    "knapsack": "trtprune.searching.knapsack:Knapsack",  # HALP-style grouped knapsack
+    "lap": "trtprune.searching.lap:LAP",  # DDPG agent with latency sensitivity (LAP/AMC)
+    "uniform": "trtprune.searching.baselines:Uniform",  # one ratio everywhere (round_to)
+    "flops": "trtprune.searching.baselines:Flops",  # global magnitude to a MACs target (round_to)
 }
 
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from trtprune.profiling.layers import macs
-from trtprune.search.base import Searcher
-from trtprune.search.space import SearchSpace
+from trtprune.searching.base import Searcher
+from trtprune.searching.space import SearchSpace
 
 
 def _round(keep: float, channels: int, round_to: int, multiple: int = 1) -> int:
