@@ -155,6 +155,10 @@ def _pruning(p: argparse.ArgumentParser, importance: str = "taylor") -> None:
         choices=list(IMPORTANCE),
         help=f"which channels go, and the search's cost (default {importance}; taylor and dynamic need data)",
     )
+    _ignore(p)
+
+
+def _ignore(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ignore",
         nargs="+",
@@ -240,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
     add("list", C.cmd_list, "list models, devices, backends and importance criteria")
     p = add("groups", C.cmd_groups, "list the prunable channel groups of a model")
     _model(p, "checkpoint (default: random weights; groups do not depend on weights)")
+    _ignore(p)
     p = add("export", C.cmd_export, "export a model to ONNX (static batch, simplified, checked against torch)")
     _model(p)
     _device(p)

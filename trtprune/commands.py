@@ -92,12 +92,14 @@ def cmd_list(a) -> dict:
 def cmd_groups(a) -> dict:
 
     model, spec = load_model(_spec(a), a.weights)
-    groups = GroupPruner(model, spec.input_shape).groups()
+    pruner = GroupPruner(model, spec.input_shape, a.ignore)
+    groups, whole = pruner.groups(), pruner.kept_whole()
     print(f"{'group':<24} {'channels':>8}  producers -> consumers")
     for g in groups:
-        print(f"{g.name:<24} {g.channels:>8}  {', '.join(g.producers)} -> {', '.join(g.consumers)}")
-    print(f"{len(groups)} prunable groups")
-    return {"groups": [dataclasses.asdict(g) for g in groups]}
+        step = f" (multiples of {g.multiple})" if g.multiple > 1 else ""
+        print(f"{g.name:<24} {g.channels:>8}  {', '.join(g.producers)} -> {', '.join(g.consumers)}{step}")
+    print(f"{len(groups)} prunable groups" + (f"; kept whole: {', '.join(whole)}" if whole else ""))
+    return {"groups": [dataclasses.asdict(g) for g in groups], "kept_whole": whole}
 
 
 def cmd_export(a) -> dict:
