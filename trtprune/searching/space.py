@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from trtprune.profiling.predict import Predictor, layer_sums
-from trtprune.profiling.profile import group_layers
+from trtprune.profiling.profile import group_layers, profile_groups
 from trtprune.profiling.stairs import Tolerance
 from trtprune.pruning.prune import uniform_plan
 
@@ -50,9 +50,11 @@ class SearchSpace:
 
         groups, tol = predictor.groups, tol or Tolerance()
         candidates = {}
-        for gl in group_layers(groups, predictor.layers):
+        gls = group_layers(groups, predictor.layers)
+        stairs = profile_groups(predictor.profiler, gls, tol)  # a log line per group: progress in any log
+        for gl in gls:
             g = gl.group
-            edges = predictor.profiler.stairs(gl, tol).edges
+            edges = stairs[g.name].edges
             floor = max(1, math.ceil(min_fraction * g.channels))
             candidates[g.name] = sorted({c for c in edges if c >= floor} | {g.channels})
         # the dense model, two uniform prunes, and two random plans over the candidates: the latter put
