@@ -32,7 +32,7 @@ from trtprune.latency.devices import Device, get_device
 from trtprune.metrics import accuracy_onnx, accuracy_torch
 from trtprune.profiling.layers import layers_of
 from trtprune.profiling.lut import LUT
-from trtprune.profiling.profile import Profiler, group_layers, profile_groups
+from trtprune.profiling.profile import Profiler, group_layers, profilable, profile_groups
 from trtprune.profiling.stairs import Stairs, Tolerance
 from trtprune.pruning.importance import DEFAULT_IMPORTANCE, needs_data
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
@@ -100,7 +100,7 @@ def profile(
         onnx_from_torch(model, Path(tmp) / "model.onnx", input_shape, dev.batch)
         gls = group_layers(found, layers_of(onnx.load(str(Path(tmp) / "model.onnx"))))
         profiler = Profiler(backend, table, protocol="quick" if quick else "full")
-        return profile_groups(profiler, [gl for gl in gls if gl.producers or gl.consumers], Tolerance(rel=rel))
+        return profile_groups(profiler, profilable(gls, model)[0], Tolerance(rel=rel))
 
 
 def search(

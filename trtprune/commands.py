@@ -22,7 +22,7 @@ from trtprune.plots import stairs_plot
 from trtprune.profiling.fleet import Fleet
 from trtprune.profiling.layers import layers_of
 from trtprune.profiling.lut import LUT
-from trtprune.profiling.profile import Profiler, group_layers, profile_groups
+from trtprune.profiling.profile import Profiler, group_layers, profilable, profile_groups
 from trtprune.profiling.stairs import Tolerance
 from trtprune.provenance import provenance
 from trtprune.pruning.importance import IMPORTANCE
@@ -366,39 +366,6 @@ def cmd_report(a) -> dict:
     return {**report, "exit_status": verdict(report, a.max_top1_drop)}
 
 
-def _profilable(gls, model) -> tuple[list, dict[str, list[str]]]:
-    """The groups with at least one layer the profiler can time, and the conv/linear modules it cannot time
-    (not a Conv or Gemm with constant weights in the exported graph), which are left out with a warning."""
-    import logging
-
-    from torch import nn
-
-    log = logging.getLogger(__name__)
-    timeable = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    kept, left_out = [], {}
-    for gl in gls:
-        found = {layer.name for layer in (*gl.producers, *gl.consumers)}
-        missing = [n for n in (*gl.group.producers, *gl.group.consumers) if n in timeable and n not in found]
-        if missing:
-            left_out[gl.group.name] = missing
-            log.warning(
-                "group %s: %s not found as Conv/Gemm with constant weights in the exported graph: %s",
-                gl.group.name,
-                ", ".join(missing),
-                "profiled without them" if found else "group not profiled",
-            )
-        if found:
-            kept.append(gl)
-    if not kept:
-        raise TrtpruneError(
-            "no channel group of the model has a layer the profiler can time",
-            why="the profiler times Conv and Gemm layers with constant weights, found by the torch module names of "
-            "their weights in the exported ONNX graph",
-            fix="use plain nn.Conv2d / nn.Linear modules whose weights are used as they are",
-        )
-    return kept, left_out
-
-
 def cmd_profile(a) -> dict:
     import onnx
 
@@ -420,7 +387,7 @@ def cmd_profile(a) -> dict:
         measurer = get_backend(device)
     with measurer, LUT(a.lut) as lut:  # an absent engine, Ray cluster or a bad --lut fails before work
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
-        gls, left_out = _profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
+        gls, left_out = profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
         profiler = Profiler.on(measurer, lut, protocol=a.protocol)
         t0 = time.perf_counter()
         found = profile_groups(profiler, gls, tol, a.method)

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+from torch import nn
 
 from trtprune.errors import TrtpruneError
 from trtprune.latency.base import Backend
@@ -347,6 +348,34 @@ class Profiler:
             scale(s.dips),
             [(a * m, b * m) for a, b in s.plateaus],
         )
+
+
+def profilable(gls: list[GroupLayers], model: nn.Module) -> tuple[list, dict[str, list[str]]]:
+    """The groups with at least one layer the profiler can time, and the conv/linear modules it cannot time
+    (not a Conv or Gemm with constant weights in the exported graph), which are left out with a warning."""
+    timeable = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    kept, left_out = [], {}
+    for gl in gls:
+        found = {layer.name for layer in (*gl.producers, *gl.consumers)}
+        missing = [n for n in (*gl.group.producers, *gl.group.consumers) if n in timeable and n not in found]
+        if missing:
+            left_out[gl.group.name] = missing
+            log.warning(
+                "group %s: %s not found as Conv/Gemm with constant weights in the exported graph: %s",
+                gl.group.name,
+                ", ".join(missing),
+                "profiled without them" if found else "group not profiled",
+            )
+        if found:
+            kept.append(gl)
+    if not kept:
+        raise TrtpruneError(
+            "no channel group of the model has a layer the profiler can time",
+            why="the profiler times Conv and Gemm layers with constant weights, found by the torch module names of "
+            "their weights in the exported ONNX graph",
+            fix="use plain nn.Conv2d / nn.Linear modules whose weights are used as they are",
+        )
+    return kept, left_out
 
 
 def profile_groups(
