@@ -5,7 +5,6 @@ return here are the fixtures' numbers, which the tests check; nothing here is a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -15,16 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.latency import fakes
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.latency.devices import DEVICES, Device, get_device, load_devices
-from trtprune.latency.trt import trtexec_argv
+from trtprune.profiling.layers import Signature, micro_model
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "trtexec"
-BUILD_LOG = "trt10.3_rtxa5000_resnet50_onnx_build_and_perf.txt"
-TIMES = "trt8.4era_rtx3090_resnet50_b32_fp32_exportTimes.json"
-PROFILE = "trt8.4era_titanrtx_mobilenetv2_qat_exportProfile.json"
-LAYERS = "trt10.16_h100pcie_mnist_exportLayerInfo.json"
+FIXTURES, TIMES, PROFILE = fakes.FIXTURES, fakes.TIMES, fakes.PROFILE
 PARSER_FAIL = "trt8.2.4_failed_onnx_parser_pad_reflect.txt"
 OOM = "trt10.3_failed_build_cuda_oom_excerpt.txt"
 
@@ -32,98 +28,16 @@ needs_fixtures = pytest.mark.skipif(
     not FIXTURES.is_dir(), reason=f"the captured trtexec outputs are not at {FIXTURES} (../shared/fixtures)"
 )
 
-FAKE_TRTEXEC = """
-import json, os, shutil, sys, time
-from pathlib import Path
-fx = Path(os.environ["FAKE_FIXTURES"])
-with open(os.environ["FAKE_LOG"], "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-args = dict(a.split("=", 1) if "=" in a else (a, "") for a in sys.argv[1:])
-mode = os.environ.get("FAKE_MODE", "ok")
-if "--help" in args:
-    print("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --help")
-    print("=== Model Options ===")
-    sys.exit(0)
-if mode == "sleep":
-    time.sleep(30)
-if "--onnx" in args:
-    if mode in ("parser", "oom"):
-        print((fx / os.environ["FAKE_FAIL_LOG"]).read_text())
-        sys.exit(1)
-    Path(args["--saveEngine"]).write_bytes(b"PLAN" + Path(args["--onnx"]).read_bytes())
-    print((fx / "BUILD_LOG").read_text())
-    sys.exit(0)
-plan = Path(args["--loadEngine"]).read_bytes()
-assert plan.startswith(b"PLAN"), "not an engine built here"
-if "--exportOutput" in args:  # run the ONNX model the "engine" was built from, as an engine would
-    import numpy as np, onnxruntime as ort
-    sess = ort.InferenceSession(plan[4:], providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    name, raw = args["--loadInputs"].split(":", 1)
-    assert name == inp.name, (name, inp.name)
-    x = np.fromfile(raw, dtype=np.float32).reshape(inp.shape)
-    y = sess.run(None, {name: x})[0] * (1.2 if mode == "skew" else 1.0)
-    out = [{"name": "logits", "dimensions": "x".join(map(str, y.shape)), "values": y.ravel().tolist()}]
-    Path(args["--exportOutput"]).write_text(json.dumps(out))
-for flag, name in (("--exportTimes", "TIMES"), ("--exportProfile", "PROFILE"), ("--exportLayerInfo", "LAYERS")):
-    if flag in args:
-        shutil.copyfile(fx / name, args[flag])
-print((fx / "BUILD_LOG").read_text())
-"""
-
-FAKE_SSH = """
-import os, subprocess, sys, json
-with open(os.environ["FAKE_SSH_LOG"], "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-if os.environ.get("FAKE_SSH_DOWN"):
-    sys.stderr.write("ssh: connect to host jetson port 22: Connection refused\\n")
-    sys.exit(255)
-argv = sys.argv[1:]
-while argv[0] == "-o":
-    argv = argv[2:]
-host, dashdash, command = argv
-assert dashdash == "--"
-sys.exit(subprocess.run(["sh", "-c", command]).returncode)  # what sshd does with the command string
-"""
-
-FAKE_SCP = """
-import os, shutil, sys, json
-with open(os.environ["FAKE_SSH_LOG"], "a") as f:
-    f.write(json.dumps(["scp"] + sys.argv[1:]) + "\\n")
-argv = [a for a in sys.argv[1:] if a not in ("-q", "--")]
-while argv[0] == "-o":
-    argv = argv[2:]
-src, dst = (a.split(":", 1)[1] if "@" in a.split(":", 1)[0] else a for a in argv)
-shutil.copyfile(src, dst)
-"""
-
-
-def _script(path: Path, body: str) -> None:
-    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
-    path.chmod(0o755)
-
 
 @pytest.fixture
 def fake_tools(tmp_path, monkeypatch):
-    """A bin folder with fake trtexec, nvidia-smi, ssh and scp first on PATH; returns a reader of their logs."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    body = FAKE_TRTEXEC
-    for name, value in (("BUILD_LOG", BUILD_LOG), ("TIMES", TIMES), ("PROFILE", PROFILE), ("LAYERS", LAYERS)):
-        body = body.replace(f'"{name}"', repr(value))
-    _script(bin_dir / "trtexec", body)
-    _script(bin_dir / "nvidia-smi", 'print("NVIDIA RTX A5000")')
-    _script(bin_dir / "ssh", FAKE_SSH)
-    _script(bin_dir / "scp", FAKE_SCP)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_FIXTURES", str(FIXTURES))
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "trtexec.log"))
-    monkeypatch.setenv("FAKE_SSH_LOG", str(tmp_path / "ssh.log"))
-    monkeypatch.delenv("ORIN_HOST", raising=False)
+    """The strict fakes (tests/latency/fakes.py) first on PATH, trtexec of TensorRT 10.3.0; returns a reader of
+    their logs (for trtexec: the argument lists)."""
+    fakes.install(tmp_path / "bin", tmp_path, monkeypatch, "10.3.0")
 
     def calls(which="trtexec"):
-        log = tmp_path / f"{which}.log"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+        found = fakes.calls(tmp_path, which)
+        return [c["argv"] for c in found] if which == "trtexec" else found
 
     return calls
 
@@ -131,8 +45,8 @@ def fake_tools(tmp_path, monkeypatch):
 @pytest.fixture
 def two_onnx(tmp_path):
     a, b = tmp_path / "a.onnx", tmp_path / "b b;touch PWNED.onnx"  # a hostile name must stay a name
-    a.write_bytes(b"onnx-a" * 10)
-    b.write_bytes(b"onnx-b" * 10)
+    a.write_bytes(micro_model(Signature("conv", hw=(8, 8)), 16, 16))
+    b.write_bytes(micro_model(Signature("conv", hw=(8, 8)), 16, 24))
     return [a, b]
 
 
@@ -141,31 +55,6 @@ def _fixture_compute_ms() -> list[float]:
 
 
 GPU = replace(DEVICES["gpu"], trtexec="trtexec", timeout_s=20)
-
-
-def test_trtexec_command_lines_per_device_precision_and_version():
-    build = trtexec_argv(GPU, (10, 3, 0), onnx="m.onnx", save_engine="m.plan", timing_cache="t.cache")
-    assert build[0] == "trtexec" and "--onnx=m.onnx" in build and "--saveEngine=m.plan" in build
-    assert {"--fp16", "--memPoolSize=workspace:1024", "--timingCacheFile=t.cache", "--skipInference"} <= set(build)
-    assert "--profilingVerbosity=detailed" in build and "--int8" not in build
-    old = trtexec_argv(replace(GPU, precision="int8", workspace_mib=512), (8, 2, 1), onnx="m.onnx")
-    assert {"--int8", "--fp16", "--workspace=512", "--buildOnly"} <= set(old)
-    assert not any(a.startswith("--memPoolSize") for a in old)
-    assert "--fp16" not in trtexec_argv(replace(GPU, precision="fp32"), (10, 0, 0), onnx="m.onnx")
-    timed = trtexec_argv(GPU, (10, 3, 0), load_engine="m.plan", iterations=200, export_times="t.json")
-    assert {"--loadEngine=m.plan", "--iterations=200", "--duration=0", "--warmUp=200", "--exportTimes=t.json"} <= set(
-        timed
-    )
-    assert {"--useCudaGraph", "--noDataTransfers", "--useSpinWait"} <= set(timed)
-    assert not any(a.startswith(("--onnx", "--fp16", "--memPoolSize")) for a in timed)
-    dla = replace(DEVICES["orin"], dla_core=1)
-    dla_build = trtexec_argv(dla, (8, 5, 2), onnx="m.onnx")
-    assert dla_build[0] == "/usr/src/tensorrt/bin/trtexec"
-    assert {"--useDLACore=1", "--allowGPUFallback", "--fp16"} <= set(dla_build)
-    dla_timed = trtexec_argv(dla, (8, 5, 2), load_engine="m.plan", iterations=10)
-    assert "--useDLACore=1" in dla_timed and "--useCudaGraph" not in dla_timed  # graphs do not capture DLA work
-    prof = trtexec_argv(GPU, (8, 6, 1), load_engine="m.plan", iterations=50, export_profile="p", export_layer_info="l")
-    assert {"--separateProfileRun", "--dumpProfile", "--exportProfile=p", "--exportLayerInfo=l"} <= set(prof)
 
 
 @needs_fixtures

@@ -10,7 +10,7 @@ User devices come from a TOML file, ``$TRTPRUNE_DEVICES`` or ``~/.config/trtprun
     [devices.lab-orin]            # --device lab-orin
     backend = "ssh"               # ort | trt | ssh
     host = "ubuntu@10.0.0.5"      # ssh only; host keys must already be known (StrictHostKeyChecking)
-    precision = "fp16"            # fp32 | fp16 | int8 | best
+    precision = "fp16"            # fp32 | fp16 | int8 (Q/DQ models) | best (TensorRT <= 10)
     batch = 1
     workspace_mib = 2048          # TensorRT builder workspace (--memPoolSize=workspace:2048)
     dla_core = 0                  # optional: build for DLA core 0 ...
@@ -66,6 +66,13 @@ class Device:
             raise TrtpruneError(f"{where}: batch, threads, workspace_mib and timeout_s must be positive (and finite)")
         if self.dla_core is not None and self.dla_core < 0:
             raise TrtpruneError(f"{where}: dla_core {self.dla_core} is negative", fix="use 0 or 1, or leave it out")
+        if self.dla_core is not None and self.precision not in ("fp16", "int8"):
+            raise TrtpruneError(
+                f"{where}: DLA runs fp16 or int8, not {self.precision}",
+                why="trtexec builds DLA engines with fp16 enabled unless int8 is asked (sampleEngines.cpp, TensorRT "
+                "8.6 and 10.3): a DLA device labelled fp32 would time fp16 engines",
+                fix='set precision = "fp16" (or "int8" with a Q/DQ model) for the DLA device',
+            )
         if self.backend == "ssh":
             check_host(self.host, where)
         if self.backend == "ort" and self.precision != "fp32":

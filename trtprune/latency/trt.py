@@ -8,10 +8,9 @@ CUDA graphs to remove launch overhead, no host/device copies, spin-wait; a burst
 --loadEngine`` run whose per-inference GPU compute times come from ``--exportTimes``. Models are
 interleaved round by round as on every backend, so clock and thermal drift hit them alike.
 
-Flags by TensorRT version: ``--memPoolSize=workspace:<MiB>`` from 8.4 (``--workspace`` before),
-``--skipInference`` from 8.6 (``--buildOnly`` before), ``--profilingVerbosity=detailed`` from 8.2.
-TensorRT 7 output can be parsed (``trtprune.latency.trtexec``) but is not driven: it has no ``--exportTimes``
-records in the form used here.
+Command lines are made per TensorRT version (:mod:`trtprune.latency.trtexec_args`: 8.5, 8.6, 10.x, 11.x,
+read from NVIDIA's sources); the model is rewritten into the form the version builds from
+(:mod:`trtprune.latency.trt_onnx`: opset 17 for 8.x, fp16-typed for fp16 on 11, Q/DQ for int8).
 
 Nothing here estimates a latency: without a GPU or TensorRT, activation fails with what is missing.
 """
@@ -34,12 +33,20 @@ from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path
 from trtprune.latency.base import Backend, Burst
 from trtprune.latency.engine_map import group_times
+from trtprune.latency.nvidia_hw import hardware
 from trtprune.latency.runners import LocalRunner
+from trtprune.latency.trt_onnx import device_form
 from trtprune.latency.trtexec import check_output, load_export_profile, load_export_times, load_layer_info, trt_version
+from trtprune.latency.trtexec_args import (
+    build_argv,
+    check_version,
+    outputs_argv,
+    precision_flags,
+    profile_argv,
+    times_argv,
+)
 
 log = logging.getLogger("trtprune.latency")
-
-MIN_VERSION = (8, 0)
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -49,66 +56,6 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
         return None
     parts = [int(x) for x in re.findall(r"\d+", v)[:3]]
     return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
-
-
-def precision_flags(precision: str) -> list[str]:
-    """fp16 and int8 allow, not force: TensorRT picks the fastest kernel per layer among the allowed types.
-    int8 also allows fp16 for the layers that have no int8 kernel (or no Q/DQ scales)."""
-    return {"fp32": [], "fp16": ["--fp16"], "int8": ["--int8", "--fp16"], "best": ["--best"]}[precision]
-
-
-def trtexec_argv(
-    device,
-    version: tuple[int, ...],
-    *,
-    onnx: str | None = None,
-    load_engine: str | None = None,
-    save_engine: str | None = None,
-    timing_cache: str | None = None,
-    calib_cache: str | None = None,
-    iterations: int = 0,
-    warmup_ms: int = 200,
-    export_times: str | None = None,
-    export_profile: str | None = None,
-    export_layer_info: str | None = None,
-) -> list[str]:
-    """The trtexec argument list for one build (``onnx`` + ``save_engine``, no inference) or one timed run
-    (``load_engine`` + ``iterations``), optionally with a per-layer profile (``export_profile``)."""
-    assert (onnx is None) != (load_engine is None), "either build from ONNX or load an engine"
-    argv = [device.trtexec]
-    if onnx is not None:
-        argv += [f"--onnx={onnx}", *precision_flags(device.precision)]
-        if version >= (8, 4):
-            argv.append(f"--memPoolSize=workspace:{device.workspace_mib}")
-        else:
-            argv.append(f"--workspace={device.workspace_mib}")
-        if timing_cache:
-            argv.append(f"--timingCacheFile={timing_cache}")
-        if calib_cache:
-            argv.append(f"--calib={calib_cache}")
-        if save_engine:
-            argv.append(f"--saveEngine={save_engine}")
-        argv.append("--profilingVerbosity=detailed" if version >= (8, 2) else "--nvtxMode=verbose")
-    else:
-        argv.append(f"--loadEngine={load_engine}")
-    if device.dla_core is not None:
-        argv.append(f"--useDLACore={device.dla_core}")
-        if device.gpu_fallback and onnx is not None:
-            argv.append("--allowGPUFallback")
-    if iterations:
-        argv += [f"--warmUp={warmup_ms}", f"--iterations={iterations}", "--duration=0", "--noDataTransfers"]
-        argv.append("--useSpinWait")
-        if device.dla_core is None:  # CUDA graphs do not capture DLA work
-            argv.append("--useCudaGraph")
-        if export_times:
-            argv.append(f"--exportTimes={export_times}")
-        if export_profile:
-            argv += ["--separateProfileRun", "--dumpProfile", f"--exportProfile={export_profile}"]
-        if export_layer_info:
-            argv.append(f"--exportLayerInfo={export_layer_info}")
-    elif onnx is not None:
-        argv.append("--skipInference" if version >= (8, 6) else "--buildOnly")
-    return argv
 
 
 class TrtBackend(Backend):
@@ -124,7 +71,8 @@ class TrtBackend(Backend):
         super().__init__(device)
         self.runner = None
         self.version: tuple[int, int, int] | None = None
-        self.gpu = ""
+        self.gpu = ""  # the hardware part of the key
+        self.hardware: dict = {}
         self.trtexec = device.trtexec
         self._engines: dict[str, str] = {}
         self._digests: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> digest
@@ -164,12 +112,9 @@ class TrtBackend(Backend):
                 why=f"expected a line like '&&&& RUNNING TensorRT.trtexec [TensorRT v8502]', got: {out.strip()[:200]}",
                 fix="point trtexec in the device file at NVIDIA's trtexec",
             )
-        if self.version < MIN_VERSION:
-            raise TrtpruneError(
-                f"TensorRT {'.'.join(map(str, self.version))} on {self.runner.where} is too old",
-                fix="use TensorRT 8.0 or newer (JetPack 4.6+)",
-            )
-        self.gpu = self._gpu_name()
+        check_version(self.version, self.runner.where)
+        precision_flags(self.device.precision, self.version)  # a precision this version cannot build fails now
+        self.gpu = self._hardware()
         log.info("trt | TensorRT %s | %s | %s", ".".join(map(str, self.version)), self.gpu, self.runner.where)
 
     def close(self) -> None:
@@ -187,18 +132,16 @@ class TrtBackend(Backend):
                 return hit
         return None
 
-    def _gpu_name(self) -> str:
-        probes = (["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], ["cat", "/proc/device-tree/model"])
-        for argv in probes:  # Jetsons have no nvidia-smi; their board name is in the device tree
-            try:
-                r = self.runner.run(argv, timeout_s=60)
-            except TrtpruneError:
-                continue
-            if r.returncode == 0 and r.output.strip():
-                return r.output.replace("\x00", "").strip().splitlines()[0].strip()
-        return "unknown NVIDIA device"
+    def _hardware(self) -> str:
+        """Board, L4T release, power mode and clock lock of a Jetson, or the GPU's name (see nvidia_hw)."""
+        text, self.hardware = hardware(lambda argv: self.runner.run(argv, timeout_s=60), self.visible_devices)
+        return text
+
+    visible_devices = None  # this process's CUDA_VISIBLE_DEVICES (the ssh backend: the device's GPU 0)
 
     def key(self) -> str:
+        """TensorRT version, hardware (board, L4T, power mode, clocks), GPU or DLA core, precision, batch and
+        workspace: everything that changes which kernels TensorRT picks and how fast they run."""
         assert self.version is not None, "activate the backend first"
         d = self.device
         dla = f"dla{d.dla_core}{'+gpu' if d.gpu_fallback else ''}" if d.dla_core is not None else "gpu"
@@ -207,40 +150,37 @@ class TrtBackend(Backend):
 
     # -- engines -------------------------------------------------------------------------------------
 
-    def _onnx_file(self, model: Path | bytes, tmp: Path) -> tuple[Path, str]:
-        """The model as a file, and the digest that names its engine (content + backend key). A file is
-        read and hashed once while it stays unchanged (same size and modification time)."""
+    def _digest(self, model: Path | bytes) -> str:
+        """The name of ``model``'s engine: its content + the backend key. A file is read and hashed once while
+        it stays unchanged (same size and modification time)."""
         if isinstance(model, bytes):
-            digest = hashlib.sha256(model + self.key().encode()).hexdigest()[:16]
-            path = tmp / f"{digest}.onnx"
-            path.write_bytes(model)
-            return path, digest
-        path = Path(model)
-        st = path.stat()
-        seen = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+            return hashlib.sha256(model + self.key().encode()).hexdigest()[:16]
+        st = Path(model).stat()
+        seen = (str(Path(model).resolve()), st.st_size, st.st_mtime_ns)
         if seen not in self._digests:
-            self._digests[seen] = hashlib.sha256(path.read_bytes() + self.key().encode()).hexdigest()[:16]
-        return path, self._digests[seen]
+            self._digests[seen] = hashlib.sha256(Path(model).read_bytes() + self.key().encode()).hexdigest()[:16]
+        return self._digests[seen]
 
     def engine(self, model: Path | bytes) -> str:
-        """Build (once per model and settings) and return the engine's path where the runner runs."""
+        """Build (once per model and settings) and return the engine's path where the runner runs. The model is
+        built in the form this TensorRT version takes (:func:`trtprune.latency.trt_onnx.device_form`)."""
         assert self.active, "use the backend as a context manager"
+        digest = self._digest(model)
+        if digest in self._engines:
+            return self._engines[digest]
+        raw = model if isinstance(model, bytes) else Path(model).read_bytes()
+        name = "model" if isinstance(model, bytes) else Path(model).name
         with tempfile.TemporaryDirectory() as tmp:
-            onnx, digest = self._onnx_file(model, Path(tmp))
-            if digest in self._engines:
-                return self._engines[digest]
+            onnx = Path(tmp) / f"{digest}.onnx"
+            onnx.write_bytes(device_form(raw, self.device, self.version))
             remote_onnx = self.runner.put(onnx, f"{digest}.onnx")
             plan = f"{self.runner.workdir}/{digest}.plan"
-            argv = trtexec_argv(
-                self.device,
-                self.version,
-                onnx=remote_onnx,
-                save_engine=plan,
-                timing_cache=f"{self.runner.workdir}/timing.cache",
+            argv = build_argv(
+                self.device, self.version, remote_onnx, plan, timing_cache=f"{self.runner.workdir}/timing.cache"
             )
-            self._call(argv, f"building {onnx.name}")
-            self._engines[digest] = plan
-            return plan
+            self._call(argv, f"building {name}")
+        self._engines[digest] = plan
+        return plan
 
     def build(self, model: Path, out: Path) -> Path:
         """Build ``model`` into a TensorRT plan at ``out`` (atomically: a failed build leaves nothing)."""
@@ -289,7 +229,7 @@ class TrtBackend(Backend):
     def _time(self, engine: str, iterations: int) -> list[float]:
 
         times = f"{engine}.times.json"
-        argv = trtexec_argv(self.device, self.version, load_engine=engine, iterations=iterations, export_times=times)
+        argv = times_argv(self.device, self.version, engine, times, iterations)
         self._call(argv, f"timing {Path(engine).name}")
         with tempfile.TemporaryDirectory() as tmp:
             records = load_export_times(self.runner.get(times, Path(tmp) / "times.json"))
@@ -304,14 +244,7 @@ class TrtBackend(Backend):
 
         engine = self.engine(model)
         prof, info = f"{engine}.profile.json", f"{engine}.layers.json"
-        argv = trtexec_argv(
-            self.device,
-            self.version,
-            load_engine=engine,
-            iterations=iterations,
-            export_profile=prof,
-            export_layer_info=info,
-        )
+        argv = profile_argv(self.device, self.version, engine, prof, info, iterations)
         self._call(argv, f"profiling {Path(engine).name}")
         with tempfile.TemporaryDirectory() as tmp:
             layers = load_export_profile(self.runner.get(prof, Path(tmp) / "p.json"))
@@ -338,8 +271,7 @@ class TrtBackend(Backend):
             raw = Path(tmp) / "input.bin"
             np.ascontiguousarray(x, dtype=np.float32).tofile(raw)
             remote_in, remote_out = self.runner.put(raw, "input.bin"), f"{engine}.output.json"
-            argv = [self.trtexec, f"--loadEngine={engine}", f"--loadInputs={name}:{remote_in}"]
-            argv += [f"--exportOutput={remote_out}", "--iterations=1", "--warmUp=0", "--duration=0"]
+            argv = outputs_argv(self.device, self.version, engine, name, remote_in, remote_out)
             self._call(argv, f"running {Path(model).name} on one batch")
             exported = json.loads(self.runner.get(remote_out, Path(tmp) / "out.json").read_text())
         first = exported[0]
@@ -351,6 +283,7 @@ class TrtBackend(Backend):
         out.update(
             tensorrt=".".join(map(str, self.version or ())),
             gpu=self.gpu,
+            hardware=self.hardware,
             where=self.runner.where if self.runner else "",
             via="python-api" if self._api is not None else "trtexec",
         )
