@@ -28,7 +28,8 @@ def stage_report(run) -> dict:
 
     base_model, spec = load_model(run.spec, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
     pruned_model, _ = load_model(run.spec, run.path("model.pt"))
-    onnx = {"baseline": run.path("baseline.onnx"), "pruned": run.path("pruned.onnx")}
+    # the files the device runs (for int8 TensorRT devices their calibrated Q/DQ forms, the delivered plan's source)
+    onnx = {role: run.device_onnx(role) for role in ("baseline", "pruned")}
     test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
     with get_backend(run.device) as backend:
         timings = dict(zip(onnx, backend.compare(list(onnx.values()), rounds=backend.deciding_rounds)))

@@ -117,6 +117,9 @@ class Run:
         assert name in self.FILES, name
         return self.dir / name
 
+    def device_onnx(self, role: str) -> Path:
+        return device_onnx(self, role)
+
     def __enter__(self):
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.dir / ".lock", "w")
@@ -264,14 +267,18 @@ def stage_build(run: Run, out: Path) -> None:
     onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 
-def int8_onnx(run: Run) -> Path:
-    """For an int8 TensorRT device: the pruned model as a symmetric Q/DQ ONNX (TensorRT's explicit quantization),
-    calibrated on 512 training images. TensorRT's ``--int8`` on a plain fp32 model would run uncalibrated."""
-
-    out = run.dir / "pruned.int8.onnx"
-    if not out.is_file() or out.stat().st_mtime < run.path("pruned.onnx").stat().st_mtime:
+def device_onnx(run: Run, role: str) -> Path:
+    """The file the device times, checks and builds for ``role`` ("baseline" or "pruned"): the exported ONNX,
+    or for an int8 TensorRT device its symmetric Q/DQ form (TensorRT's explicit quantization) calibrated on 512
+    training images, ``<role>.int8.onnx``, made once per export. The report times and parity-checks that very
+    file and the delivered plan is built from it."""
+    src = run.path(f"{role}.onnx")
+    if not (run.device.engine_suffix == ".plan" and run.device.precision == "int8"):
+        return src
+    out = run.dir / f"{role}.int8.onnx"
+    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
         calib = calib_from_training(run.data, run.spec)
-        qdq_from_onnx(run.path("pruned.onnx"), out, calib, target="tensorrt")
+        qdq_from_onnx(src, out, calib, target="tensorrt")
     return out
 
 
@@ -280,9 +287,8 @@ def deliver(run: Run) -> Path:
     TensorRT plan built on the device (from the calibrated Q/DQ model for int8), or the pruned ONNX model for
     ONNX Runtime."""
     if run.device.engine_suffix == ".plan":
-        source = int8_onnx(run) if run.device.precision == "int8" else run.path("pruned.onnx")
         with get_backend(run.device) as backend:
-            backend.build(source, run.engine_path)
+            backend.build(device_onnx(run, "pruned"), run.engine_path)
     else:
         with atomic_path(run.engine_path) as tmp:
             shutil.copyfile(run.path("pruned.onnx"), tmp)

@@ -269,30 +269,34 @@ def test_the_profile_and_layer_info_of_one_engine_join_by_name():
 
 
 @needs_fixtures
-def test_int8_devices_get_an_engine_built_from_a_calibrated_qdq_model(fake_tools, tiny_data, tmp_path, monkeypatch):
+def test_int8_run_times_checks_and_delivers_one_and_the_same_qdq_file(fake_tools, tiny_data, tmp_path, monkeypatch):
+    """A whole `trtprune run` on an int8 TensorRT device: the report times and parity-checks the calibrated Q/DQ
+    file, and the delivered plan is built from those very bytes (the fake engine holds what it was built from)."""
+    import hashlib
+
     import onnx
 
-    from trtprune.config import RunConfig
-    from trtprune.deploy.export import onnx_from_torch
+    from trtprune.cli import main
     from trtprune.latency import devices
-    from trtprune.run import Run, deliver
-    from trtprune.sources.models import build_model
 
     monkeypatch.setitem(devices.DEVICES, "gpu-int8", replace(GPU, name="gpu-int8", precision="int8"))
-    run = Run(
-        tmp_path / "run",
-        RunConfig(model="resnet20", device="gpu-int8"),
-        data=str(tiny_data),
-        engines_dir=tmp_path / "engines",
-    )
-    run.dir.mkdir()
-    onnx_from_torch(build_model("resnet20").eval(), run.path("pruned.onnx"), (3, 32, 32), 1)
-    plan = deliver(run)
-    assert plan == tmp_path / "engines" / "run.plan"  # named after the run
-    built_from = onnx.load_from_string(plan.read_bytes()[4:])  # the fake engine holds the ONNX it was built from
-    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in built_from.graph.node}
-    builds = [c for c in fake_tools() if any(a.startswith("--onnx=") for a in c)]
-    assert "--int8" in builds[-1]
+    runs = tmp_path / "runs"
+    code = main(["run", "--data", str(tiny_data), "--model", "resnet20", "--weights",
+                 str(tiny_data / "weights" / "resnet20-random.th"), "--device", "gpu-int8", "--budget", "none",
+                 "--ratio", "0.5", "--round-to", "4", "--epochs", "1", "--train-limit", "64", "--eval-limit", "16",
+                 "--runs-dir", str(runs), "--engines-dir", str(tmp_path / "engines"), "--name", "q"])  # fmt: skip
+    assert code == 0
+    qdq = (runs / "q" / "pruned.int8.onnx").read_bytes()
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in onnx.load_from_string(qdq).graph.node}
+    plan = (tmp_path / "engines" / "q.plan").read_bytes()
+    assert plan == b"PLAN" + qdq  # the delivered engine was built from the Q/DQ file, byte for byte
+    report = json.loads((runs / "q" / "report.json").read_text())
+    assert report["pruned"]["onnx"].endswith("pruned.int8.onnx") and report["device"]["parity"]["images"] > 0
+    builds = [c for c in fakes.calls(tmp_path) if "sha256" in c]
+    digest = hashlib.sha256(qdq).hexdigest()
+    shas = {c["sha256"] for c in builds}
+    assert digest in shas and len(shas) == 2  # pruned and baseline, both Q/DQ: nothing else was ever built
+    assert all(c["qdq"] and "--int8" in c["argv"] for c in builds)
     with pytest.raises(TrtpruneError, match="measure fp32 models"):
         replace(DEVICES["cpu"], precision="int8").check()
 

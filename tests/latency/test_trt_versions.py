@@ -224,3 +224,16 @@ def test_keys_tell_jetsons_power_modes_clocks_and_visible_gpus_apart(tmp_path, m
     assert key(GPU)[0].split("|")[1] == "NVIDIA RTX A5000"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,0")  # the GPU CUDA programs here use, not nvidia-smi's first
     assert key(GPU)[0].split("|")[1] == "NVIDIA H100 PCIe"
+
+
+@needs_fixtures
+def test_an_int8_device_profiles_layers_as_qdq_models(tmp_path, monkeypatch):
+    from trtprune.profiling.layers import Signature
+    from trtprune.profiling.lut import LUT
+    from trtprune.profiling.profile import Profiler
+
+    fakes.install(tmp_path / "bin", tmp_path, monkeypatch, "11.1")
+    with get_backend(replace(GPU, precision="int8")) as backend, LUT(tmp_path / "lut.db") as lut:
+        (ms,) = Profiler(backend, lut, protocol="quick").latencies([(Signature("conv", hw=(8, 8)), 16, 24)])
+    builds = [r for r in fakes.calls(tmp_path) if "sha256" in r]
+    assert ms > 0 and builds and all(r["qdq"] for r in builds)  # the layer and the reference, both Q/DQ

@@ -362,6 +362,25 @@ def qdq_summary(path: str | Path) -> dict:
     }
 
 
+TIMING_CALIB_IMAGES = 8
+
+
+def qdq_for_timing(path: str | Path) -> Path:
+    """``path`` rewritten in place as the symmetric Q/DQ model an int8 TensorRT device builds, for timing only
+    (search candidates): calibrated on ``TIMING_CALIB_IMAGES`` seeded random inputs, since TensorRT's kernels
+    and their speed do not depend on the scale values. A model that is delivered is calibrated on the user's
+    images instead (``qdq_from_onnx`` with ``calib_from_training``), and that file is what gets timed."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    calib = np.random.default_rng(0).standard_normal((TIMING_CALIB_IMAGES * dims[0], *dims[1:])).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="trtprune-qdq-") as tmp:
+        qdq_from_onnx(path, Path(tmp) / "q.onnx", calib, target="tensorrt")
+        shutil.move(Path(tmp) / "q.onnx", path)
+    return Path(path)
+
+
 def qdq_from_onnx(
     fp32_onnx: str | Path,
     out: str | Path,

@@ -164,8 +164,11 @@ def layers_of(proto) -> dict[str, Layer]:
     return layers
 
 
-def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
-    """The single layer at (cin, cout) as a serialised ONNX model with static shapes."""
+def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0, qdq: bool = False) -> bytes:
+    """The single layer at (cin, cout) as a serialised ONNX model with static shapes. ``qdq``: in TensorRT's
+    explicit-quantization form (int8 devices build nothing else): symmetric int8 Q/DQ on the input and the
+    output, int8 weights with per-output-channel scales through DequantizeLinear. Scales are set from the
+    random weights and a unit input range; they do not change which kernel runs nor how fast."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -224,6 +227,8 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
             last = "act"
         nodes.append(helper.make_node("Identity", [last], ["y"]))
         out_shape = [b, cout, oh, ow]
+    if qdq:
+        nodes, inits = _quantized(nodes, inits)
     graph = helper.make_graph(
         nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializer=inits
     )
@@ -231,6 +236,35 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="trtprune")
     model.ir_version = 9 if opset >= 20 else 8
     return model.SerializeToString()
+
+
+def _quantized(nodes: list, inits: list) -> tuple[list, list]:
+    """``nodes`` (one Conv or Gemm first, ``x`` in and ``y`` out) with symmetric int8 Q/DQ around them."""
+    from onnx import helper, numpy_helper
+
+    w_init = next(i for i in inits if i.name == "w")
+    w = numpy_helper.to_array(w_init)
+    w_scale = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(1), 1e-8).astype(np.float32) / 127
+    shape = (-1,) + (1,) * (w.ndim - 1)
+    w_q = np.clip(np.round(w / w_scale.reshape(shape)), -127, 127).astype(np.int8)
+    inits = [i for i in inits if i.name != "w"] + [
+        numpy_helper.from_array(w_q, "w_q"),
+        numpy_helper.from_array(w_scale, "w_scale"),
+        numpy_helper.from_array(np.zeros(w.shape[0], np.int8), "w_zero"),
+        numpy_helper.from_array(np.array(1 / 127, np.float32), "a_scale"),
+        numpy_helper.from_array(np.array(0, np.int8), "a_zero"),
+    ]
+    first = nodes[0]
+    first.input[0], first.input[1] = "x_dq", "w_dq"
+    nodes[-1].output[0] = "y_f"
+    return [
+        helper.make_node("QuantizeLinear", ["x", "a_scale", "a_zero"], ["x_q"]),
+        helper.make_node("DequantizeLinear", ["x_q", "a_scale", "a_zero"], ["x_dq"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=0),
+        *nodes,
+        helper.make_node("QuantizeLinear", ["y_f", "a_scale", "a_zero"], ["y_q"]),
+        helper.make_node("DequantizeLinear", ["y_q", "a_scale", "a_zero"], ["y"]),
+    ], inits
 
 
 def macs(sig: Signature, cin: int, cout: int) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from trtprune.deploy.export import onnx_from_torch
+from trtprune.deploy.quantize import qdq_for_timing
 from trtprune.errors import TrtpruneError
 from trtprune.profiling.layers import Layer, layers_of, point
 from trtprune.profiling.profile import Point, Profiler
@@ -143,8 +144,14 @@ class Predictor:
         self.groups = GroupPruner(self.dense, self.input_shape, self.ignore).groups()
         onnx_from_torch(self.dense, self.workdir / "dense.onnx", self.input_shape, backend.device.batch)
         self.layers = layers_of(onnx.load(str(self.workdir / "dense.onnx")))
+        self._device_form(self.workdir / "dense.onnx")
         self.profiler = Profiler(backend, lut, protocol=protocol)
         self.overhead: Overhead | None = None
+
+    def _device_form(self, path: Path) -> None:
+        """Whole models are timed in the form the device builds: Q/DQ on int8 TensorRT devices."""
+        if self.backend.builds_engines and self.backend.device.precision == "int8":
+            qdq_for_timing(path)
 
     def points(self, keep: Mapping[str, int]) -> list[Point]:
         return planned_points(self.layers, self.groups, keep)
@@ -157,6 +164,7 @@ class Predictor:
         GroupPruner(model, self.input_shape, self.ignore).prune_to(keep)
         onnx_from_torch(model, path, self.input_shape, self.backend.device.batch)
         actual = layers_of(onnx.load(str(path)))
+        self._device_form(path)
         planned = dict(zip(self.layers, self.points(keep)))
         differ = [
             f"{key}: planned {p[1]}->{p[2]} ch, exported "

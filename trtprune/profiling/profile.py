@@ -162,7 +162,8 @@ def _time_once(backend: Backend, points: list[Point], micro: dict, witnesses: Se
     ref = (replace(sig, batch=backend.device.batch), cin, cout)
     timed = [*points, *(p for p, _ in witnesses)]
     copies = max(REFERENCE_COPIES, len(timed) // 8)
-    models = [micro_model(*p) for p in timed] + [micro_model(*ref)] * copies
+    qdq = backend.device.precision == "int8"  # int8 engines are built from Q/DQ models only
+    models = [micro_model(*p, qdq=qdq) for p in timed] + [micro_model(*ref, qdq=qdq)] * copies
     bursts = backend.bursts(models, **micro)
     runs = [np.concatenate([b.samples_ms for b in bs]) for bs in bursts]
     ref_ms = float(np.percentile(np.concatenate(runs[len(timed) :]), QUANTILE))
