@@ -237,3 +237,17 @@ def test_an_int8_device_profiles_layers_as_qdq_models(tmp_path, monkeypatch):
         (ms,) = Profiler(backend, lut, protocol="quick").latencies([(Signature("conv", hw=(8, 8)), 16, 24)])
     builds = [r for r in fakes.calls(tmp_path) if "sha256" in r]
     assert ms > 0 and builds and all(r["qdq"] for r in builds)  # the layer and the reference, both Q/DQ
+
+
+def test_the_jetson_image_installs_every_dependency_of_the_package():
+    """docker/Dockerfile.jetson installs the package with --no-deps (to keep the Jetson torch) and lists the
+    dependencies itself: that list must not drift from pyproject.toml's."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=;\s\[]", d, maxsplit=1)[0] for d in deps} - {"torch"}
+    dockerfile = (root / "docker" / "Dockerfile.jetson").read_text()
+    assert names and all(f'"{n}' in dockerfile for n in names), sorted(n for n in names if f'"{n}' not in dockerfile)
+    assert "ARG JETSON_TORCH_INDEX=https://pypi.jetson-ai-lab.io/" in dockerfile  # where the index moved in 2025

@@ -1,7 +1,7 @@
 """Named devices: a latency backend plus every option that changes latency.
 
 Built in: ONNX Runtime CPU devices (``cpu``, ``cpu-b32``, ``cpu-2t``), this machine's NVIDIA GPU
-(``gpu``) and the Jetsons (``orin``, ``xavier``, ``nano``). A Jetson is driven locally when trtprune
+(``gpu``) and the Jetsons (``orin``: AGX, NX, Nano; ``xavier``: AGX, NX). A Jetson is driven locally when trtprune
 runs on it, or over SSH when ``<NAME>_HOST`` is set (``ORIN_HOST=user@host``): engines are built and
 timed on the device they run on.
 
@@ -112,10 +112,11 @@ DEVICES: dict[str, Device] = {
     "gpu": Device("gpu", "trt", precision="fp16", description="TensorRT on this machine's NVIDIA GPU, fp16, batch 1"),
     "orin": _jetson("orin", "fp16", "Orin"),
     "xavier": _jetson("xavier", "fp16", "Xavier"),
-    "nano": _jetson("nano", "fp16", "Nano"),  # Maxwell: no int8 tensor cores
+    # The first Jetson Nano (Maxwell) ends at JetPack 4.6 and TensorRT 8.2, which is not supported (8.5+, see
+    # trtexec_args); an Orin Nano is an `orin` (its board name in the key tells it apart from an AGX or NX).
 }
 DEFAULT_DEVICE = "cpu"
-JETSONS = ("orin", "xavier", "nano")
+JETSONS = ("orin", "xavier")
 _FIELDS = {f.name: f.type for f in dataclasses.fields(Device)}
 _TYPES = {k: {"int": int, "float": (int, float), "bool": bool}.get(t.split(" ")[0], str) for k, t in _FIELDS.items()}
 
