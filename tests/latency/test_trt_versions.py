@@ -243,6 +243,7 @@ def test_the_jetson_image_installs_every_dependency_of_the_package():
     """docker/Dockerfile.jetson installs the package with --no-deps (to keep the Jetson torch) and lists the
     dependencies itself: that list must not drift from pyproject.toml's."""
     import re
+
     import tomllib
 
     root = Path(__file__).resolve().parents[2]
