@@ -156,6 +156,7 @@ def install(bin_dir: Path, tmp_path: Path, monkeypatch, version: str = "10.3.0")
     monkeypatch.setenv("FAKE_TRT_VERSION", version)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "trtexec.log"))
     monkeypatch.setenv("FAKE_SSH_LOG", str(tmp_path / "ssh.log"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the timing caches of these tests stay here
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("ORIN_HOST", raising=False)
 

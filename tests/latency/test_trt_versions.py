@@ -252,3 +252,17 @@ def test_the_jetson_image_installs_every_dependency_of_the_package():
     dockerfile = (root / "docker" / "Dockerfile.jetson").read_text()
     assert names and all(f'"{n}' in dockerfile for n in names), sorted(n for n in names if f'"{n}' not in dockerfile)
     assert "ARG JETSON_TORCH_INDEX=https://pypi.jetson-ai-lab.io/" in dockerfile  # where the index moved in 2025
+
+
+@needs_fixtures
+def test_the_timing_cache_outlives_the_session_per_device_key(tmp_path, monkeypatch):
+    from trtprune.profiling.layers import Signature, micro_model
+
+    fakes.install(tmp_path / "bin", tmp_path, monkeypatch, "10.16")
+    model = micro_model(Signature("conv", hw=(8, 8)), 8, 8)
+    for device in (GPU, GPU, replace(GPU, precision="fp32")):
+        with get_backend(device) as backend:
+            backend.engine(model)
+    caches = [a.split("=", 1)[1] for r in fakes.calls(tmp_path) for a in r["argv"] if a.startswith("--timingCache")]
+    assert len(caches) == 3 and caches[0] == caches[1] != caches[2]  # the same key, the same cache; not across keys
+    assert all(c.startswith(str(tmp_path / "cache" / "trtprune" / "trt")) for c in caches)

@@ -76,6 +76,7 @@ class TrtBackend(Backend):
         self.trtexec = device.trtexec
         self._engines: dict[str, str] = {}
         self._digests: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> digest
+        self._cache: str | None = None  # the timing cache's path where the runner runs
         self._api = None
 
     def _make_runner(self):
@@ -123,6 +124,7 @@ class TrtBackend(Backend):
             self.runner = None
         self._engines.clear()
         self._digests.clear()
+        self._cache = None
 
     def _find_trtexec(self) -> str | None:
         candidates = [self.device.trtexec, "trtexec", "/usr/src/tensorrt/bin/trtexec"]
@@ -161,6 +163,21 @@ class TrtBackend(Backend):
             self._digests[seen] = hashlib.sha256(Path(model).read_bytes() + self.key().encode()).hexdigest()[:16]
         return self._digests[seen]
 
+    def _timing_cache(self) -> str:
+        """TensorRT's timing cache for this device key, kept where the device keeps its files
+        (``$XDG_CACHE_HOME`` or ``~/.cache``, ``trtprune/trt/``): later sessions reuse the kernel timings of
+        earlier builds. In the session's folder instead if that cannot be made."""
+        if self._cache is None:
+            name = hashlib.sha256(self.key().encode()).hexdigest()[:16] + ".timing.cache"
+            script = 'd="${XDG_CACHE_HOME:-$HOME/.cache}/trtprune/trt" && mkdir -p "$d" && echo "$d"'
+            try:
+                r = self.runner.run(["sh", "-c", script], timeout_s=60)
+                found = r.output.strip().splitlines()[-1] if r.returncode == 0 and r.output.strip() else ""
+            except TrtpruneError:
+                found = ""
+            self._cache = f"{found if found.startswith('/') else self.runner.workdir}/{name}"
+        return self._cache
+
     def engine(self, model: Path | bytes) -> str:
         """Build (once per model and settings) and return the engine's path where the runner runs. The model is
         built in the form this TensorRT version takes (:func:`trtprune.latency.trt_onnx.device_form`)."""
@@ -175,9 +192,7 @@ class TrtBackend(Backend):
             onnx.write_bytes(device_form(raw, self.device, self.version))
             remote_onnx = self.runner.put(onnx, f"{digest}.onnx")
             plan = f"{self.runner.workdir}/{digest}.plan"
-            argv = build_argv(
-                self.device, self.version, remote_onnx, plan, timing_cache=f"{self.runner.workdir}/timing.cache"
-            )
+            argv = build_argv(self.device, self.version, remote_onnx, plan, timing_cache=self._timing_cache())
             self._call(argv, f"building {name}")
         self._engines[digest] = plan
         return plan
