@@ -199,13 +199,16 @@ def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
         help=f"weight of distillation from the unpruned model, 0..1 (default {d.distill}; 0 = off)",
     )
     p.add_argument("--train-limit", type=count, default=0, help="train on the first N images only (default: all)")
-    p.add_argument("--no-channels-last", action="store_true", help="train in NCHW instead of NHWC memory format")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--channels-last", action="store_true", help="train in NHWC memory format")
+    layout.add_argument("--no-channels-last", action="store_true", help="train in NCHW memory format")
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="training arithmetic: bf16 autocast (about 1.5x faster on CPUs with AVX512-BF16/AMX), fp32, or "
-        "auto = bf16 where the CPU or GPU has it natively (default)",
+        help="training arithmetic: bf16 autocast, fp32, or auto = the faster of fp32 and bf16 (where the CPU or "
+        "GPU computes bf16 natively), timed on the first batch; without --channels-last / --no-channels-last "
+        "the faster layout is timed too (default)",
     )
     p.add_argument(
         "--train-device",
@@ -219,6 +222,19 @@ def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
         action="store_true",
         help="torch.compile the models being trained and distilled from: a few minutes to compile, then faster "
         "steps (see docs/benchmarks.md, make bench-finetune); for runs of several epochs",
+    )
+    p.add_argument(
+        "--recalibrate",
+        type=count,
+        default=d.recalibrate,
+        help="training images that re-estimate the BatchNorm statistics of the pruned model before the first step "
+        f"(default {d.recalibrate}; 0 = off)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=finite_float,
+        default=d.warmup,
+        help=f"epochs of linear learning-rate warm-up before the cosine decay (default {d.warmup:g})",
     )
     p.add_argument("--seed", type=int, default=0)
 

@@ -47,10 +47,19 @@ def _spec(a):
 
 def _ft_config(a):
 
-    if a.epochs < 1 or a.batch_size < 1 or not 0 < a.lr < math.inf or not 0 <= a.distill <= 1 or a.train_limit < 0:
+    if (
+        a.epochs < 1
+        or a.batch_size < 1
+        or not 0 < a.lr < math.inf
+        or not 0 <= a.distill <= 1
+        or a.train_limit < 0
+        or a.recalibrate < 0
+        or not 0 <= a.warmup <= a.epochs
+    ):
         raise TrtpruneError(
             "fine-tuning settings out of range",
-            fix="use --epochs >= 1, --batch-size >= 1, a finite --lr > 0, --distill in [0, 1] and --train-limit >= 0",
+            fix="use --epochs >= 1, --batch-size >= 1, a finite --lr > 0, --distill in [0, 1], --train-limit >= 0, "
+            "--recalibrate >= 0 and --warmup between 0 and --epochs",
         )
     return FinetuneConfig(
         epochs=a.epochs,
@@ -58,11 +67,13 @@ def _ft_config(a):
         lr=a.lr,
         distill=a.distill,
         train_limit=a.train_limit,
-        channels_last=not a.no_channels_last,
+        channels_last=False if a.no_channels_last else (True if a.channels_last else None),
         precision=a.precision,
         train_device=a.train_device,
         compile=a.compile,
         seed=a.seed,
+        recalibrate=a.recalibrate,
+        warmup=a.warmup,
     )
 
 

@@ -44,7 +44,12 @@ def stage_report(run) -> dict:
         "device": device_info,
         "eval": {"split": "test", "images": len(test), "data": test.name},
         "method": json.loads(run.path("plan.json").read_text()),
-        "finetune": {**run.cfg.finetune.__dict__, "records": read_checkpoint(run.path("model.pt")).get("records")},
+        "finetune": {
+            **run.cfg.finetune.__dict__,
+            "records": read_checkpoint(run.path("model.pt")).get("records"),
+            # top-1 right after pruning and after re-estimating BatchNorm, before the first step
+            "recovery": read_checkpoint(run.path("model.pt")).get("recovery"),
+        },
     }
     for role, model in (("baseline", base_model), ("pruned", pruned_model)):
         report[role] = {
@@ -118,6 +123,16 @@ def _method(m: dict) -> str:
     )
 
 
+def _recovery_line(ft: dict) -> str:
+    """Top-1 from pruning to the last epoch: as pruned, after BatchNorm recalibration, per epoch."""
+    rec = ft["recovery"]
+    steps = [f"{rec['top1_pruned']:.2f} % as pruned"] if "top1_pruned" in rec else []
+    if rec.get("recalibrated_images") and "top1" in rec:
+        steps.append(f"{rec['top1']:.2f} % after re-estimating BatchNorm on {rec['recalibrated_images']:,} images")
+    steps += [f"{x['top1']:.2f} % after epoch {x['epoch']}" for x in ft.get("records") or [] if "top1" in x]
+    return "Recovery (top-1 on the evaluation images): " + " -> ".join(steps) + "."
+
+
 def markdown(r: dict) -> str:
     d, b, p, m = r["device"], r["baseline"], r["pruned"], r["method"]
     engine = f"{d.get('engine', d['backend'])} {d.get('engine_version', '')}"
@@ -148,6 +163,7 @@ def markdown(r: dict) -> str:
         f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
+        *([_recovery_line(r["finetune"]), ""] if r["finetune"].get("recovery") else []),
         *([budget_line(r), ""] if r.get("budget") else []),
         f"Deployable model: `{r['engine']}`.",
         "",

@@ -22,6 +22,41 @@ def test_cosine_schedule():
     assert cosine_lr(100, 100, 0.1) == pytest.approx(0.0)
 
 
+def test_warm_up_rises_linearly_then_the_cosine_decays_over_the_rest():
+    assert [cosine_lr(s, 110, 0.1, warmup=10) for s in (0, 4, 9)] == pytest.approx([0.01, 0.05, 0.1])
+    assert cosine_lr(10, 110, 0.1, warmup=10) == pytest.approx(0.1)
+    assert cosine_lr(60, 110, 0.1, warmup=10) == pytest.approx(0.05)
+    assert cosine_lr(110, 110, 0.1, warmup=10) == pytest.approx(0.0)
+
+
+def test_batchnorm_is_re_estimated_before_the_first_step_and_the_recovery_kept(pruned_r20, tmp_path):
+    """Statistics that do not fit the data (as after pruning) are replaced by the data's before training; the top-1
+    before and after is kept in the checkpoint, and a resumed run keeps the first run's figures."""
+    model, history = pruned_r20
+    train, test = synthetic_cifar10(300, 1), synthetic_cifar10(128, 2)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.fill_(50.0)  # far from any activation of these images
+        bn.running_var.fill_(1e-4)
+    with torch.no_grad():
+        wrong = model.eval()(torch.randn(4, 3, 32, 32))
+    ckpt = tmp_path / "ft.pt"
+    cfg = FinetuneConfig(epochs=1, batch_size=64, lr=1e-9, recalibrate=200)  # a step that changes nothing
+    args = (train, test, IMAGENET_MEAN, IMAGENET_STD)
+    finetune(model, *args, cfg, checkpoint=ckpt, base_model="resnet20", history=history)
+    rec = read_checkpoint(ckpt)["recovery"]
+    assert rec["recalibrated_images"] == 200 and 0 <= rec["top1_pruned"] <= 100 and 0 <= rec["top1"] <= 100
+    assert all(float(bn.running_mean.abs().max()) < 50.0 for bn in bns)  # re-estimated from the images
+    with torch.no_grad():
+        assert not torch.allclose(model(torch.randn(4, 3, 32, 32)), wrong)
+    again = FinetuneConfig(**{**cfg.__dict__, "epochs": 2})
+    finetune(model, *args, again, checkpoint=ckpt, base_model="resnet20", history=history)
+    assert read_checkpoint(ckpt)["recovery"] == rec  # resumed: not measured again
+    off = FinetuneConfig(**{**cfg.__dict__, "recalibrate": 0})
+    finetune(model, *args, off, checkpoint=tmp_path / "off.pt", base_model="resnet20", history=history)
+    assert read_checkpoint(tmp_path / "off.pt")["recovery"]["recalibrated_images"] == 0
+
+
 def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
     a = torch.randn(8, 10)
     assert float(distillation_loss(a, a, 4.0)) == pytest.approx(0.0, abs=1e-6)
@@ -296,7 +331,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
             return output * float("nan") if calls > 2 else output
 
     model.register_forward_hook(poison)
-    cfg = FinetuneConfig(epochs=2, batch_size=4, precision="fp32", train_device="cpu")
+    cfg = FinetuneConfig(epochs=2, batch_size=4, precision="fp32", train_device="cpu", channels_last=False)
     ckpt = tmp_path / "ft.pt"
     with pytest.raises(TrtpruneError, match=r"the training loss became nan at step 3 \(epoch 2/2\)") as e:
         finetune(model, synthetic_cifar10(8, 1), synthetic_cifar10(4, 2), IMAGENET_MEAN, IMAGENET_STD, cfg,
@@ -331,10 +366,28 @@ def test_distillation_reads_the_teacher_on_every_batch(tmp_path):
         None,
         IMAGENET_MEAN,
         IMAGENET_STD,
-        FinetuneConfig(epochs=1, batch_size=32, lr=0.01, distill=0.5, precision="fp32"),
+        FinetuneConfig(epochs=1, batch_size=32, lr=0.01, distill=0.5, precision="fp32", channels_last=True),
         checkpoint=tmp_path / "kd.pt",
         base_model="x",
         history=[],
         teacher=Teacher(),
     )
     assert len(seen) == 3 and not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+
+def test_the_fastest_setting_is_timed_on_the_model_and_changes_nothing_else(pruned_r20, monkeypatch):
+    from trtprune.training import speed
+
+    model, _ = pruned_r20
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    candidates = [speed.Setting(False, None), speed.Setting(True, None)]
+    best, ms = speed.fastest_setting(model, None, x, y, candidates, torch.device("cpu"))
+    assert best in candidates and set(ms) == {"NCHW fp32", "NHWC fp32"} and all(v > 0 for v in ms.values())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics and weights untouched
+    assert all(p.grad is None for p in model.parameters())
+    fake = {"NCHW fp32": [0.9, 0.3, 0.3, 0.3], "NHWC fp32": [0.1, 0.5, 0.4, 0.6]}  # warm-up, then 3 rounds
+    monkeypatch.setattr(speed, "_step", lambda m, t, xb, yb, s, d: fake[s.name].pop(0))
+    best, ms = speed.fastest_setting(model, None, x, y, candidates, torch.device("cpu"))
+    assert best.name == "NCHW fp32" and ms == pytest.approx({"NCHW fp32": 300.0, "NHWC fp32": 500.0})

@@ -41,12 +41,17 @@ from trtprune.metrics import check_outputs
 from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_state, read_checkpoint, save_pruned
 from trtprune.training import distributed as DI
+from trtprune.training.proxy import recalibrate_bn
+from trtprune.training.speed import Setting, fastest_setting
 
 log = logging.getLogger(__name__)
 
 
-def cosine_lr(step: int, total: int, peak: float) -> float:
-    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+def cosine_lr(step: int, total: int, peak: float, warmup: int = 0) -> float:
+    """Linear warm-up from 0 over the first ``warmup`` steps, then cosine decay from ``peak`` to 0 at ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step - warmup, total - warmup) / max(total - warmup, 1)))
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -61,6 +66,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 # Settings that shape the optimisation trajectory: a resumed run must use the same ones.
 _RESUME_KEYS = ("batch_size", "lr", "momentum", "weight_decay", "distill", "temperature", "train_limit", "seed")
+_RESUME_DEFAULTS = {"warmup": 0.0}  # settings added later: a checkpoint without them had their default
 
 
 def training_device(requested: str = "auto") -> torch.device:
@@ -124,7 +130,12 @@ def _check_resumable(ckpt: dict, cfg: FinetuneConfig, path: Path) -> None:
             fix="resume only from a checkpoint written by trtprune finetune, or choose another -o",
         )
     saved = ckpt.get("finetune", {})
-    changed = [f"{k} {saved.get(k)} -> {getattr(cfg, k)}" for k in _RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+    keys = (*_RESUME_KEYS, *_RESUME_DEFAULTS)
+    changed = [
+        f"{k} {saved.get(k, _RESUME_DEFAULTS.get(k))} -> {getattr(cfg, k)}"
+        for k in keys
+        if saved.get(k, _RESUME_DEFAULTS.get(k)) != getattr(cfg, k)
+    ]
     if changed:
         raise TrtpruneError(
             f"'{path}' was fine-tuned with other settings: {', '.join(changed)}",
@@ -153,6 +164,47 @@ def _stop_diverged(loss: float, step: int, epoch: int, cfg: FinetuneConfig, chec
     )
 
 
+def _setting(model, teacher, train, mean, std, cfg: FinetuneConfig, device, size: int) -> Setting:
+    """Memory layout and arithmetic: the ones asked for, or where left to ``auto`` the fastest of the choices
+    timed on the first training batch (:mod:`trtprune.training.speed`). A process group, or ``--compile``
+    (whose first steps compile), takes channels-last and the native arithmetic without timing."""
+    native = autocast_dtype(cfg.precision, device)
+    layouts = [cfg.channels_last] if cfg.channels_last is not None else [False, True]
+    amps = [None, native] if cfg.precision == "auto" and native is not None else [native]
+    if size > 1 or cfg.compile:
+        return Setting(True if cfg.channels_last is None else cfg.channels_last, native)
+    candidates = [Setting(layout, amp) for layout in layouts for amp in amps]
+    if len(candidates) == 1:
+        return candidates[0]
+    xb, yb = next(iter(train.batches(cfg.batch_size, mean, std, shuffle=True, augment=True, seed=cfg.seed)))
+    return fastest_setting(model, teacher, xb, yb, candidates, device)[0]
+
+
+def _recover(model, train, test, mean, std, cfg: FinetuneConfig, device, fmt) -> dict:
+    """Before the first step: top-1 of the pruned model as it is, then after re-estimating its BatchNorm
+    statistics on ``cfg.recalibrate`` training images (the same images in every process of a group, so every
+    process holds the same statistics). Kept in the checkpoint as ``recovery``."""
+    record: dict = {"recalibrated_images": 0}
+    if test is not None:
+        record["top1_pruned"] = DI.top1(model, test, mean, std)
+    if cfg.recalibrate > 0 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        images = train.take(0, min(cfg.recalibrate, len(train)))
+        batch = min(100, len(images))
+        with torch.autocast(device.type, enabled=False):
+            recalibrate_bn(model, images, mean, std, batches=-(-len(images) // batch), batch_size=batch, seed=cfg.seed,
+                           device=device, memory_format=fmt)  # fmt: skip
+        record["recalibrated_images"] = len(images)
+    if test is not None:
+        record["top1"] = DI.top1(model, test, mean, std) if record["recalibrated_images"] else record["top1_pruned"]
+        log.info(
+            "recovery | top-1 %.2f %% as pruned, %.2f %% after re-estimating BatchNorm on %d training images",
+            record["top1_pruned"],
+            record["top1"],
+            record["recalibrated_images"],
+        )
+    return record
+
+
 def finetune(
     model: nn.Module,
     train,
@@ -168,6 +220,8 @@ def finetune(
     resume: bool = True,
 ) -> list[dict]:
     """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds).
+    Before the first step the BatchNorm statistics are re-estimated (``cfg.recalibrate``); the top-1 before and
+    after that is logged and kept in the checkpoint (``recovery``).
 
     ``train`` and ``test`` (None: no evaluation) are :class:`~trtprune.sources.images.Images`, ``(x, y)`` uint8
     NHWC arrays or loaders of ``(x, y)`` batches (used as given: ``mean``/``std`` and the augmentation are then
@@ -181,9 +235,14 @@ def finetune(
     train = as_images(train).limit(cfg.train_limit)
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     device = training_device(cfg.train_device)
-    model.to(device=device, memory_format=fmt)  # before the optimizer: its state follows the parameters
+    model.to(device=device)
+    if cfg.distill > 0:
+        assert teacher is not None, "distillation needs a teacher"
+        teacher.eval().to(device=device)
+    setting = _setting(model, teacher if cfg.distill > 0 else None, train, mean, std, cfg, device, size)
+    fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)  # before the optimizer: its state follows the parameters
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
     )
@@ -203,12 +262,16 @@ def finetune(
         f"the checkpoint at '{checkpoint}' to resume",
         fix="put -o on a filesystem that every node reads, so that all processes resume from the same checkpoint",
     )
-    amp = autocast_dtype(cfg.precision, device)
-    log.info("training on %s, arithmetic: %s", device, "bf16 autocast" if amp else "fp32")
+    recovery = ckpt.get("recovery") if start_epoch else _recover(model, train, test, mean, std, cfg, device, fmt)
+    amp = setting.amp
+    log.info(
+        "training on %s, %s autocast" if amp else "training on %s, %s",
+        device,
+        setting.name,
+    )
     soft_targets = teacher
     if cfg.distill > 0:
-        assert teacher is not None, "distillation needs a teacher"
-        teacher.eval().to(device=device, memory_format=fmt)
+        teacher.to(memory_format=fmt)
         soft_targets = compiled(teacher) if cfg.compile else teacher
     with contextlib.ExitStack() as stack:
         net = model
@@ -236,7 +299,7 @@ def finetune(
                 unit="batch",
             )
             for xb, yb in bar:  # the global batch, the same in every process
-                lr = cosine_lr(step, total_steps, cfg.lr)
+                lr = cosine_lr(step, total_steps, cfg.lr, round(cfg.warmup * steps_per_epoch))
                 for g in opt.param_groups:
                     g["lr"] = lr
                 # this process's slice; its mean loss is weighted by its share of the global batch (times N, as
@@ -289,6 +352,8 @@ def finetune(
                     step=step,
                     finetune=asdict(cfg),
                     records=records,
+                    recovery=recovery,
+                    setting=setting.name,
                 )
             log.info(
                 "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",

@@ -32,6 +32,8 @@ def recalibrate_bn(
     batches: int = CALIBRATION_BATCHES,
     batch_size: int = 100,
     seed: int = 0,
+    device: torch.device | str = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> None:
     """Re-estimate every BN's running mean and variance (cumulative average) from ``batches`` batches."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -45,7 +47,7 @@ def recalibrate_bn(
             for i, (xb, _) in enumerate(as_images(images).batches(batch_size, mean, std, shuffle=True, seed=seed)):
                 if i >= batches:
                     break
-                model(xb)
+                model(xb.to(device).contiguous(memory_format=memory_format))
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
