@@ -131,7 +131,7 @@ def strongly_typed(version: Version) -> bool:
     return not parses(version, "--fp16")
 
 
-def precision_flags(precision: str, version: Version, dla: bool = False) -> list[str]:
+def precision_flags(precision: str, version: Version) -> list[str]:
     """Builder flags for a weakly typed build (up to 10.x): fp16 and int8 allow, not force; int8 also allows fp16
     for layers without int8 kernels (or without Q/DQ). Strongly typed (11+): none, the model's types decide."""
     if strongly_typed(version):
@@ -156,7 +156,7 @@ def build_argv(
     device, version: Version, onnx: str, save_engine: str, timing_cache: str | None = None, detailed: bool = True
 ) -> list[str]:
     """Build ``onnx`` into ``save_engine`` without running it."""
-    argv = [device.trtexec, f"--onnx={onnx}", *precision_flags(device.precision, version, device.dla_core is not None)]
+    argv = [device.trtexec, f"--onnx={onnx}", *precision_flags(device.precision, version)]
     argv.append(f"--memPoolSize=workspace:{device.workspace_mib}")
     if timing_cache:
         argv.append(f"--timingCacheFile={timing_cache}")
