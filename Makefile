@@ -29,7 +29,7 @@ help:
 	@echo "make bench-profile | bench-lut | bench-search      benchmarks (figures in docs/benchmarks.md)"
 	@echo "make bench-fleet                                   profiling wall time with 1 and 2 Ray workers"
 	@echo "make bench-confirm                                 spread of a whole-network ratio by rounds per run"
-	@echo "make bench-finetune                                seconds per fine-tuning step, eager and --compile"
+	@echo "make bench-finetune [FINETUNE_ARGS=--settings]     seconds per fine-tuning step: eager vs --compile, or per layout/arithmetic"
 	@echo "make bench-shapes                                  ResNet-18 / MobileNetV2 at 3x224x224 searched at 0.5x"
 	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
 	@echo "make lint | format | clean"
@@ -61,7 +61,7 @@ bench-confirm: setup
 	$(BIN)/python bench/bench_confirm.py --device $(DEVICE)
 
 bench-finetune: setup
-	$(BIN)/python bench/bench_finetune.py
+	$(BIN)/python bench/bench_finetune.py $(FINETUNE_ARGS)
 
 bench-fleet: setup
 	$(BIN)/python bench/bench_fleet.py

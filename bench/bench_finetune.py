@@ -1,4 +1,10 @@
-"""make bench-finetune: wall time of a fine-tuning step, eager and with --compile (torch.compile).
+"""make bench-finetune: wall time of a fine-tuning step, eager and with --compile (torch.compile); with
+``--settings``, the step time of every memory layout and arithmetic this host offers.
+
+``--settings``: the same pruned ResNet-56 and teacher at batch 128, each setting (NCHW / channels-last, fp32 /
+bf16 autocast where native) timed for ``--rounds`` steps interleaved round by round (as trtprune's fine-tuning
+does on its first batch to pick one, with 3 rounds). One row per host in bench/results/finetune_settings.json,
+kept across runs and machines (a host's row is replaced by its newer one).
 
 ResNet-56 (published weights) pruned uniformly (37 % of every group, about as many channels as the 0.5x
 plans keep), fine-tuned as bench-search does it (batch 128, distillation 0.5 from the unpruned model, the
@@ -12,6 +18,7 @@ CIFAR-10, and how far the two runs' losses agree. Writes bench/results/finetune.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +29,7 @@ from trtprune.log import setup
 from trtprune.provenance import provenance
 from trtprune.pruning.prune import GroupPruner, uniform_plan
 from trtprune.sources.datasets import load_split
+from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_model, resolve_weights
 from trtprune.training.finetune import autocast_dtype, finetune
 
@@ -57,13 +65,52 @@ def one_run(cfg: FinetuneConfig, weights, train, work: Path) -> dict:
     }
 
 
+def settings_row(weights, train, rounds: int) -> dict:
+    import torch
+
+    from trtprune.training import speed
+
+    model, spec = load_model("resnet56", weights)
+    pruner = GroupPruner(model, spec.input_shape)
+    pruner.prune_to(uniform_plan(pruner.groups(), 0.37))
+    teacher, _ = load_model("resnet56", weights)
+    teacher.eval()
+    images = as_images(train)
+    x, y = next(iter(images.batches(128, spec.mean, spec.std, shuffle=True, augment=True, seed=0)))
+    native = autocast_dtype("auto") is not None
+    best, ms = speed.fastest_setting(model, teacher, x, y, speed.candidates(native), torch.device("cpu"), rounds)
+    p = provenance("make bench-finetune FINETUNE_ARGS=--settings")
+    return {
+        "host": p["machine"]["cpu"],
+        "isa": p["machine"]["isa"],
+        "threads": torch.get_num_threads(),
+        "batch": 128,
+        "rounds": rounds,
+        "ms_per_step": ms,
+        "fastest": best.name,
+        "commit": p["commit"],
+        "date": p["date"],
+    }
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=6480, help="images per epoch (default 6480: 50 batches + 80)")
     ap.add_argument("--data")
     ap.add_argument("--out", type=Path, default=Path("bench/results/finetune.json"))
+    ap.add_argument("--settings", action="store_true", help="time every layout and arithmetic instead")
+    ap.add_argument("--rounds", type=int, default=10, help="timed steps per setting with --settings (default 10)")
     a = ap.parse_args(argv)
     setup(0)
+    if a.settings:
+        out = Path("bench/results/finetune_settings.json")
+        row = settings_row(resolve_weights("resnet56", None, a.data), load_split(a.data, "train"), a.rounds)
+        rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+        rows = [r for r in rows if (r["host"], r["isa"]) != (row["host"], row["isa"])] + [row]
+        write_json(out, {"rows": rows})
+        print(", ".join(f"{n} {v:.0f} ms" for n, v in row["ms_per_step"].items()) + f" per step: {row['fastest']}")
+        print(f"wrote {out}")
+        return 0
     weights = resolve_weights("resnet56", None, a.data)
     train = load_split(a.data, "train")
     cfg = FinetuneConfig(epochs=2, distill=0.5, train_limit=a.images)

@@ -61,6 +61,7 @@ def fastest_setting(
     y: torch.Tensor,
     candidates: list[Setting],
     device: torch.device,
+    rounds: int = ROUNDS,
 ) -> tuple[Setting, dict[str, float]]:
     """The candidate with the lowest median step on the batch ``(x, y)``; and every candidate's ms per step."""
     if len(candidates) == 1:
@@ -70,7 +71,7 @@ def fastest_setting(
     times: dict[Setting, list[float]] = {c: [] for c in candidates}
     model.train()
     try:
-        for r in range(ROUNDS + 1):
+        for r in range(rounds + 1):
             for c in candidates:
                 fmt = torch.channels_last if c.channels_last else torch.contiguous_format
                 model.to(memory_format=fmt)
@@ -88,6 +89,12 @@ def fastest_setting(
         best.name,
         ms[best.name],
         ", ".join(f"{n} {v:.0f}" for n, v in ms.items() if n != best.name),
-        ROUNDS,
+        rounds,
     )
     return best, ms
+
+
+def candidates(native_bf16: bool) -> list[Setting]:
+    """Every layout, with fp32 and (where the hardware has it natively) bf16 autocast."""
+    amps = [None, torch.bfloat16] if native_bf16 else [None]
+    return [Setting(layout, amp) for layout in (False, True) for amp in amps]
