@@ -20,6 +20,8 @@ import textwrap
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "trtexec"
+REPO = Path(__file__).resolve().parents[2]
+DEVICE_PYTHON = "device-python"  # the devices' python in these tests: the real timer on the fake runtime
 VERSIONS = ("8.5.2", "8.6.1", "10.3.0", "10.16", "11.1")
 BUILD_LOG = "trt10.3_rtxa5000_resnet50_onnx_build_and_perf.txt"
 TIMES = "trt8.4era_rtx3090_resnet50_b32_fp32_exportTimes.json"
@@ -103,7 +105,10 @@ while argv[0] == "-o":
     argv = argv[2:]
 host, dashdash, command = argv
 assert dashdash == "--"
-sys.exit(subprocess.run(["sh", "-c", command]).returncode)  # what sshd does with the command string
+# what sshd does with the command string; FAKE_SSH_SETSID: in a session of its own, as a remote process is
+# (killing the local ssh's process group then leaves it running, unless its stdin reaches end-of-file)
+argv = ["setsid", "sh", "-c", command] if os.environ.get("FAKE_SSH_SETSID") else ["sh", "-c", command]
+sys.exit(subprocess.run(argv).returncode)
 """
 
 FAKE_SCP = """
@@ -149,6 +154,8 @@ def install(bin_dir: Path, tmp_path: Path, monkeypatch, version: str = "10.3.0")
     script(bin_dir / "trtexec", body)
     script(bin_dir / "nvidia-smi", FAKE_NVIDIA_SMI)
     script(bin_dir / "nvpmodel", FAKE_NVPMODEL)
+    script(bin_dir / "device-python", f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+           "from tests.latency.fake_device import run\nsys.exit(run(sys.argv[1], sys.argv[2]))\n")  # fmt: skip
     script(bin_dir / "ssh", FAKE_SSH)
     script(bin_dir / "scp", FAKE_SCP)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -156,13 +163,15 @@ def install(bin_dir: Path, tmp_path: Path, monkeypatch, version: str = "10.3.0")
     monkeypatch.setenv("FAKE_TRT_VERSION", version)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "trtexec.log"))
     monkeypatch.setenv("FAKE_SSH_LOG", str(tmp_path / "ssh.log"))
+    monkeypatch.setenv("FAKE_TIMER_LOG", str(tmp_path / "timer.log"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the timing caches of these tests stay here
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("ORIN_HOST", raising=False)
 
 
 def calls(tmp_path: Path, which: str = "trtexec") -> list:
-    """The fake's log: for trtexec, one record per call ({"argv", and for builds "sha256", "opset", ...})."""
+    """The fake's log: for trtexec, one record per call ({"argv", and for builds "sha256", "opset", ...}); for
+    timer, one per run of the resident timer ({"pid", "deserialized", "captured", "request"})."""
     log = tmp_path / f"{which}.log"
     return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
 

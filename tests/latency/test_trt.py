@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import statistics
 import sys
 import textwrap
 from dataclasses import replace
@@ -54,7 +53,7 @@ def _fixture_compute_ms() -> list[float]:
     return [r["computeMs"] for r in json.loads((FIXTURES / TIMES).read_text())]
 
 
-GPU = replace(DEVICES["gpu"], trtexec="trtexec", timeout_s=20)
+GPU = replace(DEVICES["gpu"], trtexec="trtexec", timeout_s=20, python=fakes.DEVICE_PYTHON)
 
 
 @needs_fixtures
@@ -66,14 +65,22 @@ def test_trt_backend_builds_once_times_interleaved_and_delivers_a_plan(fake_tool
         backend.compare(two_onnx, rounds=1)
         plan = backend.build(two_onnx[0], tmp_path / "engines" / "m.plan")
         info = backend.info()
-    expected = statistics.median(_fixture_compute_ms() * 3)  # three bursts of the replayed records
-    assert [t.median_ms for t in timings] == pytest.approx([expected, expected])
-    assert timings[0].n == 3 * len(_fixture_compute_ms())
+    import onnx
+
+    from trtprune.latency.fake import model_ms
+
+    # the fake runtime's latency of each model, as the resident timer read it from the (fake) CUDA events
+    expected = [model_ms(onnx.load(str(m))) for m in two_onnx]
+    assert [t.median_ms for t in timings] == pytest.approx(expected, rel=1e-6)
+    assert timings[0].n == 3 * 50
     calls = fake_tools()
     builds = [c for c in calls if any(a.startswith("--onnx=") for a in c)]
     assert len(builds) == 2  # one build per model, however often it is timed
-    assert sum(any(a.startswith("--loadEngine") for a in c) for c in calls) == 3 * 2 + 2
-    assert plan.read_bytes().startswith(b"PLAN") and info["tensorrt"] == "10.3.0" and info["via"] == "trtexec"
+    assert not any(any(a.startswith("--loadEngine") for a in c) for c in calls)  # timing is the timer's
+    runs = fakes.calls(tmp_path, "timer")
+    assert len(runs) == 2  # one timer run per batch (two compare calls), not one per model per round
+    assert all(r["deserialized"] == 2 and r["captured"] == 2 for r in runs)  # each engine loaded once per batch
+    assert plan.read_bytes().startswith(b"PLAN") and info["tensorrt"] == "10.3.0" and info["timer_gpu"]
     assert not workdir.exists()  # the engines and exports of the session are removed on close
     assert not (tmp_path / "PWNED").exists()
 
@@ -121,12 +128,24 @@ def test_ssh_backend_end_to_end_with_quoting_host_keys_and_cleanup(fake_tools, t
     monkeypatch.setenv("ORIN_HOST", "ubuntu@jetson")
     device = get_device("orin")
     assert device.backend == "ssh" and device.host == "ubuntu@jetson"
-    with get_backend(replace(device, timeout_s=20)) as backend:
+    no_trt = pytest.raises(TrtpruneError, match="TensorRT's Python bindings do not import")  # python3 here
+    with no_trt as e, get_backend(replace(device, timeout_s=20)) as backend:
+        backend.compare(two_onnx[:1], rounds=1, iterations=5)
+    assert "python3-libnvinfer" in str(e.value)
+    with get_backend(replace(device, timeout_s=20, python=fakes.DEVICE_PYTHON)) as backend:
         remote_dir = backend.runner.workdir
-        timings = backend.compare(two_onnx, rounds=2, iterations=20)
+        timings = backend.compare(two_onnx, rounds=20, iterations=20)
         plan = backend.build(two_onnx[1], tmp_path / "orin.plan")
         assert backend.key().startswith("trt-10.3.0|NVIDIA RTX A5000|gpu|fp16|b1")
-    assert timings[1].median_ms == pytest.approx(statistics.median(_fixture_compute_ms()))
+    import onnx
+
+    from trtprune.latency.fake import model_ms
+
+    assert timings[1].median_ms == pytest.approx(model_ms(onnx.load(str(two_onnx[1]))), rel=1e-6)
+    runs = fakes.calls(tmp_path, "timer")
+    assert len(runs) == 1 and runs[0]["request"]["rounds"] == 20  # 20 rounds of 2 models: one timer start
+    launches = [c for c in fake_tools("ssh") if c[0] != "scp" and c[-1].startswith(fakes.DEVICE_PYTHON)]
+    assert len(launches) == 1  # over ssh too: one remote process per batch (trtexec: 2 x 20 = 40 launches)
     assert plan.read_bytes().startswith(b"PLAN")
     assert not Path(remote_dir).exists() and not (tmp_path / "PWNED").exists()
     ssh_calls = [c for c in fake_tools("ssh") if c[0] != "scp"]
@@ -142,7 +161,7 @@ def test_ssh_backend_end_to_end_with_quoting_host_keys_and_cleanup(fake_tools, t
 @needs_fixtures
 def test_ssh_failures_are_clear(fake_tools, two_onnx, monkeypatch):
     monkeypatch.setenv("FAKE_SSH_DOWN", "1")
-    device = replace(DEVICES["orin"], backend="ssh", host="ubuntu@jetson", timeout_s=20)
+    device = replace(DEVICES["orin"], backend="ssh", host="ubuntu@jetson", timeout_s=20, python=fakes.DEVICE_PYTHON)
     with pytest.raises(TrtpruneError, match="ssh could not reach ubuntu@jetson"), get_backend(device) as b:
         b.measure(two_onnx[0])
     monkeypatch.setenv("ORIN_HOST", "-oProxyCommand=touch PWNED")

@@ -16,7 +16,8 @@ User devices come from a TOML file, ``$TRTPRUNE_DEVICES`` or ``~/.config/trtprun
     dla_core = 0                  # optional: build for DLA core 0 ...
     gpu_fallback = true           # ... with layers DLA cannot run on the GPU (--allowGPUFallback)
     trtexec = "/usr/src/tensorrt/bin/trtexec"
-    timeout_s = 1800              # one trtexec call (builds on a Nano take minutes)
+    timeout_s = 1800              # one trtexec call (builds on a small board take minutes)
+    python = "python3"            # the device's Python with TensorRT's bindings, for the resident timer
     description = "Orin NX on the lab bench"
 """
 
@@ -52,6 +53,7 @@ class Device:
     gpu_fallback: bool = True  # with dla_core: run what DLA cannot on the GPU
     trtexec: str = "trtexec"  # path or name of trtexec on the machine that runs it
     timeout_s: float = 1800.0  # one trtexec or ssh call
+    python: str = "python3"  # the device's Python with TensorRT's bindings: runs the resident timer
 
     @property
     def engine_suffix(self) -> str:

@@ -8,12 +8,16 @@ with :func:`shlex.quote` for the remote shell, keeps host-key checking on, never
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
@@ -27,8 +31,9 @@ _REMOTE_DIR = re.compile(r"^/[A-Za-z0-9._/-]+$")
 
 
 class Result:
-    def __init__(self, returncode: int, output: str):
+    def __init__(self, returncode: int, output: str, stdout: str | None = None):
         self.returncode, self.output = returncode, output
+        self.stdout = output if stdout is None else stdout  # stdout alone, where it carries data
 
 
 class LocalRunner:
@@ -48,6 +53,10 @@ class LocalRunner:
 
     def run(self, argv: list[str], timeout_s: float | None = None) -> Result:
         return _run(argv, timeout_s or self.timeout_s, f"{argv[0]} on {self.where}")
+
+    def run_held(self, argv: list[str], timeout_s: float | None = None) -> Result:
+        """Run ``argv`` with its stdin held open until it ends (see :func:`_run_held`)."""
+        return _run_held(argv, timeout_s or self.timeout_s, f"{argv[0]} on {self.where}")
 
     def put(self, local: Path, name: str) -> str:
         dst = Path(self.workdir) / name
@@ -94,6 +103,9 @@ class SshRunner(LocalRunner):
 
     def run(self, argv: list[str], timeout_s: float | None = None) -> Result:
         return _run(self._remote(argv), timeout_s or self.timeout_s, f"{argv[0]} on {self.host}")
+
+    def run_held(self, argv: list[str], timeout_s: float | None = None) -> Result:
+        return _run_held(self._remote(argv), timeout_s or self.timeout_s, f"{argv[0]} on {self.host}")
 
     def put(self, local: Path, name: str) -> str:
         remote = f"{self.workdir}/{_safe(name)}"
@@ -148,3 +160,59 @@ def _run(argv: list[str], timeout_s: float, what: str) -> Result:
             fix="check 'ssh <host> true' works without a password prompt and the host key is in known_hosts",
         )
     return Result(p.returncode, p.stdout + p.stderr)
+
+
+def _run_held(argv: list[str], timeout_s: float, what: str) -> Result:
+    """Run ``argv`` in its own process group with a stdin pipe that stays open until it ends. A program that
+    exits at end-of-file on stdin (the device timer) thus stops when this process dies, and so does a remote one
+    behind ``ssh`` (which forwards the end-of-file). On a timeout or an interrupt the whole group is killed."""
+    log.debug("run | %s", shlex.join(argv))
+    try:
+        p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise TrtpruneError(f"'{argv[0]}' is not installed", fix=f"install {argv[0]} or put it on PATH") from None
+    out: list[str] = []
+    err: list[str] = []
+    readers = [
+        threading.Thread(target=lambda f, acc: acc.append(f.read()), args=pair)
+        for pair in ((p.stdout, out), (p.stderr, err))
+    ]
+    for t in readers:
+        t.start()
+    try:
+        p.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(p)
+        raise TrtpruneError(
+            f"{what} did not finish within {timeout_s:.0f} s",
+            fix="check that the device is reachable and idle, or raise timeout_s in the device file",
+        ) from None
+    except BaseException:
+        _kill_group(p)
+        raise
+    finally:
+        if p.stdin:
+            p.stdin.close()
+        for t in readers:
+            t.join(timeout=10)
+    stdout, stderr = "".join(out), "".join(err)
+    if p.returncode == 255 and argv[0] == "ssh":
+        raise TrtpruneError(
+            f"ssh could not reach {argv[-3]}: {stderr.strip()[-300:]}",
+            fix="check 'ssh <host> true' works without a password prompt and the host key is in known_hosts",
+        )
+    return Result(p.returncode, stdout + stderr, stdout)
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()

@@ -11,7 +11,6 @@ from trtprune.latency.trt import TrtBackend
 
 class SshBackend(TrtBackend):
     name = "ssh"
-    python_api = False  # this machine's tensorrt would time this machine's GPU, not the device
     visible_devices = "0"  # this machine's CUDA_VISIBLE_DEVICES says nothing about the device's GPUs
 
     def _make_runner(self):

@@ -1,12 +1,12 @@
-"""TensorRT: build engines and time them with ``trtexec`` (here or on a Jetson over SSH), or with the
-TensorRT Python API when ``tensorrt`` imports and ``trtexec`` is absent.
+"""TensorRT: engines built by ``trtexec`` and timed by the resident timer, here or on a Jetson over SSH.
 
-Engines are built on the device they run on, once per ONNX model and settings (cached by content in
-the runner's folder, with a TensorRT timing cache shared by all builds of a session). Timing follows
-NVIDIA's guidance for stable numbers (TensorRT docs, "Performance Benchmarking using trtexec"): warm-up,
-CUDA graphs to remove launch overhead, no host/device copies, spin-wait; a burst is one ``trtexec
---loadEngine`` run whose per-inference GPU compute times come from ``--exportTimes``. Models are
-interleaved round by round as on every backend, so clock and thermal drift hit them alike.
+Engines are built on the device they run on, once per ONNX model and settings (cached by content in the
+runner's folder; TensorRT's timing cache persists per device key). Timing follows NVIDIA's guidance for
+stable numbers (TensorRT docs, "Performance Benchmarking"): warm-up, CUDA graphs to remove launch overhead,
+no host/device copies, per-inference GPU time between CUDA events. One run of the resident timer
+(:mod:`trtprune.latency.device_timer`) times a whole batch: it loads every engine once and interleaves the
+rounds in seeded random order, so clock and thermal drift hit all models alike. ``trtexec`` also writes the
+per-layer profiles (``--exportProfile``, ``--exportLayerInfo``) and runs single inferences for parity.
 
 Command lines are made per TensorRT version (:mod:`trtprune.latency.trtexec_args`: 8.5, 8.6, 10.x, 11.x,
 read from NVIDIA's sources); the model is rewritten into the form the version builds from
@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import re
 import tempfile
 import time
@@ -30,20 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from trtprune.errors import TrtpruneError
-from trtprune.fsutil import atomic_path
+from trtprune.latency import device_timer
 from trtprune.latency.base import Backend, Burst
 from trtprune.latency.engine_map import group_times
 from trtprune.latency.nvidia_hw import hardware
 from trtprune.latency.runners import LocalRunner
 from trtprune.latency.trt_onnx import device_form
-from trtprune.latency.trtexec import check_output, load_export_profile, load_export_times, load_layer_info, trt_version
+from trtprune.latency.trtexec import check_output, load_export_profile, load_layer_info, trt_version
 from trtprune.latency.trtexec_args import (
     build_argv,
     check_version,
     outputs_argv,
     precision_flags,
     profile_argv,
-    times_argv,
 )
 
 log = logging.getLogger("trtprune.latency")
@@ -65,7 +63,6 @@ class TrtBackend(Backend):
     builds_engines = True
     runs_outputs = True
     deciding_rounds = 5  # each round is one trtexec run (or API timing) of 200 inferences per model
-    python_api = True  # fall back to the tensorrt package where trtexec is absent
 
     def __init__(self, device):
         super().__init__(device)
@@ -77,7 +74,9 @@ class TrtBackend(Backend):
         self._engines: dict[str, str] = {}
         self._digests: dict[tuple[str, int, int], str] = {}  # (file, size, mtime) -> digest
         self._cache: str | None = None  # the timing cache's path where the runner runs
-        self._api = None
+        self._timer_path: str | None = None  # the resident timer, copied where the runner runs
+        self._timer_runs = 0
+        self.timer_gpu = ""  # the GPU the timer found (CUDA's name of device 0 as it sees it)
 
     def _make_runner(self):
         return LocalRunner(self.device.timeout_s)
@@ -86,8 +85,8 @@ class TrtBackend(Backend):
         d = self.device
         host_var = f"{d.name.upper()}_HOST"
         return TrtpruneError(
-            f"device '{d.name}' needs TensorRT: trtexec was not found ('{d.trtexec}', or on PATH) and the tensorrt "
-            "Python package does not import here",
+            f"device '{d.name}' needs TensorRT: trtexec was not found ('{d.trtexec}', on PATH or in "
+            "/usr/src/tensorrt/bin)",
             why="TensorRT engines are built and timed on the NVIDIA GPU or Jetson they run on; trtprune never "
             "estimates a TensorRT latency",
             fix=f"run trtprune on the Jetson or GPU machine (JetPack / the TensorRT container, see docker/), or "
@@ -98,11 +97,7 @@ class TrtBackend(Backend):
         self.runner = self._make_runner()
         found = self._find_trtexec()
         if found is None:
-            self._api = _python_api() if self.python_api else None
-            if self._api is None:
-                raise self._missing()
-            self.version, self.gpu = self._api.version, self._api.gpu
-            return
+            raise self._missing()
         self.trtexec = found
         self.device = dataclasses.replace(self.device, trtexec=found)  # the command lines use what was found
         out = self.runner.run([found, "--help"], timeout_s=120).output
@@ -125,6 +120,7 @@ class TrtBackend(Backend):
         self._engines.clear()
         self._digests.clear()
         self._cache = None
+        self._timer_path = None
 
     def _find_trtexec(self) -> str | None:
         candidates = [self.device.trtexec, "trtexec", "/usr/src/tensorrt/bin/trtexec"]
@@ -199,10 +195,6 @@ class TrtBackend(Backend):
 
     def build(self, model: Path, out: Path) -> Path:
         """Build ``model`` into a TensorRT plan at ``out`` (atomically: a failed build leaves nothing)."""
-        if self._api is not None:
-            with atomic_path(out) as tmp:
-                Path(tmp).write_bytes(self._api.build(Path(model).read_bytes(), self.device))
-            return out
         return self.runner.get(self.engine(model), Path(out))
 
     def _call(self, argv: list[str], what: str) -> str:
@@ -218,40 +210,56 @@ class TrtBackend(Backend):
 
     # -- timing --------------------------------------------------------------------------------------
 
-    def bursts(self, models, *, rounds: int = 5, iterations: int = 200, seed: int = 0, **_ort_only):
-        """``rounds`` interleaved trtexec runs per model, ``iterations`` timed inferences each; the samples
-        are trtexec's per-inference GPU compute times (``computeMs`` of ``--exportTimes``)."""
+    def bursts(self, models, *, rounds: int = 5, iterations: int = 200, seed: int = 0, warmup: int = 20, **_ort_only):
+        """``rounds`` interleaved bursts per model of ``iterations`` timed inferences, in one run of the resident
+        timer on the device (:mod:`trtprune.latency.device_timer`): every engine is loaded once, the rounds are
+        shuffled with ``seed``, and each sample is one inference's GPU time between CUDA events (CUDA graphs)."""
         assert self.active, "use the backend as a context manager"
         if rounds < 1 or iterations < 1:
             raise TrtpruneError(f"rounds={rounds}, iterations={iterations}: both must be at least 1")
-        if self._api is not None:
-            plans = [self._api.build(m if isinstance(m, bytes) else Path(m).read_bytes(), self.device) for m in models]
-            return self._interleave(len(models), rounds, seed, lambda i: self._api.time(plans[i], iterations))
         engines = [self.engine(m) for m in models]
-        return self._interleave(len(models), rounds, seed, lambda i: self._time(engines[i], iterations))
+        request = {
+            "engines": engines,
+            "rounds": rounds,
+            "iterations": iterations,
+            "warmup": warmup,
+            "seed": seed,
+            "dla_core": self.device.dla_core,
+        }
+        response = self._timer(request)
+        t0 = time.perf_counter()
+        return [[Burst(t0 + b["start_s"], [float(x) for x in b["ms"]]) for b in per] for per in response["bursts"]]
 
-    @staticmethod
-    def _interleave(n: int, rounds: int, seed: int, timed) -> list[list[Burst]]:
-        rng, out = random.Random(seed), [[] for _ in range(n)]
-        for _ in range(rounds):
-            order = list(range(n))
-            rng.shuffle(order)
-            for i in order:
-                start = time.perf_counter()
-                out[i].append(Burst(start, timed(i)))
-        return out
-
-    def _time(self, engine: str, iterations: int) -> list[float]:
-
-        times = f"{engine}.times.json"
-        argv = times_argv(self.device, self.version, engine, times, iterations)
-        self._call(argv, f"timing {Path(engine).name}")
+    def _timer(self, request: dict) -> dict:
+        """One run of the resident timer on the device; its JSON response, or the error it reported."""
         with tempfile.TemporaryDirectory() as tmp:
-            records = load_export_times(self.runner.get(times, Path(tmp) / "times.json"))
-        samples = [float(r["computeMs"]) for r in records if "computeMs" in r]
-        if not samples:
-            raise TrtpruneError(f"trtexec wrote no timing records to {times}", fix="check the trtexec version (8.0+)")
-        return samples
+            if self._timer_path is None:
+                self._timer_path = self.runner.put(Path(device_timer.__file__), "device_timer.py")
+            req = Path(tmp) / "request.json"
+            req.write_text(json.dumps(request))
+            remote_req = self.runner.put(req, f"request-{self._timer_runs}.json")
+        self._timer_runs += 1
+        t0 = time.perf_counter()
+        r = self.runner.run_held([self.device.python, self._timer_path, remote_req])
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        try:
+            response = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            raise TrtpruneError(
+                f"the timer on {self.runner.where} gave no result (exit status {r.returncode}): "
+                f"{r.output.strip()[-300:]}",
+                fix=f"check that '{self.device.python}' runs there (set python in the device file otherwise)",
+            ) from None
+        if "error" in response:
+            raise TrtpruneError(
+                f"timing on {self.runner.where} failed: {response['error']}",
+                fix="the message says what is missing; the timer needs the device's CUDA runtime and TensorRT's "
+                "Python bindings (JetPack: python3-libnvinfer), matching the TensorRT of trtexec",
+            )
+        log.debug("trt | timer | %d engines x %d rounds | %.1f s", len(request["engines"]), request["rounds"],
+                  time.perf_counter() - t0)  # fmt: skip
+        self.timer_gpu = response.get("gpu", "")
+        return response
 
     def profile_layers(self, model: Path | bytes, iterations: int = 200):
         """Per-layer times of the engine (``--exportProfile``) and its layers with the ONNX nodes each one
@@ -279,8 +287,6 @@ class TrtBackend(Backend):
         import onnx
 
         name = onnx.load(str(model), load_external_data=False).graph.input[0].name
-        if self._api is not None:
-            return self._api.infer(self._api.build(Path(model).read_bytes(), self.device), x)
         engine = self.engine(model)
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "input.bin"
@@ -300,98 +306,6 @@ class TrtBackend(Backend):
             gpu=self.gpu,
             hardware=self.hardware,
             where=self.runner.where if self.runner else "",
-            via="python-api" if self._api is not None else "trtexec",
+            timer_gpu=self.timer_gpu,
         )
         return out
-
-
-class _PythonApi:
-    """TensorRT's Python API: builder + ONNX parser + builder config (workspace pool, timing cache), and
-    CUDA-event timing with torch's CUDA tensors as I/O buffers (no pycuda). TensorRT 10 tensor API."""
-
-    def __init__(self, trt, torch):
-        self.trt, self.torch = trt, torch
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.version = tuple(int(x) for x in (trt.__version__.split(".") + ["0", "0"])[:3])
-        self.gpu = torch.cuda.get_device_name(0)
-        self.cache = None
-
-    def build(self, onnx: bytes, device) -> bytes:
-        trt = self.trt
-        builder = trt.Builder(self.logger)
-        network = builder.create_network(0)
-        parser = trt.OnnxParser(network, self.logger)
-        if not parser.parse(onnx):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise TrtpruneError(f"TensorRT's ONNX parser refused the model: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, device.workspace_mib << 20)
-        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-        for flag in {"fp16": ["FP16"], "int8": ["INT8", "FP16"], "best": ["FP16", "INT8"]}.get(device.precision, []):
-            config.set_flag(getattr(trt.BuilderFlag, flag))
-        if device.dla_core is not None:
-            config.default_device_type = trt.DeviceType.DLA
-            config.DLA_core = device.dla_core
-            if device.gpu_fallback:
-                config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        if self.cache is None:
-            self.cache = config.create_timing_cache(b"")
-        config.set_timing_cache(self.cache, ignore_mismatch=False)
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise TrtpruneError("TensorRT could not build an engine", fix="see the TensorRT messages above")
-        return bytes(plan)
-
-    def _context(self, plan: bytes):
-        trt, torch = self.trt, self.torch
-        engine = trt.Runtime(self.logger).deserialize_cuda_engine(plan)
-        context = engine.create_execution_context()
-        buffers = {}
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            shape = tuple(engine.get_tensor_shape(name))
-            dtype = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int8: torch.int8}.get(
-                engine.get_tensor_dtype(name), torch.float32
-            )
-            buf = torch.zeros(shape, dtype=dtype, device="cuda")
-            buffers[name] = (buf, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT)
-            context.set_tensor_address(name, buf.data_ptr())
-        return engine, context, buffers
-
-    def infer(self, plan: bytes, x: np.ndarray) -> np.ndarray:
-        torch = self.torch
-        engine, context, buffers = self._context(plan)
-        inputs = [b for b, is_in in buffers.values() if is_in]
-        outputs = [b for b, is_in in buffers.values() if not is_in]
-        inputs[0].copy_(torch.from_numpy(np.ascontiguousarray(x)).to(inputs[0].dtype))
-        stream = torch.cuda.Stream()
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-        return outputs[0].float().cpu().numpy()
-
-    def time(self, plan: bytes, iterations: int, warmup: int = 20) -> list[float]:
-        torch = self.torch
-        engine, context, buffers = self._context(plan)
-        stream = torch.cuda.Stream()
-        samples = []
-        for k in range(warmup + iterations):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record(stream)
-            context.execute_async_v3(stream.cuda_stream)
-            end.record(stream)
-            end.synchronize()
-            if k >= warmup:
-                samples.append(start.elapsed_time(end))
-        del context, engine, buffers
-        return samples
-
-
-def _python_api() -> _PythonApi | None:
-    try:
-        import tensorrt as trt
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
-        return None
-    return _PythonApi(trt, torch)

@@ -64,7 +64,6 @@ FLAGS: dict[str, tuple[Version, Version]] = {
             "--duration",
             "--exportProfile",
             "--exportLayerInfo",
-            "--exportTimes",
             "--dumpProfile",
             "--loadInputs",
             "--exportOutput",
@@ -199,13 +198,6 @@ def profile_argv(
     if parses(version, "--separateProfileRun"):
         argv.append("--separateProfileRun")
     argv += ["--dumpProfile", f"--exportProfile={export_profile}", f"--exportLayerInfo={export_layer_info}"]
-    return _check(argv, version)
-
-
-def times_argv(device, version: Version, engine: str, export_times: str, iterations: int, warmup_ms: int = 200):
-    """One timed run of a built engine writing each inference's times (``--exportTimes``)."""
-    argv = [device.trtexec, f"--loadEngine={engine}", *_run_flags(device, version, iterations, warmup_ms)]
-    argv.append(f"--exportTimes={export_times}")
     return _check(argv, version)
 
 
