@@ -427,6 +427,7 @@ def cmd_profile(a) -> dict:
         "lut": str(lut_path),
         "lut_key": profiler.key(),
         "measured": profiler.measured,
+        "timing_runs": profiler.runs,
         "retimed_in_spells": profiler.retimed,
         "requested": profiler.requested,
         "saved_by_sharing": profiler.requested - profiler.measured,

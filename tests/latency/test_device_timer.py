@@ -123,3 +123,34 @@ def test_the_timer_runs_on_python_38():
 
     ast.parse(Path(device_timer.__file__).read_text(), feature_version=(3, 8))
     assert sys.version_info >= (3, 8)
+
+
+@pytest.mark.slow
+@needs_fixtures
+def test_profiling_resnet20_on_a_jetson_over_ssh_starts_the_timer_once_per_batch(tmp_path, monkeypatch, capsys):
+    """`trtprune profile --model resnet20 --device orin` with ORIN_HOST set, on the fake Jetson: one start of the
+    device-side timer per timed batch, where trtexec took one process per model per round."""
+    from trtprune.cli import main
+    from trtprune.latency import devices
+
+    fakes.install(tmp_path / "bin", tmp_path, monkeypatch)
+    fakes.jetson_files(tmp_path, monkeypatch, "NVIDIA Jetson Orin Nano Developer Kit", "R36 (release), REVISION: 4.0")
+    monkeypatch.setenv("ORIN_HOST", "ubuntu@jetson")
+    monkeypatch.setenv("FAKE_FAST_BUILD", "1")  # 500+ engine builds: the fake skips its checks of the model
+    monkeypatch.setitem(
+        devices.DEVICES, "orin", replace(DEVICES["orin"], trtexec="trtexec", python=fakes.DEVICE_PYTHON)
+    )
+    out = tmp_path / "prof"
+    code = main(["--json", "profile", "--model", "resnet20", "--device", "orin", "--quick", "--no-plots", "--out",
+                 str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    runs = fakes.calls(tmp_path, "timer")
+    launches = [c for c in fakes.calls(tmp_path, "ssh") if c[0] != "scp" and c[-1].startswith(fakes.DEVICE_PYTHON)]
+    assert len(runs) == len(launches) == summary["timing_runs"] > 0  # one timer start per timed batch
+    models = sum(len(r["request"]["engines"]) * r["request"]["rounds"] for r in runs)
+    assert summary["measured"] > 50 and models > 10 * len(launches)  # trtexec: one launch per model per round
+    assert all(r["deserialized"] == len(r["request"]["engines"]) for r in runs)  # each engine loaded once
+    assert "Orin Nano" in summary["device"]["key"]
+    print(f"profile of resnet20 over ssh: {summary['measured']} points, {len(launches)} timer starts for {models} "
+          "timed model-rounds", file=sys.stderr)  # fmt: skip

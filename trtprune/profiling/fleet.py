@@ -303,7 +303,9 @@ class Fleet:
         if len({p.key for p in parts}) > 1:
             raise TrtpruneError(f"one batch was timed on several devices: {', '.join(sorted({p.key for p in parts}))}")
         ratios = tuple(r for part in parts for r in part.ratios)
-        return dataclasses.replace(parts[0], ratios=ratios, timed=sum(p.timed for p in parts))
+        return dataclasses.replace(
+            parts[0], ratios=ratios, timed=sum(p.timed for p in parts), runs=sum(p.runs for p in parts)
+        )
 
     def _time_on_one(self, points, micro, usual_ref_ms=None, witnesses=()):
         """Time one batch on a free worker; if the worker dies meanwhile, on another."""

@@ -119,6 +119,7 @@ class Timed:
     ratios: tuple[tuple[float, float, int, str], ...]
     timed: int = 0  # points timed, witnesses and every attempt included
     witness_off: float = 0.0  # median |measured / stored - 1| of the witnesses
+    runs: int = 1  # interleaved runs of the backend (one per attempt): one resident-timer start on TensorRT
 
 
 Witness = tuple[Point, float]  # a point already in the LUT, and its stored ms / the reference's nominal ms
@@ -154,7 +155,7 @@ def time_points(
             100 * t.witness_off,
         )
     best = attempts[int(np.argmin(offs))]
-    return replace(best, timed=sum(a.timed for a in attempts))
+    return replace(best, timed=sum(a.timed for a in attempts), runs=len(attempts))
 
 
 def _time_once(backend: Backend, points: list[Point], micro: dict, witnesses: Sequence[Witness]) -> Timed:
@@ -210,6 +211,7 @@ class Profiler:
     fleet: object | None = None
     protocol: str = "full"  # a key of PROTOCOLS; any other than "full" replaces ``micro`` and tags the LUT key
     measured: int = 0  # points timed by this profiler
+    runs: int = 0  # interleaved runs of the backend those took (batches, and batches timed again in spells)
     retimed: int = 0  # witnesses timed, and points timed again because their batch ran in a spell (see SPELL)
     requested: int = 0  # points asked for, with repeats (what a profiler without sharing would time)
     seconds: float = 0.0  # wall time spent measuring (summed over threads)
@@ -261,6 +263,7 @@ class Profiler:
             self._refs.append(timed.ref_ms)
             self.measured += len(points)
             self.retimed += max(0, timed.timed - len(points))
+            self.runs += timed.runs
         return [Entry(m * nominal, p90 * nominal, n, kernel) for m, p90, n, kernel in timed.ratios]
 
     def entries(self, points: list[Point]) -> list[Entry]:
