@@ -164,6 +164,16 @@ def _stop_diverged(loss: float, step: int, epoch: int, cfg: FinetuneConfig, chec
     )
 
 
+def _check_head(model, train, mean, std, device) -> None:
+    """A head with fewer outputs than the data has classes fails later in cross_entropy, unclearly: say it now."""
+    xb, _ = next(iter(train.take(0, 2).batches(2, mean, std)))
+    was = model.training
+    with torch.no_grad():
+        out = model.eval()(xb.to(device))
+    model.train(was)
+    check_outputs(tuple(out.shape), "the model", train.num_classes or out.shape[-1])
+
+
 def _setting(model, teacher, train, mean, std, cfg: FinetuneConfig, device, size: int) -> Setting:
     """Memory layout and arithmetic: the ones asked for, or where left to ``auto`` the fastest of the choices
     timed on the first training batch (:mod:`trtprune.training.speed`). A process group, or ``--compile``
@@ -240,6 +250,7 @@ def finetune(
     if cfg.distill > 0:
         assert teacher is not None, "distillation needs a teacher"
         teacher.eval().to(device=device)
+    _check_head(model, train, mean, std, device)  # before anything computes a loss or a top-1 with it
     setting = _setting(model, teacher if cfg.distill > 0 else None, train, mean, std, cfg, device, size)
     fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)  # before the optimizer: its state follows the parameters
