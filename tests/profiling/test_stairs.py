@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,7 +55,19 @@ def test_a_smooth_slope_makes_every_count_an_edge():
     fn = lambda c: (0.5 + 0.03 * c if c <= 16 else 1.2) / 1000  # noqa: E731  (3 % per count, then a stair)
     ref = exhaustive(1, 32, Counter(fn), TOL)
     assert ref.edges == (*range(1, 17), 32)
-    assert three_point(1, 32, Counter(fn), TOL).edges == ref.edges
+    m = Counter(fn)
+    s = three_point(1, 32, m, TOL)
+    assert s.edges == ref.edges
+    # the slope is one segment: its ends, middle and one confirmation, the rest interpolated
+    assert s.slopes == [(1, 16)] and s.interpolated() == [c for c in range(2, 16) if c not in (7, 8)]
+    assert m.points == 8
+    assert s.curve()[4] == pytest.approx(fn(4))  # a line is exact on a line
+
+
+def test_stairs_whose_tops_lie_on_a_line_are_not_taken_for_a_slope():
+    fn = lambda c: (1.0 + 0.25 * math.ceil(c / 8)) / 1000  # noqa: E731  (tops at 8, 16, 24, 32 on one line)
+    s = three_point(8, 32, Counter(fn), TOL)
+    assert s.slopes == [] and s.edges == exhaustive(8, 32, Counter(fn), TOL).edges == (8, 16, 24, 32)
 
 
 def test_noise_below_tolerance_changes_nothing():

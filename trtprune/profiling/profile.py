@@ -351,6 +351,7 @@ class Profiler:
             scale(s.edges),
             scale(s.dips),
             [(a * m, b * m) for a, b in s.plateaus],
+            [(a * m, b * m) for a, b in s.slopes],
         )
 
 

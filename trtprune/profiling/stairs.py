@@ -11,15 +11,30 @@ Definitions, used identically for exhaustive sweeps and for the three-point sear
   badly (e.g. input channels that are not a multiple of the vector block), never to be chosen.
 
 The three-point search (LOCP, Zhang et al. 2023) measures an interval's two ends and its middle (on
-the coarsest block grid inside it) and recurses only into halves whose ends differ. An interval with
-equal ends is taken as a plateau after *alignment probes*: its interior multiples of 32, 16, 8 and 4,
-and the count after an aligned left end, are measured. A probe faster than the plateau (a lower stair
-that equal ends hid, e.g. a fallback kernel running 17..19 channels cheaper than the blocked kernel
-pads 20 to 32) splits the interval again; a slower probe is a dip, recorded and not searched. Edges
-and dips are classified on the measured counts by the same rule as an exhaustive sweep; on a smooth
-stretch the recursion measures every count whose neighbours differ beyond tolerance. Unmeasured counts
-are estimated by linear interpolation (flat on a plateau). Measurement requests are batched level by
-level, so a caller can time each batch in one interleaved run.
+the coarsest block grid inside it) and recurses where the curve is not yet explained. On a TensorRT
+device a point is an engine build, so the search spends as few counts as the three shapes an interval
+can have allow:
+
+* **slope**: the ends rise by more than a tolerance per count and the middle lies on the line between
+  them (within ``SLOPE_FIT`` tolerances). Below a
+  vector block every count is an edge (ResNet-56 on an AVX-512 CPU: 1..13 of 16, 32 and 64 channels),
+  and measuring them one by one cost half of all points. A slope is taken as one segment: its counts are
+  interpolated, and they are edges or not by the same rule as measured ones. Periodic stairs whose tops
+  fall on both ends and the middle also look straight (and random stair heights can line up), so a
+  slope is accepted only after a *confirmation* count just before the middle: on a slope it is on the
+  line and faster than the middle (every count is an edge), on stairs it is on the middle's stair;
+* **step** (the middle as slow as the right end): the rise is in (a, m]; block quantization puts it
+  right after ``a``. The piece (a, m) is probed at ``a + 1`` and at every interior block multiple, and
+  searched again only where a probe is faster than ``L(m)``;
+* **plateau** (equal ends): interior counts are taken to be as slow as the right end, or slower (dips);
+  a plateau wider than two 4-blocks is probed at its interior multiples of the coarsest block that has
+  one, and after a multiple of ``FALLBACK_AFTER`` at the next count (a fallback kernel may run 17..19
+  channels cheaper than the blocked kernel pads 20 to 32). A faster probe splits the interval again.
+
+Edges and dips are classified by the same rule as an exhaustive sweep, on the measured counts and the
+interpolated counts of slopes (a slope never makes a dip). Measurement requests are batched level by
+level, so a caller can time each batch in one interleaved run. What this buys and costs on ResNet-56 is
+measured by ``make bench-profile`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 ALIGNMENTS = (32, 16, 8, 4)
+SLOPE_FIT = 1.5  # a count is on a line when within 1.5 tolerances of it (measured noise ~0.5-1 %)
+FALLBACK_AFTER = 16  # plateaus are probed at the count after a multiple of this
 
 
 @dataclass(frozen=True)
@@ -46,11 +63,20 @@ class Stairs:
     latency: dict[int, float]  # measured points
     edges: tuple[int, ...] = ()  # ascending
     dips: tuple[int, ...] = ()  # ascending
-    plateaus: list[tuple[int, int]] = field(default_factory=list)  # (a, b): every count in [a, b] ~ L(b)
+    plateaus: list[tuple[int, int]] = field(default_factory=list)  # (a, b): counts inside at L(b) or slower
+    slopes: list[tuple[int, int]] = field(default_factory=list)  # (a, b): counts inside on the line a..b
 
     def curve(self) -> dict[int, float]:
-        """Every count lo..hi: measured, or interpolated linearly between the nearest measured ones."""
-        return interpolate(self.latency, self.lo, self.hi)
+        """Every count lo..hi: measured; inside a plateau at its right end's latency; elsewhere interpolated
+        linearly between the nearest measured counts."""
+        out = interpolate(self.latency, self.lo, self.hi)
+        for a, b in self.plateaus:
+            out.update({c: self.latency[b] for c in range(a + 1, b) if c not in self.latency})
+        return out
+
+    def interpolated(self) -> list[int]:
+        """The counts whose latency (and edge) comes from a slope's line, not from a measurement."""
+        return sorted(c for a, b in self.slopes for c in range(a + 1, b) if c not in self.latency)
 
 
 def interpolate(latency: dict[int, float], lo: int, hi: int) -> dict[int, float]:
@@ -85,16 +111,20 @@ def exhaustive(lo: int, hi: int, measure: Callable[[list[int]], dict[int, float]
     return Stairs(lo, hi, latency, edges, dips, [])
 
 
-def _probes(a: int, b: int, alignments: Iterable[int]) -> list[int]:
-    """Interior multiples of each alignment (coarsest first); and, after an aligned left end, the next
-    count: a blocked kernel pads it up to the next block while a fallback kernel may run it cheaper."""
-    alignments = tuple(alignments)
+def _probes(a: int, b: int, step: bool, alignments: tuple[int, ...]) -> list[int]:
+    """Counts that could hide a lower stair in (a, b): of a step, every interior block multiple; of a
+    plateau wider than two finest blocks, the interior multiples of the coarsest alignment that has any;
+    and the count after ``a`` (after a step's left end always; after a plateau's when ``a`` is a multiple
+    of FALLBACK_AFTER)."""
     out: list[int] = []
-    for align in alignments:
-        for c in range((a // align + 1) * align, b, align):
-            if c not in out:
-                out.append(c)
-    if alignments and a % min(alignments) == 0 and a + 1 < b and a + 1 not in out:
+    if step:  # every interior block multiple: a rise can hide a stair top on any of them
+        out = sorted({c for align in alignments for c in range((a // align + 1) * align, b, align)})
+    elif b - a > 2 * min(alignments, default=4):
+        for align in alignments:
+            out = list(range((a // align + 1) * align, b, align))
+            if out:
+                break
+    if (step or a % FALLBACK_AFTER == 0) and a + 1 < b and a + 1 not in out:
         out.append(a + 1)
     return out
 
@@ -106,48 +136,79 @@ def three_point(
     tol: Tolerance,
     alignments: Iterable[int] = ALIGNMENTS,
 ) -> Stairs:
-    """Stairs from few measurements: recurse where interval ends differ, probe where they agree.
+    """Stairs from few measurements: an interval is a slope, a step or a plateau (see the module's text).
 
     ``measure(counts) -> {count: latency}`` is called once per level with every count that level needs.
     """
     alignments = tuple(alignments)
-    latency: dict[int, float] = {}
+    lat: dict[int, float] = {}
 
     def need(counts: Iterable[int]) -> None:
-        todo = sorted({c for c in counts if c not in latency})
+        todo = sorted({c for c in counts if c not in lat})
         if todo:
-            latency.update(measure(todo))
+            lat.update(measure(todo))
+
+    def faster(x: int, y: int) -> bool:  # x faster than y beyond tolerance
+        return lat[x] < lat[y] and not tol.same(lat[x], lat[y])
+
+    def on_line(a: int, b: int, x: int) -> bool:
+        if not lat[b] - lat[a] > (b - a) * max(tol.rel * lat[b], tol.abs_ms):
+            return False  # a slope is a rise of more than a tolerance per count: every count on it is an edge
+        line = lat[a] + (lat[b] - lat[a]) * (x - a) / (b - a)
+        return abs(lat[x] - line) <= max(SLOPE_FIT * tol.rel * max(lat[x], line), tol.abs_ms)
 
     need({lo, hi})
-    open_intervals = [(lo, hi)] if hi - lo > 1 else []
+    queue: list[tuple[str, int, int]] = [("open", lo, hi)]
     plateaus: list[tuple[int, int]] = []
-    while open_intervals:
-        split, to_probe, counts = [], [], set()
-        for a, b in open_intervals:
-            if tol.same(latency[a], latency[b]):
-                to_probe.append((a, b))
-                counts.update(_probes(a, b, alignments))
-            else:
-                m = _middle(a, b, alignments)
-                split.append((a, m, b))
-                counts.add(m)
-        need(counts)
-        open_intervals = []
-        for a, m, b in split:
-            open_intervals += [(x, y) for x, y in ((a, m), (m, b)) if y - x > 1]
-        for a, b in to_probe:
-            # a probe faster than the plateau hides a lower stair: search the pieces again; a slower one
-            # is a dip (recorded, never an edge), which needs no search
-            inner = [
-                c for c in _probes(a, b, alignments) if latency[c] < latency[b] and not tol.same(latency[c], latency[b])
-            ]
-            if not inner:
-                plateaus.append((a, b))
+    slopes: list[tuple[int, int]] = []
+    while queue:
+        work, counts = [], set()
+        for kind, a, b in queue:
+            if b - a <= 1:
                 continue
-            cuts = [a, *sorted(inner), b]
-            open_intervals += [(x, y) for x, y in zip(cuts, cuts[1:]) if y - x > 1]
-    edges, dips = classify(latency, tol)  # on measured counts only: an edge is a count seen to be fast
-    return Stairs(lo, hi, latency, edges, dips, sorted(plateaus))
+            if kind == "confirm":
+                xs = [_middle(a, b, alignments) - 1]
+            elif kind == "open" and faster(a, b):
+                kind, xs = "rise", [_middle(a, b, alignments)]
+            else:  # a step or a plateau: interior at L(b) or slower unless a probe is faster
+                kind, xs = "flat", _probes(a, b, faster(a, b), alignments)
+            work.append((kind, a, b, xs))
+            counts.update(xs)
+        need(counts)
+        queue = []
+        for kind, a, b, xs in work:
+            if kind == "confirm":
+                m = _middle(a, b, alignments)
+                if on_line(a, b, m - 1) and faster(m - 1, m):
+                    slopes.append((a, b))
+                else:
+                    queue += [("open", a, m), ("open", m, b)]
+            elif kind == "rise":
+                m = xs[0]
+                if faster(a, m) and faster(m, b) and on_line(a, b, m):  # on a slope, distinct from both ends
+                    if m - 1 > a and not (m - 1 in lat and faster(m - 1, m)):
+                        queue.append(("confirm", a, b))
+                    else:
+                        slopes.append((a, b))
+                elif not faster(m, b):  # the middle as slow as the right end: the rise is in (a, m]
+                    queue += [("flat", a, m), ("flat", m, b)]
+                elif not faster(a, m):  # the left end as slow as the middle: the rise is in (m, b)
+                    queue += [("flat", a, m), ("open", m, b)]
+                else:
+                    queue += [("open", a, m), ("open", m, b)]
+            else:
+                inner = sorted(c for c in xs if faster(c, b))
+                if not inner:
+                    plateaus.append((a, b))
+                    continue
+                cuts = [a, *inner, b]
+                queue += [("open", x, y) for x, y in zip(cuts, cuts[1:])]
+    curve = dict(lat)
+    for a, b in slopes:
+        for c, v in interpolate({c: v for c, v in lat.items() if a <= c <= b}, a, b).items():
+            curve.setdefault(c, v)
+    edges, dips = classify(curve, tol)
+    return Stairs(lo, hi, lat, edges, dips, sorted(plateaus), sorted(slopes))
 
 
 def _middle(a: int, b: int, alignments: tuple[int, ...]) -> int:
