@@ -300,11 +300,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--lut", help="latency table (default: lut.sqlite in the user cache)")
     p.add_argument(
         "--method",
-        default="three_point",
-        choices=["three_point", "exhaustive"],
-        help="stair search (default three_point)",
+        default="auto",
+        choices=["auto", "three_point", "exhaustive"],
+        help="stair search: three_point (few counts: for engines whose points are builds), exhaustive (every "
+        "count, in big batches of shared points: faster where a point is cheap); auto (default): three_point "
+        "on TensorRT devices, else exhaustive",
     )
     p.add_argument("--rel", type=finite_float, default=0.01, help="latencies within this fraction are the same (0.01)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=["auto", "layers", "engine"],
+        help="'layers': single-layer models timed into the LUT; 'engine': the per-layer profile of the whole "
+        "model's engine with the group at each count (TensorRT: the layer as it runs among its neighbours, "
+        "one engine build per count); auto (default): engine on TensorRT devices, else layers",
+    )
     p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
     p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")
     _quick(p)

@@ -17,8 +17,10 @@ from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, all_devices, get_device
+from trtprune.log import progress
 from trtprune.metrics import accuracy_onnx, accuracy_torch
 from trtprune.plots import stairs_plot
+from trtprune.profiling.engine_stairs import EngineProfiler
 from trtprune.profiling.fleet import Fleet
 from trtprune.profiling.layers import layers_of
 from trtprune.profiling.lut import LUT
@@ -400,8 +402,24 @@ def cmd_profile(a) -> dict:
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
         gls, left_out = profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
         profiler = Profiler.on(measurer, lut, protocol=a.protocol)
+        source = getattr(a, "source", "auto")
+        if source == "auto":
+            source = "engine" if getattr(measurer, "layer_profiles", False) and not a.ray else "layers"
+        method = a.method if a.method != "auto" else "three_point" if source == "engine" else profiler.default_method()
         t0 = time.perf_counter()
-        found = profile_groups(profiler, gls, tol, a.method)
+        if source == "engine":
+            if a.ray or a.method == "exhaustive":
+                raise TrtpruneError(
+                    "--from engine profiles with the three-point search on one device",
+                    fix="drop --ray / --method exhaustive, or profile single layers with --from layers",
+                )
+            engine_profiler = EngineProfiler(measurer, model, spec.input_shape, out / "engines")
+            found = {
+                gl.group.name: engine_profiler.stairs(gl.group, tol)
+                for gl in progress(gls, desc="profiling groups (engines)", unit="group")
+            }
+        else:
+            found = profile_groups(profiler, gls, tol, method)
         wall_s = time.perf_counter() - t0
         results = {}
         for gl in gls:
@@ -421,7 +439,9 @@ def cmd_profile(a) -> dict:
     summary = {
         "model": spec.name,
         "device": info,
-        "method": a.method,
+        "method": method,
+        "source": source,
+        **({"engine_builds": engine_profiler.builds} if source == "engine" else {}),
         "tolerance_rel": a.rel,
         "protocol": profiler.protocol,
         "lut": str(lut_path),
@@ -440,8 +460,13 @@ def cmd_profile(a) -> dict:
     lines = [
         f"# Stairs of {spec.name} on `{device.name}`",
         "",
-        f"{profiler.key()}; {a.method} search, 'same latency' within {a.rel:.0%}"
-        f"{' (quick protocol: noisier)' if a.protocol == 'quick' else ''}. Edges are the counts worth "
+        f"{profiler.key()}; {method} search, 'same latency' within {a.rel:.0%}; "
+        + (
+            f"each count from the per-layer profile of the whole model's engine ({engine_profiler.builds} engines)"
+            if source == "engine"
+            else "single layers timed into the latency table"
+        )
+        + f"{' (quick protocol: noisier)' if a.protocol == 'quick' else ''}. Edges are the counts worth "
         "keeping (the largest on each stair); dips are counts the engine runs slower than a larger one.",
         "",
         "| group | channels | edges (recommended counts) | dips measured |",

@@ -141,8 +141,8 @@ def test_profiling_resnet20_on_a_jetson_over_ssh_starts_the_timer_once_per_batch
         devices.DEVICES, "orin", replace(DEVICES["orin"], trtexec="trtexec", python=fakes.DEVICE_PYTHON)
     )
     out = tmp_path / "prof"
-    code = main(["--json", "profile", "--model", "resnet20", "--device", "orin", "--quick", "--no-plots", "--out",
-                 str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
+    code = main(["--json", "profile", "--model", "resnet20", "--device", "orin", "--from", "layers", "--quick",
+                 "--no-plots", "--out", str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     runs = fakes.calls(tmp_path, "timer")

@@ -56,6 +56,7 @@ class Backend(abc.ABC):
     # What a backend can do besides timing; callers test these flags, never hasattr.
     builds_engines = False  # ``build(onnx, out)`` writes the deployable engine (a TensorRT .plan)
     runs_outputs = False  # ``outputs(onnx, x)`` runs a model on the engine: parity against ONNX Runtime
+    layer_profiles = False  # ``group_profile(onnx, groups)``: per-layer times of a whole engine, per group
 
     def __init__(self, device):
         self.device = device

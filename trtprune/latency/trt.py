@@ -62,6 +62,7 @@ class TrtBackend(Backend):
     name = "trt"
     builds_engines = True
     runs_outputs = True
+    layer_profiles = True
     deciding_rounds = 5  # each round is one trtexec run (or API timing) of 200 inferences per model
 
     def __init__(self, device):

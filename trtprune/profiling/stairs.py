@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 ALIGNMENTS = (32, 16, 8, 4)
 SLOPE_FIT = 1.5  # a count is on a line when within 1.5 tolerances of it (measured noise ~0.5-1 %)
-FALLBACK_AFTER = 16  # plateaus are probed at the count after a multiple of this
+FALLBACK_AFTER = 4  # plateaus are probed at the count after a multiple of this (the finest block)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def search(
     round_to: int = 1,
     protocol: str = "full",
     ignore: Iterable[str] = (),
+    min_fraction: float = 0.1,
 ) -> Plan:
     """Search a plan for the model ``model_name`` (a name or a spec) with ``weights``, its channels scored on the
     dataset ``data``: the command line's door onto :func:`search_module`."""
@@ -85,6 +86,7 @@ def search(
         round_to=round_to,
         protocol=protocol,
         ignore=ignore,
+        min_fraction=min_fraction,
     )
 
 
@@ -107,11 +109,13 @@ def search_module(
     round_to: int = 1,
     protocol: str = "full",
     ignore: Iterable[str] = (),
+    min_fraction: float = 0.1,
 ) -> Plan:
     """Search per-group channel counts of ``model`` (left as it is) that meet ``budget`` on ``device``, measured
     on the device's engine; ``scores`` are its channels' importance (:meth:`GroupPruner.scores`), the cost the
     searchers minimise. Sub-nets are exported to ``workdir``; the latency table is ``lut_path`` (None: the user
-    cache's). Raises TrtpruneError when the measured latency never meets the budget."""
+    cache's); every group keeps at least ``min_fraction`` of its channels. Raises TrtpruneError when the measured
+    latency never meets the budget."""
     options = _options(method, round_to)
     searcher = get_searcher(method, **options)
     if options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
@@ -123,7 +127,7 @@ def search_module(
     with get_backend(device) as backend, LUT(lut_path) as lut:
         # ``protocol``: see trtprune.profiling.profile.PROTOCOLS
         predictor = Predictor(model, backend, lut, workdir, protocol, ignore, input_shape=input_shape)
-        space = SearchSpace.build(predictor, scores)
+        space = SearchSpace.build(predictor, scores, min_fraction=min_fraction)
         result = searcher.search(space, budget)
         key, profiler = predictor.profiler.key(), predictor.profiler
     if not result["met"]:
@@ -145,6 +149,7 @@ def search_module(
         points_measured=profiler.measured,
         points_requested=profiler.requested,
         points_retimed=profiler.retimed,
+        min_fraction=min_fraction,
     )
     return Plan(
         model=name,
