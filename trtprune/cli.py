@@ -184,6 +184,20 @@ def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
         "--budget-ms", type=finite_float, help="latency budget in milliseconds instead (not with --budget)"
     )
     p.add_argument("--lut", help="latency table (default: lut.sqlite in the user cache)")
+    p.add_argument(
+        "--floor",
+        type=positive_float,
+        default=0.1,
+        help="every group keeps at least this fraction of its channels (default 0.1)",
+    )
+    p.add_argument(
+        "--rank",
+        default="",
+        metavar="CRITERION:FLOOR,...",
+        help="accuracy inside the search: the plans of these variants of the search's cost (importance criterion "
+        "and floor, e.g. fisher:0.1,taylor:0.25) are ranked with its own by the adaptive-BN proxy on held-out "
+        "training images, and the best is measured (locp, knapsack, lap; default: none)",
+    )
 
 
 def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from trtprune.config import parse_ranked
 from trtprune.deploy.build import engine_from_model
 from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
@@ -182,6 +183,16 @@ def _budget(a):
     return Budget.parse(ms=a.budget_ms) if a.budget_ms is not None else Budget.from_text(a.budget)
 
 
+def _items(text: str) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _floor(a) -> float:
+    if not 0 < a.floor < 1:
+        raise TrtpruneError(f"--floor {a.floor} is not a fraction of a group's channels", fix="use e.g. 0.1 or 0.25")
+    return a.floor
+
+
 def cmd_search(a) -> dict:
     import tempfile
 
@@ -204,6 +215,8 @@ def cmd_search(a) -> dict:
             round_to=a.round_to,
             protocol=a.protocol,
             ignore=a.ignore,
+            min_fraction=_floor(a),
+            ranked=parse_ranked(_items(a.rank)),
         )
     plan.save(a.output)
     print(
@@ -347,6 +360,8 @@ def cmd_run(a) -> dict:
         round_to=a.round_to,
         importance=a.importance,
         ignore=list(a.ignore),
+        floor=_floor(a),
+        ranked=[f"{c}:{f:g}" for c, f in parse_ranked(_items(a.rank))],
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )

@@ -44,6 +44,9 @@ class RunConfig:
     round_to: int = 8  # uniform and flops: keep a multiple of this many channels per group
     importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.pruning.importance
     ignore: list[str] = field(default_factory=list)  # modules whose output channels are kept whole
+    floor: float = 0.1  # every group keeps at least this fraction of its channels (the search's candidates)
+    # "criterion:floor" variants whose plans the accuracy proxy ranks with the search's own ([] = no ranking)
+    ranked: list[str] = field(default_factory=list)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
     input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)
@@ -109,3 +112,25 @@ _TYPES = {
     **{f"finetune.{f.name}": _JSON_TYPES[f.type] for f in dataclasses.fields(FinetuneConfig)},
     **{f.name: _JSON_TYPES[f.type] for f in dataclasses.fields(RunConfig) if f.name != "finetune"},
 }
+
+
+def parse_ranked(items) -> list[tuple[str, float]]:
+    """``["fisher:0.1", "taylor:0.25"]`` -> ``[("fisher", 0.1), ("taylor", 0.25)]``; a bad item is an error
+    naming it."""
+    from trtprune.pruning.importance import IMPORTANCE
+
+    out = []
+    for item in items:
+        criterion, _, floor = str(item).partition(":")
+        try:
+            value = float(floor) if floor else 0.1
+        except ValueError:
+            value = -1.0
+        if criterion not in IMPORTANCE or not 0 < value < 1:
+            raise TrtpruneError(
+                f"'{item}' is not a ranked variant",
+                why="a variant is an importance criterion and a floor, e.g. fisher:0.1 or taylor:0.25",
+                fix=f"criteria: {', '.join(IMPORTANCE)}; floors: fractions of a group's channels between 0 and 1",
+            )
+        out.append((criterion, value))
+    return out

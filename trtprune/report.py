@@ -123,6 +123,16 @@ def _method(m: dict) -> str:
     )
 
 
+def _ranking_line(m: dict) -> str:
+    """The plans the accuracy proxy ranked inside the search (``--rank``), and the one chosen."""
+    ranking = m["meta"]["ranking"]
+    items = ", ".join(f"{x['label']} {x['proxy']:.2f} %" for x in ranking)
+    return (
+        f"Plans ranked by the accuracy proxy (BatchNorm re-estimated, top-1 on held-out training images): {items}; "
+        f"chosen and measured: **{m['meta'].get('chosen')}**."
+    )
+
+
 def _recovery_line(ft: dict) -> str:
     """Top-1 from pruning to the last epoch: as pruned, after BatchNorm recalibration, per epoch."""
     rec = ft["recovery"]
@@ -163,6 +173,7 @@ def markdown(r: dict) -> str:
         f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
+        *([_ranking_line(m), ""] if m.get("meta", {}).get("ranking") else []),
         *([_recovery_line(r["finetune"]), ""] if r["finetune"].get("recovery") else []),
         *([budget_line(r), ""] if r.get("budget") else []),
         f"Deployable model: `{r['engine']}`.",

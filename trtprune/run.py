@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from trtprune.config import RunConfig
+from trtprune.config import RunConfig, parse_ranked
 from trtprune.deploy.export import onnx_from_torch
 from trtprune.deploy.quantize import calib_from_training, qdq_from_onnx
 from trtprune.errors import TrtpruneError
@@ -221,6 +221,8 @@ def stage_search(run: Run, out: Path) -> None:
             data=run.data,
             round_to=cfg.round_to,
             ignore=cfg.ignore,
+            min_fraction=cfg.floor,
+            ranked=parse_ranked(cfg.ranked),
         )
     plan.save(out)
 
@@ -230,7 +232,8 @@ def stage_prune(run: Run, out: Path) -> None:
 
     plan = Plan.load(run.path("plan.json"))
     model, spec = _load_base(run)
-    prune_with_data(model, spec, plan, run.cfg.importance, run.data, run.cfg.ignore)
+    # the search may have chosen another criterion's plan (``--rank``): its channels are the ones it ranked
+    prune_with_data(model, spec, plan, plan.meta.get("importance", run.cfg.importance), run.data, run.cfg.ignore)
     save_pruned(out, model, spec.name, model.trtprune_history, plan=plan.keep_channels)
 
 

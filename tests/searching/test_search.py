@@ -157,3 +157,35 @@ def test_lap_proposals_are_within_the_target_by_the_joint_estimate(space, fracti
     plan = get_searcher("lap", episodes=20, warmup=10).propose(space, target, space.full)
     assert space.predict([plan])[0] <= target
     assert all(k in space.candidates[g] for g, k in plan.items())
+
+
+def test_ranked_search_measures_the_variant_the_proxy_prefers(space):
+    """Accuracy inside the search: variants (another cost, a higher floor) propose plans at the target that met
+    the budget; a ranker scores them, the best-ranked is measured through the loop and returned when it ranks
+    above the first plan measured."""
+    rng = np.random.default_rng(1)
+    other = space.variant("other scores, floor 0.5", {g: rng.random(len(s)) for g, s in space.scores.items()}, 0.5)
+    assert all(c >= 0.5 * space.full[g] for g, cands in other.candidates.items() for c in cands)
+    assert other.predictor is space.predictor and other.edges == space.edges
+    seen = []
+
+    def rank(pairs):  # prefers plans that keep more of the smallest group: the higher floor wins
+        seen.append([s.label for s, _ in pairs])
+        return [float(min(k / space.full[g] for g, k in keep.items())) for _, keep in pairs]
+
+    space.label = "own"
+    result = get_searcher("locp").search_ranked([space, other], Budget(fraction=0.5), rank)
+    assert result["met"] and result["measured_ms"] <= 0.5 * result["baseline_ms"] * 1.01
+    assert seen[0] == ["own", "other scores, floor 0.5"] and seen[1] == ["other scores, floor 0.5"]
+    assert result["chosen"] == "other scores, floor 0.5"
+    assert all(k >= 0.5 * space.full[g] for g, k in result["keep_channels"].items())
+    assert [r["label"] for r in result["ranking"]] == ["own", "other scores, floor 0.5"]
+
+
+def test_ranked_variants_are_parsed_or_refused():
+    from trtprune.config import parse_ranked
+
+    assert parse_ranked(["fisher:0.1", "taylor:0.25", "l1"]) == [("fisher", 0.1), ("taylor", 0.25), ("l1", 0.1)]
+    for bad in ("magic:0.1", "taylor:1.5", "taylor:x"):
+        with pytest.raises(TrtpruneError, match="not a ranked variant"):
+            parse_ranked([bad])

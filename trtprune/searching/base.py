@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from trtprune.errors import TrtpruneError
 from trtprune.searching.plan import Budget
@@ -73,6 +73,7 @@ class Searcher(abc.ABC):
                     "measured_ms": sub_ms,
                     "baseline_ms": base_ms,
                     "cost": cost,
+                    "target_ms": target,
                 }
             if met and sub_ms >= wanted * (1 - band):
                 break
@@ -85,6 +86,7 @@ class Searcher(abc.ABC):
                 "measured_ms": sub_ms,
                 "baseline_ms": base_ms,
                 "cost": space.total_cost(keep),
+                "target_ms": target,
             }
         return {
             **best,
@@ -92,6 +94,50 @@ class Searcher(abc.ABC):
             "rounds": history,
             "search_s": time.perf_counter() - t0,
             "evaluations": space.evaluations,
+        }
+
+    def search_ranked(
+        self,
+        spaces: list[SearchSpace],
+        budget: Budget,
+        rank: Callable[[list[tuple[SearchSpace, dict[str, int]]]], list[float]],
+        **options,
+    ) -> dict:
+        """Accuracy inside the search. The loop of :meth:`search` runs on ``spaces[0]``; at the target that met
+        the budget, every variant space (another importance criterion or floor: :meth:`SearchSpace.variant`)
+        proposes its plan; ``rank([(space, plan), ...])`` scores them (a proxy of accuracy, higher is better: each plan
+        pruned by its space's scores), and the loop runs
+        again on the best-ranked variant, so its plan is measured too. Of the measured plans that met the budget,
+        the better-ranked is returned, with the ranking."""
+        first = self.search(spaces[0], budget, **options)
+        if not first["met"] or len(spaces) < 2:
+            return first
+        t0 = time.perf_counter()
+        plans = [first["keep_channels"]] + [self.propose(v, first["target_ms"], v.full) for v in spaces[1:]]
+        scores = rank(list(zip(spaces, plans)))
+        ranking = [
+            {"label": v.label, "proxy": score, "predicted_ms": v.predict([p])[0], "keep_channels": p}
+            for v, p, score in zip(spaces, plans, scores)
+        ]
+        top = max(range(len(spaces)), key=lambda i: scores[i])
+        log.info(
+            "ranked | %s | best: %s",
+            " | ".join(f"{r['label']} {r['proxy']:.2f}" for r in ranking),
+            ranking[top]["label"],
+        )
+        chosen, result = 0, first
+        if top != 0:
+            other = self.search(spaces[top], budget, **options)
+            if other["met"]:
+                measured = rank([(spaces[top], other["keep_channels"])])[0]
+                ranking[top]["proxy_measured_plan"] = measured
+                if measured > scores[0]:
+                    chosen, result = top, other
+        return {
+            **result,
+            "ranking": ranking,
+            "chosen": spaces[chosen].label,
+            "ranked_s": time.perf_counter() - t0,
         }
 
     @staticmethod

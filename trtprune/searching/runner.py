@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ from trtprune.searching.space import SearchSpace
 from trtprune.sources.images import Images, open_images
 from trtprune.sources.models import ModelSpec
 from trtprune.sources.weights import load_model
+from trtprune.training.proxy import adaptive_bn_top1
 
 log = logging.getLogger(__name__)
 
+RANKED = ("locp", "knapsack", "lap")  # searchers whose plans follow the cost: variants of it can be ranked
 SCORE_BATCHES = 8  # training batches of 64 whose loss gradient gives the Taylor scores
 SCORE_BATCH_SIZE = 64
 
@@ -67,11 +70,23 @@ def search(
     protocol: str = "full",
     ignore: Iterable[str] = (),
     min_fraction: float = 0.1,
+    ranked: Sequence[tuple[str, float]] = (),
 ) -> Plan:
     """Search a plan for the model ``model_name`` (a name or a spec) with ``weights``, its channels scored on the
-    dataset ``data``: the command line's door onto :func:`search_module`."""
+    dataset ``data``: the command line's door onto :func:`search_module`. ``ranked``: (importance, floor) variants
+    whose plans are ranked with the search's own by the accuracy proxy on the training images."""
     get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
+    variants, rank = [], None
+    if ranked:
+        scores_of = {importance: None}
+        for criterion, _ in ranked:
+            if criterion not in scores_of:
+                scores_of[criterion] = channel_scores(model, spec, criterion, data, ignore)
+        variants = [
+            (f"{c}, floor {f:g}", scores_of[c], f, c) for c, f in ranked if (c, f) != (importance, min_fraction)
+        ]
+        rank = proxy_ranker(model, spec, open_images(data, "train", spec.input_shape), ignore)
     return search_module(
         model,
         spec.input_shape,
@@ -87,7 +102,24 @@ def search(
         protocol=protocol,
         ignore=ignore,
         min_fraction=min_fraction,
+        variants=variants,
+        rank=rank,
     )
+
+
+def proxy_ranker(model: nn.Module, spec, train, ignore: Iterable[str] = ()):
+    """``rank([(space, plan), ...])`` for :meth:`Searcher.search_ranked`: each plan applied to a copy of ``model``
+    (channels chosen by its space's scores), scored by the adaptive-BN proxy on held-out training images."""
+
+    def rank(pairs) -> list[float]:
+        out = []
+        for space, keep in pairs:
+            pruned = copy.deepcopy(model)
+            GroupPruner(pruned, spec.input_shape, ignore).prune_to(keep, scores=space.scores)
+            out.append(adaptive_bn_top1(pruned, train, spec.mean, spec.std))
+        return out
+
+    return rank
 
 
 def _options(method: str, round_to: int) -> dict:
@@ -110,12 +142,16 @@ def search_module(
     protocol: str = "full",
     ignore: Iterable[str] = (),
     min_fraction: float = 0.1,
+    variants: Sequence[tuple[str, Mapping[str, np.ndarray] | None, float | None, str | None]] = (),
+    rank=None,
 ) -> Plan:
     """Search per-group channel counts of ``model`` (left as it is) that meet ``budget`` on ``device``, measured
     on the device's engine; ``scores`` are its channels' importance (:meth:`GroupPruner.scores`), the cost the
     searchers minimise. Sub-nets are exported to ``workdir``; the latency table is ``lut_path`` (None: the user
-    cache's); every group keeps at least ``min_fraction`` of its channels. Raises TrtpruneError when the measured
-    latency never meets the budget."""
+    cache's); every group keeps at least ``min_fraction`` of its channels. With ``variants`` ((label, scores, floor,
+    importance) - None keeps the search's own) and ``rank`` (:func:`proxy_ranker`), the plans of the variants are
+    ranked by accuracy and the best is measured (:meth:`Searcher.search_ranked`). Raises TrtpruneError when the
+    measured latency never meets the budget."""
     options = _options(method, round_to)
     searcher = get_searcher(method, **options)
     if options:  # uniform and flops round to a multiple: one larger than every group prunes nothing
@@ -128,7 +164,15 @@ def search_module(
         # ``protocol``: see trtprune.profiling.profile.PROTOCOLS
         predictor = Predictor(model, backend, lut, workdir, protocol, ignore, input_shape=input_shape)
         space = SearchSpace.build(predictor, scores, min_fraction=min_fraction)
-        result = searcher.search(space, budget)
+        space.label = f"{importance}, floor {min_fraction:g}"
+        if variants and rank is not None and method in RANKED:
+            spaces = [space] + [space.variant(label, sc, floor) for label, sc, floor, _ in variants]
+            result = searcher.search_ranked(spaces, budget, rank)
+            importance = {s.label: imp for s, (*_, imp) in zip(spaces[1:], variants)}.get(
+                result.get("chosen"), importance
+            ) or importance
+        else:
+            result = searcher.search(space, budget)
         key, profiler = predictor.profiler.key(), predictor.profiler
     if not result["met"]:
         raise TrtpruneError(

@@ -27,6 +27,15 @@ from trtprune.pruning.prune import uniform_plan
 log = logging.getLogger(__name__)
 
 
+def floored(edges: Mapping[str, list[int]], channels: Mapping[str, int], min_fraction: float) -> dict[str, list[int]]:
+    """Candidates: each group's edges at or above ``min_fraction`` of its channels, and its full width."""
+    out = {}
+    for g, c in channels.items():
+        floor = max(1, math.ceil(min_fraction * c))
+        out[g] = sorted({e for e in edges.get(g, []) if e >= floor} | {c})
+    return out
+
+
 @dataclass
 class SearchSpace:
     predictor: Predictor
@@ -34,6 +43,8 @@ class SearchSpace:
     candidates: dict[str, list[int]]  # ascending, ending with the full width
     baseline_ms: float  # the dense model, measured whole
     evaluations: int = 0  # latency predictions made
+    edges: dict[str, list[int]] = field(default_factory=dict)  # every stair edge per group, before the floor
+    label: str = ""  # what distinguishes this space from its variants (e.g. "fisher, floor 25 %")
     _cost_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -49,14 +60,10 @@ class SearchSpace:
         model and a few uniform prunes measured whole."""
 
         groups, tol = predictor.groups, tol or Tolerance()
-        candidates = {}
         gls = group_layers(groups, predictor.layers)
         stairs = profile_groups(predictor.profiler, gls, tol)  # a log line per group: progress in any log
-        for gl in gls:
-            g = gl.group
-            edges = stairs[g.name].edges
-            floor = max(1, math.ceil(min_fraction * g.channels))
-            candidates[g.name] = sorted({c for c in edges if c >= floor} | {g.channels})
+        edges = {gl.group.name: list(stairs[gl.group.name].edges) for gl in gls}
+        candidates = floored(edges, {gl.group.name: gl.group.channels for gl in gls}, min_fraction)
         # the dense model, two uniform prunes, and two random plans over the candidates: the latter put
         # layers on every kind of kernel the candidates use, so the model learns how each kind adds up
         rng = np.random.default_rng(0)
@@ -73,7 +80,20 @@ class SearchSpace:
             measured[0],
             predictor.overhead,
         )
-        return cls(predictor, dict(scores), candidates, measured[0])
+        return cls(predictor, dict(scores), candidates, measured[0], edges=edges)
+
+    def variant(self, label: str, scores: Mapping[str, np.ndarray] | None = None, min_fraction: float | None = None):
+        """The same device, latency model and measurements with another cost (``scores``) or floor: for plans
+        that a proxy of accuracy then ranks. Predictions are shared; nothing is measured again."""
+        candidates = self.candidates if min_fraction is None else floored(self.edges, self.full, min_fraction)
+        return SearchSpace(
+            self.predictor,
+            dict(scores if scores is not None else self.scores),
+            candidates,
+            self.baseline_ms,
+            edges=self.edges,
+            label=label,
+        )
 
     @property
     def full(self) -> dict[str, int]:
