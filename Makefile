@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 DEVICE  ?= cpu
 MODEL   ?= resnet56
-EPOCHS  ?= 2
+EPOCHS  ?= 4
 METHOD  ?= locp
 BUDGET  ?= 0.5x
 SEARCH_EPOCHS ?= 3
@@ -23,7 +23,7 @@ export TRTPRUNE_DATA
 .DEFAULT_GOAL := help
 
 help:
-	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=2 METHOD=locp BUDGET=0.5x]"
+	@echo "make engine [DEVICE=cpu MODEL=resnet56 EPOCHS=4 METHOD=locp BUDGET=0.5x]"
 	@echo "                                                   set up, search, prune, fine-tune, build, report"
 	@echo "make test                                          set up and run the tests"
 	@echo "make test-reliability                              bad inputs, kills, untrusted files, property tests"

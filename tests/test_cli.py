@@ -320,7 +320,7 @@ def test_search_then_prune_to_the_plan(tiny_data, tmp_path, capsys, fake_device)
     assert code == 0, err
     assert "locp for 0.6x" in out
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["measured_ms"] <= 0.6 * plan["baseline_ms"] * 1.01 and plan["meta"]["importance"] == "taylor"
+    assert plan["measured_ms"] <= 0.6 * plan["baseline_ms"] * 1.01 and plan["meta"]["importance"] == "fisher"
     code, out, _ = run_cli(
         capsys,
         "prune",

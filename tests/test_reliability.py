@@ -493,7 +493,7 @@ def test_the_plan_of_prune_ratio_is_one_prune_plan_takes_and_prune_defaults_to_s
     bad, tmp_path, capsys
 ):
     """prune --ratio writes <out>.plan.json in the Plan format (it used to write another document, which
-    prune --plan refused as 'not a trtprune plan'); prune and search have one default importance, taylor."""
+    prune --plan refused as 'not a trtprune plan'); prune and search have one default importance, fisher."""
     from trtprune.cli import parser
     from trtprune.searching import Plan
 
@@ -502,13 +502,13 @@ def test_the_plan_of_prune_ratio_is_one_prune_plan_takes_and_prune_defaults_to_s
     assert code == 0, err
     plan = Plan.load(tmp_path / "a.plan.json")
     assert (plan.model, plan.method, plan.meta["importance"], plan.keep_channels["conv1"]) == (
-        "resnet20", "uniform", "taylor", 8
+        "resnet20", "uniform", "fisher", 8
     )  # fmt: skip
     code, out, err = cli(capsys, "prune", *w, "--plan", tmp_path / "a.plan.json", "-o", tmp_path / "b.pt")
     assert code == 0 and "pruned to" in out, err
     defaults = {c: parser().parse_args([c, "-o", "x"]).importance for c in ("prune", "search")}
-    assert defaults == {"prune": "taylor", "search": "taylor"}
-    assert parser().parse_args(["run"]).importance == "taylor"
+    assert defaults == {"prune": "fisher", "search": "fisher"}
+    assert parser().parse_args(["run"]).importance == "fisher"
 
 
 def test_budgets_and_round_to_that_prune_nothing_are_refused_by_the_library(caplog):

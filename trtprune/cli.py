@@ -138,7 +138,7 @@ def _quick(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _pruning(p: argparse.ArgumentParser, importance: str = "taylor") -> None:
+def _pruning(p: argparse.ArgumentParser, importance: str = "fisher") -> None:
 
     p.add_argument(
         "--ratio",
@@ -153,7 +153,7 @@ def _pruning(p: argparse.ArgumentParser, importance: str = "taylor") -> None:
         "--importance",
         default=importance,
         choices=list(IMPORTANCE),
-        help=f"which channels go, and the search's cost (default {importance}; taylor and dynamic need data)",
+        help=f"which channels go, and the search's cost (default {importance}; fisher, taylor and dynamic need data)",
     )
     _ignore(p)
 
@@ -197,6 +197,14 @@ def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
         help="accuracy inside the search: the plans of these variants of the search's cost (importance criterion "
         "and floor, e.g. fisher:0.1,taylor:0.25) are ranked with its own by the adaptive-BN proxy on held-out "
         "training images, and the best is measured (locp, knapsack, lap; default: none)",
+    )
+    p.add_argument(
+        "--stairs-from",
+        default="layers",
+        choices=["layers", "engine"],
+        help="candidates from the stairs of single layers in the latency table (default), or, on TensorRT, from "
+        "the per-layer profiles of whole-model engines (one engine build per count searched: hours for a large "
+        "model on a Jetson)",
     )
 
 
@@ -324,11 +332,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from",
         dest="source",
-        default="auto",
-        choices=["auto", "layers", "engine"],
-        help="'layers': single-layer models timed into the LUT; 'engine': the per-layer profile of the whole "
-        "model's engine with the group at each count (TensorRT: the layer as it runs among its neighbours, "
-        "one engine build per count); auto (default): engine on TensorRT devices, else layers",
+        default="layers",
+        choices=["layers", "engine"],
+        help="'layers' (default): single-layer models timed into the LUT; 'engine' (TensorRT): the per-layer "
+        "profile of the whole model's engine with the group at each count searched - the layer as it runs among "
+        "its neighbours, at one whole-model engine build per count",
     )
     p.add_argument("--out", help="output folder (default: profiles/<model>-<device>)")
     p.add_argument("--no-plots", action="store_true", help="skip the per-group PNG plots")

@@ -217,6 +217,7 @@ def cmd_search(a) -> dict:
             ignore=a.ignore,
             min_fraction=_floor(a),
             ranked=parse_ranked(_items(a.rank)),
+            stairs_from=a.stairs_from,
         )
     plan.save(a.output)
     print(
@@ -362,6 +363,7 @@ def cmd_run(a) -> dict:
         ignore=list(a.ignore),
         floor=_floor(a),
         ranked=[f"{c}:{f:g}" for c, f in parse_ranked(_items(a.rank))],
+        stairs_from=a.stairs_from,
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )
@@ -417,9 +419,7 @@ def cmd_profile(a) -> dict:
         onnx_from_torch(model, out / "model.onnx", spec.input_shape, device.batch)
         gls, left_out = profilable(group_layers(groups, layers_of(onnx.load(str(out / "model.onnx")))), model)
         profiler = Profiler.on(measurer, lut, protocol=a.protocol)
-        source = getattr(a, "source", "auto")
-        if source == "auto":
-            source = "engine" if getattr(measurer, "layer_profiles", False) and not a.ray else "layers"
+        source = a.source
         method = a.method if a.method != "auto" else "three_point" if source == "engine" else profiler.default_method()
         t0 = time.perf_counter()
         if source == "engine":

@@ -42,11 +42,12 @@ class RunConfig:
     budget: str | None = "0.5x"  # latency budget, fraction of the baseline ("0.5x") or "1.2ms"; None: no search
     ratio: float = 0.5  # uniform pruning without a budget: fraction of every channel group removed
     round_to: int = 8  # uniform and flops: keep a multiple of this many channels per group
-    importance: str = "taylor"  # which channels go, and the search's cost: see trtprune.pruning.importance
+    importance: str = "fisher"  # which channels go, and the search's cost: see trtprune.pruning.importance
     ignore: list[str] = field(default_factory=list)  # modules whose output channels are kept whole
     floor: float = 0.1  # every group keeps at least this fraction of its channels (the search's candidates)
     # "criterion:floor" variants whose plans the accuracy proxy ranks with the search's own ([] = no ranking)
     ranked: list[str] = field(default_factory=list)
+    stairs_from: str = "layers"  # "layers" (the latency table) or "engine" (TensorRT: whole-engine profiles)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
     input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)

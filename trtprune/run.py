@@ -223,6 +223,7 @@ def stage_search(run: Run, out: Path) -> None:
             ignore=cfg.ignore,
             min_fraction=cfg.floor,
             ranked=parse_ranked(cfg.ranked),
+            stairs_from=cfg.stairs_from,
         )
     plan.save(out)
 

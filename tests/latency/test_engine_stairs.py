@@ -133,8 +133,9 @@ def test_a_backend_without_layer_profiles_is_refused(tmp_path):
 
 @needs_fixtures
 def test_trtprune_profile_on_a_fake_orin_writes_stairs_from_engine_profiles(tmp_path, monkeypatch, capsys):
-    """`trtprune profile --device orin` (TensorRT: engine profiles by default) on a fake Orin whose trtexec writes
-    a per-layer profile of the model it built: conv+relu fusions, the classifier's tail as one myelin region."""
+    """`trtprune profile --device orin --from engine` on a fake Orin whose trtexec writes a per-layer profile of the
+    model it built (conv+relu fusions, the classifier's tail as one myelin region); then a search whose candidates
+    come from those engine stairs (`--stairs-from engine`)."""
     from trtprune.cli import main
     from trtprune.latency import devices
 
@@ -147,7 +148,7 @@ def test_trtprune_profile_on_a_fake_orin_writes_stairs_from_engine_profiles(tmp_
     )
     out = tmp_path / "prof"
     code = main(["--json", "profile", "--model", f"{__file__}:make", "--input-shape", "3x16x16", "--device", "orin",
-                 "--no-plots", "--out", str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
+                 "--from", "engine", "--no-plots", "--out", str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     stairs = json.loads((out / "stairs.json").read_text())
@@ -164,3 +165,12 @@ def test_trtprune_profile_on_a_fake_orin_writes_stairs_from_engine_profiles(tmp_
         layer_ms("conv", 8, 24, 16 * 16 * 9) + layer_ms("gemm", 24, 10, 1) + 0.003
     )
     assert "per-layer profile of the whole model's engine" in (out / "stairs.md").read_text()
+    capsys.readouterr()
+    code = main(["--json", "search", "--model", f"{__file__}:make", "--input-shape", "3x16x16", "--device", "orin",
+                 "--budget", "0.8x", "--stairs-from", "engine", "--importance", "l1", "--lut", str(tmp_path / "lut.db"),
+                 "-o", str(tmp_path / "plan.json")])  # fmt: skip
+    assert code == 0
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["meta"]["stairs_from"] == "engine"
+    wide_group = next(g for g, c in plan["channels"].items() if c == 24)
+    assert set(plan["meta"]["candidates"][wide_group]) <= set(wide["edges"]) | {24}

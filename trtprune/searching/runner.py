@@ -64,13 +64,14 @@ def search(
     *,
     workdir: Path,
     lut_path: str | Path | None = None,
-    importance: str = "taylor",
+    importance: str = "fisher",
     data: str | None = None,
     round_to: int = 1,
     protocol: str = "full",
     ignore: Iterable[str] = (),
     min_fraction: float = 0.1,
     ranked: Sequence[tuple[str, float]] = (),
+    stairs_from: str = "layers",
 ) -> Plan:
     """Search a plan for the model ``model_name`` (a name or a spec) with ``weights``, its channels scored on the
     dataset ``data``: the command line's door onto :func:`search_module`. ``ranked``: (importance, floor) variants
@@ -104,6 +105,7 @@ def search(
         min_fraction=min_fraction,
         variants=variants,
         rank=rank,
+        stairs_from=stairs_from,
     )
 
 
@@ -137,13 +139,14 @@ def search_module(
     workdir: str | Path,
     name: str = "model",
     lut_path: str | Path | None = None,
-    importance: str = "taylor",
+    importance: str = "fisher",
     round_to: int = 1,
     protocol: str = "full",
     ignore: Iterable[str] = (),
     min_fraction: float = 0.1,
     variants: Sequence[tuple[str, Mapping[str, np.ndarray] | None, float | None, str | None]] = (),
     rank=None,
+    stairs_from: str = "layers",
 ) -> Plan:
     """Search per-group channel counts of ``model`` (left as it is) that meet ``budget`` on ``device``, measured
     on the device's engine; ``scores`` are its channels' importance (:meth:`GroupPruner.scores`), the cost the
@@ -163,7 +166,7 @@ def search_module(
     with get_backend(device) as backend, LUT(lut_path) as lut:
         # ``protocol``: see trtprune.profiling.profile.PROTOCOLS
         predictor = Predictor(model, backend, lut, workdir, protocol, ignore, input_shape=input_shape)
-        space = SearchSpace.build(predictor, scores, min_fraction=min_fraction)
+        space = SearchSpace.build(predictor, scores, min_fraction=min_fraction, stairs_from=stairs_from)
         space.label = f"{importance}, floor {min_fraction:g}"
         if variants and rank is not None and method in RANKED:
             spaces = [space] + [space.variant(label, sc, floor) for label, sc, floor, _ in variants]
@@ -194,6 +197,7 @@ def search_module(
         points_requested=profiler.requested,
         points_retimed=profiler.retimed,
         min_fraction=min_fraction,
+        stairs_from=stairs_from,
     )
     return Plan(
         model=name,

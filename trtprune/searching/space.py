@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from trtprune.profiling.engine_stairs import EngineProfiler
 from trtprune.profiling.predict import Predictor, layer_sums
 from trtprune.profiling.profile import group_layers, profile_groups
 from trtprune.profiling.stairs import Tolerance
@@ -55,13 +56,21 @@ class SearchSpace:
         tol: Tolerance | None = None,
         min_fraction: float = 0.1,
         calibration: list | None = None,
+        stairs_from: str = "layers",
     ) -> SearchSpace:
-        """Profile every group's stairs (LUT, shared), then calibrate the latency model on the dense
-        model and a few uniform prunes measured whole."""
+        """Profile every group's stairs (LUT, shared; or, with ``stairs_from="engine"`` on a TensorRT device, from
+        the per-layer profiles of whole-model engines), then calibrate the latency model on the dense model and
+        a few uniform prunes measured whole."""
 
         groups, tol = predictor.groups, tol or Tolerance()
         gls = group_layers(groups, predictor.layers)
-        stairs = profile_groups(predictor.profiler, gls, tol)  # a log line per group: progress in any log
+        if stairs_from == "engine":
+            p = predictor
+            engine = EngineProfiler(p.backend, p.dense, p.input_shape, p.workdir / "engines", p.ignore)
+            stairs = {gl.group.name: engine.stairs(gl.group, tol) for gl in gls}
+            log.info("search space | stairs from %d whole-model engine profiles", engine.builds)
+        else:
+            stairs = profile_groups(predictor.profiler, gls, tol)  # a log line per group: progress in any log
         edges = {gl.group.name: list(stairs[gl.group.name].edges) for gl in gls}
         candidates = floored(edges, {gl.group.name: gl.group.channels for gl in gls}, min_fraction)
         # the dense model, two uniform prunes, and two random plans over the candidates: the latter put
