@@ -11,6 +11,7 @@ SEARCH_EPOCHS ?= 3
 SEARCH_ARGS ?=
 INT8_ARGS ?=
 IMPORTANCE_ARGS ?=
+ROWS ?= resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:knapsack:30 resnet20:cpu:0.5x:lap:30 resnet20:cpu:0.5x:uniform-r8:30 resnet20:cpu:0.5x:flops-r1:30 resnet20:cpu:0.5x:flops-r8:30 resnet20:cpu:0.5x:flops-r16:30
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 # (one retry: offline, with the wheel in a local index, each of 5 default retries per package cost seconds)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
@@ -19,7 +20,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes bench-importance
+.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes bench-importance bench-rows
 .DEFAULT_GOAL := help
 
 help:
@@ -34,6 +35,7 @@ help:
 	@echo "make bench-shapes                                  ResNet-18 / MobileNetV2 at 3x224x224 searched at 0.5x"
 	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
 	@echo "make bench-importance [IMPORTANCE_ARGS=--floors 0.1,0.25]  importance criteria (and floors) on the accuracy proxy"
+	@echo "make bench-rows [ROWS=\"resnet56:cpu:0.5x:locp:40 ...\"]   accuracy-at-budget rows, each committed when done (resumable)"
 	@echo "make lint | format | clean"
 
 $(BIN)/.installed: pyproject.toml
@@ -70,6 +72,9 @@ bench-fleet: setup
 
 bench-shapes: setup
 	$(BIN)/python bench/bench_shapes.py --device $(DEVICE)
+
+bench-rows: setup
+	$(BIN)/python bench/bench_rows.py $(ROWS) --commit
 
 bench-importance: setup
 	$(BIN)/python bench/bench_importance.py --device $(DEVICE) $(IMPORTANCE_ARGS)
