@@ -25,22 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench_search import METHODS  # the method labels of bench-search: (searcher, round_to)
+
 from trtprune.config import FinetuneConfig, RunConfig
 from trtprune.fsutil import write_json
 from trtprune.log import setup
 from trtprune.provenance import provenance
 from trtprune.run import Run, run_all
-
-# method labels: (searcher, round_to); the baselines are uniform r8 and flops r1 / r8 / r16
-METHODS = {
-    "locp": ("locp", 1),
-    "knapsack": ("knapsack", 1),
-    "lap": ("lap", 1),
-    "uniform-r8": ("uniform", 8),
-    "flops-r1": ("flops", 1),
-    "flops-r8": ("flops", 8),
-    "flops-r16": ("flops", 16),
-}
 
 
 def parse_row(text: str) -> dict:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 from trtprune.deploy.export import onnx_from_torch
 from trtprune.deploy.quantize import qdq_for_timing
 from trtprune.errors import TrtpruneError
-from trtprune.profiling.stairs import Stairs, Tolerance, three_point
+from trtprune.profiling.stairs import Stairs, Tolerance, on_multiples, three_point
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
 
 log = logging.getLogger(__name__)
@@ -87,22 +86,4 @@ class EngineProfiler:
 
     def stairs(self, group: ChannelGroup, tol: Tolerance, lo: int = 1) -> Stairs:
         """The group's stairs over counts ``lo..channels`` (multiples only for grouped convs)."""
-        m = group.multiple
-        s = three_point(
-            max(1, math.ceil(lo / m)),
-            group.channels // m,
-            lambda units: {u: v for u, v in zip(units, self.curve(group, [u * m for u in units]).values())},
-            tol,
-        )
-        if m == 1:
-            return s
-        scale = lambda counts: tuple(c * m for c in counts)  # noqa: E731
-        return Stairs(
-            s.lo * m,
-            s.hi * m,
-            {c * m: v for c, v in s.latency.items()},
-            scale(s.edges),
-            scale(s.dips),
-            [(a * m, b * m) for a, b in s.plateaus],
-            [(a * m, b * m) for a, b in s.slopes],
-        )
+        return on_multiples(three_point, lo, group.channels, group.multiple, lambda cs: self.curve(group, cs), tol)

@@ -11,7 +11,6 @@ interleaved run per batch and stored at once, so an interrupted profile resumes 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,7 +25,7 @@ from trtprune.latency.base import Backend
 from trtprune.log import progress
 from trtprune.profiling.layers import Layer, Signature, micro_model, point
 from trtprune.profiling.lut import LUT, Entry
-from trtprune.profiling.stairs import Stairs, Tolerance, exhaustive, three_point
+from trtprune.profiling.stairs import Stairs, Tolerance, exhaustive, on_multiples, three_point
 from trtprune.pruning.prune import ChannelGroup
 
 log = logging.getLogger(__name__)
@@ -345,25 +344,8 @@ class Profiler:
         if method == "auto":
             method = self.default_method()
         search = {"three_point": three_point, "exhaustive": exhaustive}[method]
-        m = gl.group.multiple
-        if m == 1:
-            return search(lo, gl.group.channels, lambda counts: self.curve(gl, counts), tol)
-
-        def measure(units: list[int]) -> dict[int, float]:
-            curve = self.curve(gl, [u * m for u in units])
-            return {u: curve[u * m] for u in units}
-
-        s = search(max(1, math.ceil(lo / m)), gl.group.channels // m, measure, tol)
-        scale = lambda counts: tuple(c * m for c in counts)  # noqa: E731
-        return Stairs(
-            s.lo * m,
-            s.hi * m,
-            {c * m: v for c, v in s.latency.items()},
-            scale(s.edges),
-            scale(s.dips),
-            [(a * m, b * m) for a, b in s.plateaus],
-            [(a * m, b * m) for a, b in s.slopes],
-        )
+        g = gl.group
+        return on_multiples(search, lo, g.channels, g.multiple, lambda counts: self.curve(gl, counts), tol)
 
 
 def profilable(gls: list[GroupLayers], model: nn.Module) -> tuple[list, dict[str, list[str]]]:

@@ -39,6 +39,7 @@ measured by ``make bench-profile`` (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -209,6 +210,37 @@ def three_point(
             curve.setdefault(c, v)
     edges, dips = classify(curve, tol)
     return Stairs(lo, hi, lat, edges, dips, sorted(plateaus), sorted(slopes))
+
+
+def on_multiples(
+    search: Callable[..., Stairs],
+    lo: int,
+    hi: int,
+    multiple: int,
+    measure: Callable[[list[int]], dict[int, float]],
+    tol: Tolerance,
+) -> Stairs:
+    """``search`` over the multiples of ``multiple`` in ``lo..hi`` only (a grouped conv keeps a multiple of its
+    groups): the search sees units, ``measure`` and the result see channel counts."""
+    m = multiple
+    if m == 1:
+        return search(lo, hi, measure, tol)
+
+    def units(us: list[int]) -> dict[int, float]:
+        got = measure([u * m for u in us])
+        return {u: got[u * m] for u in us}
+
+    s = search(max(1, math.ceil(lo / m)), hi // m, units, tol)
+    scale = lambda counts: tuple(c * m for c in counts)  # noqa: E731
+    return Stairs(
+        s.lo * m,
+        s.hi * m,
+        {c * m: v for c, v in s.latency.items()},
+        scale(s.edges),
+        scale(s.dips),
+        [(a * m, b * m) for a, b in s.plateaus],
+        [(a * m, b * m) for a, b in s.slopes],
+    )
 
 
 def _middle(a: int, b: int, alignments: tuple[int, ...]) -> int:
