@@ -166,8 +166,10 @@ def test_trtprune_profile_on_a_fake_orin_writes_stairs_from_engine_profiles(tmp_
     )
     assert "per-layer profile of the whole model's engine" in (out / "stairs.md").read_text()
     capsys.readouterr()
-    code = main(["--json", "search", "--model", f"{__file__}:make", "--input-shape", "3x16x16", "--device", "orin",
-                 "--budget", "0.8x", "--stairs-from", "engine", "--importance", "l1", "--lut", str(tmp_path / "lut.db"),
+    torch.save(Tiny().state_dict(), tmp_path / "tiny.pt")
+    code = main(["--json", "search", "--model", f"{__file__}:make", "--weights", str(tmp_path / "tiny.pt"),
+                 "--input-shape", "3x16x16", "--device", "orin", "--budget", "0.8x", "--stairs-from", "engine",
+                 "--importance", "l1", "--lut", str(tmp_path / "lut.db"),
                  "-o", str(tmp_path / "plan.json")])  # fmt: skip
     assert code == 0
     plan = json.loads((tmp_path / "plan.json").read_text())
