@@ -3,8 +3,8 @@
 
 ``--settings``: the same pruned ResNet-56 and teacher at batch 128, each setting (NCHW / channels-last, fp32 /
 bf16 autocast where native) timed for ``--rounds`` steps interleaved round by round (as trtprune's fine-tuning
-does on its first batch to pick one, with 3 rounds). One row per host in bench/results/finetune_settings.json,
-kept across runs and machines (a host's row is replaced by its newer one).
+does on its first batch to pick one, with 3 rounds). One row per host under ``settings`` in
+bench/results/finetune.json, kept across runs and machines (a host's row is replaced by its newer one).
 
 ResNet-56 (published weights) pruned uniformly (37 % of every group, about as many channels as the 0.5x
 plans keep), fine-tuned as bench-search does it (batch 128, distillation 0.5 from the unpruned model, the
@@ -102,12 +102,13 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=10, help="timed steps per setting with --settings (default 10)")
     a = ap.parse_args(argv)
     setup(0)
-    if a.settings:
-        out = Path("bench/results/finetune_settings.json")
+    if a.settings:  # rows under "settings" in the same file as the eager / compile record
+        out = a.out
         row = settings_row(resolve_weights("resnet56", None, a.data), load_split(a.data, "train"), a.rounds)
-        rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+        record = json.loads(out.read_text()) if out.is_file() else {}
+        rows = record.get("settings", [])
         rows = [r for r in rows if (r["host"], r["isa"]) != (row["host"], row["isa"])] + [row]
-        write_json(out, {"rows": rows})
+        write_json(out, {**record, "settings": rows})
         print(", ".join(f"{n} {v:.0f} ms" for n, v in row["ms_per_step"].items()) + f" per step: {row['fastest']}")
         print(f"wrote {out}")
         return 0
