@@ -402,6 +402,10 @@ def test_run_with_a_latency_search(tiny_data, tmp_path, capsys, fake_device):
     md = (tmp_path / "k" / "report.md").read_text()
     assert "knapsack search for a budget of 0.5x" in md
     assert report["budget"]["met"] and "**Budget 0.5x: met**" in md
+    # depth before width: ResNet-8's one removable block (layer1.0) goes first, then the channels close the gap
+    assert report["method"]["remove_blocks"] == report["method"]["meta"]["depth"]["removed"] == ["layer1.0"]
+    assert "Blocks removed whole before the channels: 1 of 1 (layer1.0)" in md
+    assert "layer1.0.conv1" not in report["method"]["keep_channels"]
     from trtprune.report import markdown
 
     slower = markdown({**report, "budget": {**report["budget"], "ratio": 0.61, "met": False}})

@@ -34,6 +34,7 @@ from trtprune.profiling.layers import layers_of
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.profile import Profiler, group_layers, profilable, profile_groups
 from trtprune.profiling.stairs import Stairs, Tolerance
+from trtprune.pruning.blocks import remove_blocks
 from trtprune.pruning.importance import DEFAULT_IMPORTANCE, needs_data
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
 from trtprune.searching.plan import Budget, Plan
@@ -122,7 +123,8 @@ def search(
 ) -> Plan:
     """Per-group channel counts that meet ``budget`` ("0.5x" of the dense model's latency, or "1.2ms") on the
     device, measured there, keeping the channels that matter most by ``importance`` on ``data``; ``model`` is
-    left as it is. ``method``: locp, knapsack, lap, uniform or flops."""
+    left as it is. ``method``: locp, knapsack, lap, uniform or flops. Channels only: removing whole residual blocks
+    first (the command line's default, trtprune.searching.depth) needs the training images of ``trtprune search``."""
     dev = _as_device(device)
     budget = budget if isinstance(budget, Budget) else Budget.from_text(budget)
     channel_scores = scores(model, input_shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore)
@@ -155,11 +157,13 @@ def prune(
     std=IMAGENET_STD,
     ignore: Iterable[str] = (),
 ) -> nn.Module:
-    """Remove channels from ``model`` in place until every group has the plan's count, the least important first
-    (``importance`` on ``data``); returns the model. The pruning history is ``model.trtprune_history``."""
+    """Remove the plan's residual blocks (a :class:`Plan` from ``trtprune search``), then channels from ``model`` in
+    place until every group has the plan's count, the least important first (``importance`` on ``data``); returns
+    the model. The pruning history is ``model.trtprune_history``."""
     keep = plan.keep_channels if isinstance(plan, Plan) else dict(plan)
     if isinstance(plan, Plan):
         ignore = tuple(ignore) or tuple(plan.meta.get("ignore", ()))
+        model.trtprune_history = getattr(model, "trtprune_history", []) + remove_blocks(model, plan.remove_blocks)
     channel_scores = scores(model, input_shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore)
     pruner = GroupPruner(model, input_shape, ignore)
     pruner.prune_to(keep, scores=channel_scores)

@@ -199,6 +199,14 @@ def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
         "training images, and the best is measured (locp, knapsack, lap; default: none)",
     )
     p.add_argument(
+        "--no-depth",
+        dest="depth",
+        action="store_false",
+        help="keep every residual block: prune channels only (by default locp, knapsack and lap first remove "
+        "whole blocks, chosen by the accuracy proxy per millisecond saved, while the network stays above the "
+        "budget; see trtprune.searching.depth)",
+    )
+    p.add_argument(
         "--stairs-from",
         default="layers",
         choices=["layers", "engine"],

@@ -218,6 +218,7 @@ def cmd_search(a) -> dict:
             min_fraction=_floor(a),
             ranked=parse_ranked(_items(a.rank)),
             stairs_from=a.stairs_from,
+            remove_depth=a.depth,
         )
     plan.save(a.output)
     print(
@@ -364,6 +365,7 @@ def cmd_run(a) -> dict:
         floor=_floor(a),
         ranked=[f"{c}:{f:g}" for c, f in parse_ranked(_items(a.rank))],
         stairs_from=a.stairs_from,
+        depth=a.depth,
         finetune=_ft_config(a),
         eval_limit=a.eval_limit,
     )

@@ -48,6 +48,7 @@ class RunConfig:
     # "criterion:floor" variants whose plans the accuracy proxy ranks with the search's own ([] = no ranking)
     ranked: list[str] = field(default_factory=list)
     stairs_from: str = "layers"  # "layers" (the latency table) or "engine" (TensorRT: whole-engine profiles)
+    depth: bool = True  # locp/knapsack/lap remove residual blocks before channels (trtprune.searching.depth)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
     input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)

@@ -133,6 +133,17 @@ def _ranking_line(m: dict) -> str:
     )
 
 
+def _depth_line(m: dict) -> str:
+    """The residual blocks the search removed before pruning channels (trtprune.searching.depth)."""
+    d = m["meta"]["depth"]
+    return (
+        f"Blocks removed whole before the channels: {len(d['removed'])} of {len(d['drop'])} "
+        f"({', '.join(d['removed'])}), taken by accuracy-proxy points lost per millisecond saved; without them the "
+        f"network measured {d['measured_ms'] / d['baseline_ms']:.3f}x, and the channels were searched for "
+        f"{m['meta'].get('channel_budget')} of it."
+    )
+
+
 def _recovery_line(ft: dict) -> str:
     """Top-1 from pruning to the last epoch: as pruned, after BatchNorm recalibration, per epoch."""
     rec = ft["recovery"]
@@ -173,6 +184,7 @@ def markdown(r: dict) -> str:
         f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
+        *([_depth_line(m), ""] if m.get("meta", {}).get("depth", {}).get("removed") else []),
         *([_ranking_line(m), ""] if m.get("meta", {}).get("ranking") else []),
         *([_recovery_line(r["finetune"]), ""] if r["finetune"].get("recovery") else []),
         *([budget_line(r), ""] if r.get("budget") else []),

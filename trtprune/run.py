@@ -224,6 +224,7 @@ def stage_search(run: Run, out: Path) -> None:
             min_fraction=cfg.floor,
             ranked=parse_ranked(cfg.ranked),
             stairs_from=cfg.stairs_from,
+            remove_depth=cfg.depth,
         )
     plan.save(out)
 

@@ -27,6 +27,7 @@ import torch_pruning as tp
 from torch import nn
 
 from trtprune.errors import TrtpruneError
+from trtprune.pruning.blocks import remove_blocks, split_history
 from trtprune.pruning.importance import get_criterion
 from trtprune.searching.plan import Plan
 from trtprune.sources.models.shortcut import ChannelPadShortcut
@@ -320,7 +321,10 @@ def _modules_named(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
 
 
 def replay(model: nn.Module, input_shape: tuple[int, ...], history: list) -> nn.Module:
-    """Apply a recorded pruning history to a freshly built dense model (in place)."""
+    """Apply a recorded pruning history to a freshly built dense model (in place): the blocks it removed, then
+    its channels."""
+    removed, history = split_history(history)
+    remove_blocks(model, removed)
     if history:
         pruner = GroupPruner(model, input_shape)
         with warnings.catch_warnings():

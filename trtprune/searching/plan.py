@@ -85,6 +85,9 @@ class Plan:
     predicted_ms: float | None = None
     measured_ms: float | None = None
     meta: dict = field(default_factory=dict)
+    # residual blocks removed whole before the channels are pruned (trtprune.pruning.blocks); keep_channels and
+    # channels are the groups of the network without them
+    remove_blocks: list[str] = field(default_factory=list)
 
     def _wrong_types(self) -> list[str]:
         def counts(d) -> bool:
@@ -101,6 +104,8 @@ class Plan:
             "channels": counts(self.channels),
             **{k: ms(getattr(self, k)) for k in ("baseline_ms", "predicted_ms", "measured_ms")},
             "meta": isinstance(self.meta, dict),
+            "remove_blocks": isinstance(self.remove_blocks, list)
+            and all(isinstance(b, str) for b in self.remove_blocks),
         }
         return [k for k, ok in checks.items() if not ok]
 
@@ -131,7 +136,8 @@ class Plan:
             raise TrtpruneError(
                 f"plan '{path}' is malformed: wrong types for {', '.join(wrong)}",
                 why="model, device, method, budget and lut_key are text; keep_channels and channels map group "
-                "names to channel counts; the latencies are numbers or null; meta is an object",
+                "names to channel counts; the latencies are numbers or null; meta is an object; remove_blocks is a "
+                "list of module names",
                 fix="make it again with trtprune search",
             )
         bad = {

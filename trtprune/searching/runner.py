@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from trtprune.deploy.export import onnx_from_torch
+from trtprune.deploy.quantize import qdq_for_timing
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.predict import Predictor
+from trtprune.pruning.blocks import remove_blocks
 from trtprune.pruning.importance import needs_data
 from trtprune.pruning.prune import GroupPruner, check_round_to
 from trtprune.searching import get_searcher
+from trtprune.searching.depth import Depth, DepthSearch
 from trtprune.searching.plan import Budget, Plan
 from trtprune.searching.space import SearchSpace
 from trtprune.sources.images import Images, open_images
@@ -27,6 +31,7 @@ from trtprune.training.proxy import adaptive_bn_top1
 log = logging.getLogger(__name__)
 
 RANKED = ("locp", "knapsack", "lap")  # searchers whose plans follow the cost: variants of it can be ranked
+DEPTH_FIRST = ("locp", "knapsack", "lap")  # the latency-aware searchers remove blocks first; baselines do not
 SCORE_BATCHES = 8  # training batches of 64 whose loss gradient gives the Taylor scores
 SCORE_BATCH_SIZE = 64
 
@@ -50,9 +55,10 @@ def prune_with_data(model: nn.Module, spec, plan: Plan, importance: str, data, i
     """Prune ``model`` in place to ``plan``, dropping the channels least important by ``importance`` on the
     dataset ``data`` (the first training batches): the prune stage of the command line and of ``trtprune run``
     (the API's :func:`trtprune.prune` on loaders). The history is left in ``model.trtprune_history``."""
+    removed = remove_blocks(model, plan.remove_blocks)
     pruner = GroupPruner(model, spec.input_shape, ignore)
     pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, importance, data, ignore))
-    model.trtprune_history = getattr(model, "trtprune_history", []) + pruner.history()
+    model.trtprune_history = getattr(model, "trtprune_history", []) + removed + pruner.history()
 
 
 def search(
@@ -72,12 +78,33 @@ def search(
     min_fraction: float = 0.1,
     ranked: Sequence[tuple[str, float]] = (),
     stairs_from: str = "layers",
+    remove_depth: bool = True,
 ) -> Plan:
     """Search a plan for the model ``model_name`` (a name or a spec) with ``weights``, its channels scored on the
     dataset ``data``: the command line's door onto :func:`search_module`. ``ranked``: (importance, floor) variants
-    whose plans are ranked with the search's own by the accuracy proxy on the training images."""
+    whose plans are ranked with the search's own by the accuracy proxy on the training images. With ``remove_depth``
+    (latency-aware methods), residual blocks are removed first (:mod:`trtprune.searching.depth`) while the network
+    stays above the budget, and the channels of the shallower network close the rest."""
     get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
+    dense, depth, asked = model, None, budget
+    if remove_depth and method in DEPTH_FIRST:
+        model = copy.deepcopy(dense)
+        with get_backend(device) as backend:
+            found = DepthSearch(dense, spec.input_shape, backend, Path(workdir) / "depth", ignore)
+            if found.blocks:  # the training images are opened only for a model with blocks to score
+                depth = found.search(budget, open_images(data, "train", spec.input_shape), spec.mean, spec.std)
+            else:
+                depth = Depth()
+        remove_blocks(model, depth.removed)
+        if depth.removed:
+            log.info(
+                "depth    | %d of %d blocks removed: %.3fx measured; channels close the rest",
+                len(depth.removed),
+                len(depth.drop),
+                depth.measured_ms / depth.baseline_ms,
+            )
+        budget = depth.channel_budget(budget)
     variants, rank = [], None
     if ranked:
         scores_of = {importance: None}
@@ -88,7 +115,7 @@ def search(
             (f"{c}, floor {f:g}", scores_of[c], f, c) for c, f in ranked if (c, f) != (importance, min_fraction)
         ]
         rank = proxy_ranker(model, spec, open_images(data, "train", spec.input_shape), ignore)
-    return search_module(
+    plan = search_module(
         model,
         spec.input_shape,
         device,
@@ -107,6 +134,38 @@ def search(
         rank=rank,
         stairs_from=stairs_from,
     )
+    if depth is None or not depth.removed:
+        return plan
+    return _with_depth(plan, dense, model, spec, device, asked, depth, Path(workdir))
+
+
+def _with_depth(plan: Plan, dense, shallow, spec, device, budget: Budget, depth: Depth, workdir: Path) -> Plan:
+    """``plan`` (searched on the network without the removed blocks, under what the removals left of the budget)
+    stated against the dense network: both measured whole in one interleaved run."""
+    pruned = copy.deepcopy(shallow)  # latency does not depend on the weights: l1 picks the channels
+    GroupPruner(pruned, spec.input_shape).prune_to(plan.keep_channels)
+    with get_backend(device) as backend:
+        base, sub = _measure_pair(backend, dense, pruned, spec.input_shape, workdir / "depth")
+    plan.meta["depth"] = depth.to_dict()
+    plan.meta["channel_budget"] = plan.budget
+    plan.budget = str(budget)
+    plan.meta["met"] = budget.met(sub, base)
+    plan.remove_blocks = list(depth.removed)
+    plan.baseline_ms, plan.measured_ms = base, sub
+    log.info("depth    | blocks and channels together: %.3f of %.3f ms measured (%.3fx)", sub, base, sub / base)
+    return plan
+
+
+def _measure_pair(backend, dense: nn.Module, pruned: nn.Module, input_shape, workdir: Path) -> tuple[float, float]:
+    paths = []
+    for tag, m in (("final-dense", dense), ("final", pruned)):
+        path = workdir / f"{tag}.onnx"
+        onnx_from_torch(m, path, input_shape, backend.device.batch)
+        if backend.builds_engines and backend.device.precision == "int8":
+            qdq_for_timing(path)
+        paths.append(path)
+    base, sub = backend.compare(paths, rounds=backend.deciding_rounds)
+    return base.median_ms, sub.median_ms
 
 
 def proxy_ranker(model: nn.Module, spec, train, ignore: Iterable[str] = ()):

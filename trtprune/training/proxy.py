@@ -19,8 +19,11 @@ CALIBRATION_BATCHES = 20  # batches of 100 for re-estimating BN statistics
 
 
 def held_out(train, n: int = HELD_OUT) -> tuple[Images, Images]:
-    """(calibration part, validation part) of the training images; the validation part is their last ``n``."""
+    """(calibration part, validation part) of the training images; the validation part is their last ``n`` (a
+    fifth of a set not larger than ``n``)."""
     train = as_images(train)
+    if n >= len(train):
+        n = max(1, len(train) // 5)
     return train.take(0, len(train) - n), train.take(len(train) - n)
 
 

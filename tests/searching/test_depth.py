@@ -1,0 +1,110 @@
+"""Depth before width on the fake engine: blocks taken while the network stays above the budget, channels after."""
+
+import pytest
+import torch
+
+from tests.conftest import cli
+from trtprune.latency import get_backend
+from trtprune.latency.devices import Device
+from trtprune.pruning.blocks import removable_blocks
+from trtprune.searching import Budget, Plan
+from trtprune.searching.depth import DepthSearch
+from trtprune.searching.runner import prune_with_data, search
+from trtprune.sources.datasets import synthetic_cifar10
+from trtprune.sources.images import as_images
+from trtprune.sources.models import build_model, model_spec
+from trtprune.sources.weights import load_model
+
+FAKE = Device("fake-test", "fake")
+
+
+@pytest.fixture(scope="module")
+def r20():
+    torch.manual_seed(0)
+    return build_model("resnet20").eval()
+
+
+@pytest.fixture(scope="module")
+def train():
+    x, y = synthetic_cifar10(300, 1)
+    return as_images((x, y))
+
+
+def test_blocks_stop_where_one_more_would_meet_the_budget(r20, train, tmp_path):
+    budget = Budget(fraction=0.75)
+    with get_backend(FAKE) as backend:
+        d = DepthSearch(r20, (3, 32, 32), backend, tmp_path).search(budget, train, (0.5,) * 3, (0.25,) * 3)
+    assert 0 < len(d.removed) < 7
+    assert d.measured_ms > budget.target_ms(d.baseline_ms)  # still above: channels close the rest
+    by_k = {s["removed"]: s for s in d.steps}
+    assert by_k[len(d.removed) + 1]["ratio"] <= 0.75  # one more block was measured, and met the budget
+    assert set(d.drop) == set(d.saving_ms) == {b.name for b in removable_blocks(r20, (3, 32, 32))}
+    # the order is the proxy drop per ms saved
+    keys = [d.drop[n] / d.saving_ms[n] for n in d.removed]
+    rest = [d.drop[n] / d.saving_ms[n] for n in d.drop if n not in d.removed]
+    assert max(keys) <= min(rest)
+    left = d.channel_budget(budget)
+    assert left.fraction == pytest.approx(0.75 * d.baseline_ms / d.measured_ms)
+    assert r20.layer1[0].__class__.__name__ == "BasicBlock"  # the caller's model is left as it is
+
+
+def test_signatures_share_one_measured_saving(r20, train, tmp_path):
+    with get_backend(FAKE) as backend:
+        saving = DepthSearch(r20, (3, 32, 32), backend, tmp_path).savings()
+    assert saving["layer1.0"] == saving["layer1.2"] and saving["layer2.1"] == saving["layer2.2"]
+    assert all(v > 0 for v in saving.values())
+
+
+@pytest.mark.parametrize("depth", [True, False])
+def test_search_removes_blocks_then_prunes_channels(tiny_data, tmp_path, depth):
+    device = FAKE
+    weights = tiny_data / "weights" / "resnet20-random.th"
+    plan = search(
+        "resnet20",
+        weights,
+        device,
+        Budget(fraction=0.6),
+        "locp",
+        workdir=tmp_path,
+        lut_path=tmp_path / "lut.sqlite",
+        data=str(tiny_data),
+        remove_depth=depth,
+    )
+    assert plan.budget == "0.6x" and plan.measured_ms <= 0.6 * plan.baseline_ms * 1.01
+    assert bool(plan.remove_blocks) is depth
+    if depth:
+        assert plan.meta["depth"]["removed"] == plan.remove_blocks
+        assert plan.meta["channel_budget"] != "0.6x"
+    plan.save(tmp_path / "plan.json")
+    plan = Plan.load(tmp_path / "plan.json")
+    model, spec = load_model("resnet20", weights)
+    prune_with_data(model, model_spec("resnet20"), plan, "fisher", str(tiny_data))
+    for name in plan.remove_blocks:
+        assert type(model.get_submodule(name)).__name__ == "Identity"
+
+
+def test_cli_search_no_depth_keeps_every_block(tiny_data, tmp_path, capsys, monkeypatch):
+    from trtprune.latency import devices
+
+    monkeypatch.setitem(devices.DEVICES, "fake-test", FAKE)
+    code, out, err = cli(
+        capsys,
+        "search",
+        "--model",
+        "resnet20",
+        "--weights",
+        tiny_data / "weights" / "resnet20-random.th",
+        "--device",
+        "fake-test",
+        "--budget",
+        "0.6x",
+        "--no-depth",
+        "-o",
+        tmp_path / "plan.json",
+        "--data",
+        tiny_data,
+        "--lut",
+        tmp_path / "lut.sqlite",
+    )
+    assert code == 0, err
+    assert Plan.load(tmp_path / "plan.json").remove_blocks == []
