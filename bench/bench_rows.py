@@ -13,6 +13,9 @@ redone, whichever host made it; an interrupted row resumes from its run director
 the same machine, stage by stage and epoch by epoch. With ``--commit`` each new row is committed to git at once.
 
     python bench/bench_rows.py resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:uniform-r8:30 --commit
+
+locp, knapsack and lap remove residual blocks before channels (trtprune.searching.depth) as ``trtprune run`` does;
+``locp-nodepth`` (and the like) is the same search on channels only; uniform and flops never remove blocks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from trtprune.fsutil import write_json
 from trtprune.log import setup
 from trtprune.provenance import provenance
 from trtprune.run import Run, run_all
+from trtprune.searching.runner import DEPTH_FIRST
+
+NO_DEPTH = "-nodepth"  # e.g. locp-nodepth: the latency-aware search on channels only (trtprune run --no-depth)
 
 
 def parse_row(text: str) -> dict:
@@ -41,8 +47,9 @@ def parse_row(text: str) -> dict:
     except ValueError:
         msg = f"'{text}' is not MODEL:DEVICE:BUDGET:METHOD:EPOCHS (e.g. resnet20:cpu:0.5x:locp:30)"
         raise SystemExit(msg) from None
-    if method not in METHODS:
-        raise SystemExit(f"unknown method '{method}' in '{text}': one of {', '.join(METHODS)}")
+    if method.removesuffix(NO_DEPTH) not in METHODS:
+        known = ", ".join([*METHODS, *(f"{m}{NO_DEPTH}" for m in DEPTH_FIRST)])
+        raise SystemExit(f"unknown method '{method}' in '{text}': one of {known}")
     return {"model": model, "device": device, "budget": budget, "method": method, "epochs": epochs}
 
 
@@ -69,8 +76,9 @@ def main() -> None:
         if any(r.get("key") == key_of(want) for r in record["rows"]):
             print(f"{key_of(want)}: done already, kept")
             continue
-        searcher, round_to = METHODS[want["method"]]
+        searcher, round_to = METHODS[want["method"].removesuffix(NO_DEPTH)]
         cfg = RunConfig(
+            depth=not want["method"].endswith(NO_DEPTH),
             model=want["model"],
             device=want["device"],
             method=searcher,
@@ -95,6 +103,7 @@ def main() -> None:
             "budget_met": (report.get("budget") or {}).get("met"),
             "recipe": {"lr": a.lr, "distill": a.distill, "batch_size": cfg.finetune.batch_size},
             "recovery": report["finetune"].get("recovery"),
+            "remove_blocks": report["method"].get("remove_blocks", []),
             "keep_channels": report["method"].get("keep_channels"),
             "wall_s": time.perf_counter() - t0,
             **provenance(f"python bench/bench_rows.py {text} --importance {a.importance}"),

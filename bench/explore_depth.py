@@ -1,6 +1,9 @@
 """Exploration behind depth-before-width (trtprune.searching.depth): ResNet-56 on `cpu`, blocks only.
 
-Run: ``TRTPRUNE_DATA=... python bench/explore_depth.py [EPOCHS]`` (default 4). Scores each of ResNet-56's
+``python bench/explore_depth.py zoo``: the dense ResNet-20, -32 and -56 and ResNet-56 keeping the first 5, 4 or 3
+blocks of each stage, measured side by side on `cpu`, and the proxy of the three shallowed ResNet-56.
+
+``TRTPRUNE_DATA=... python bench/explore_depth.py [EPOCHS]`` (default 4): scores each of ResNet-56's
 residual blocks 1..8 of each stage by the proxy drop when it alone is removed (BatchNorm re-estimated on 10
 batches of 100, top-1 on 2,000 held-out training images), measures the time one block of each stage saves,
 removes blocks by drop per ms until the network measures at or below 0.5x of the dense one (each step measured
@@ -25,10 +28,9 @@ from trtprune.metrics import top1_torch
 from trtprune.sources.datasets import load_split
 from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_model, resolve_weights
-from trtprune.training.proxy import held_out, recalibrate_bn
+from trtprune.training.proxy import adaptive_bn_top1, held_out, recalibrate_bn
 
 data = os.environ.get("TRTPRUNE_DATA") or "../shared/data"
-EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 TARGET = 0.5
 
 
@@ -56,6 +58,23 @@ def drop_set(model, which):
         getattr(m, f"layer{s}")[i] = nn.Identity()
     return m
 
+
+if sys.argv[1:2] == ["zoo"]:
+    variants = {"resnet56": m56, "resnet20": get("resnet20")[0], "resnet32": get("resnet32")[0]}
+    for k in (5, 4, 3):
+        variants[f"resnet56 keeping {k} blocks per stage"] = drop_set(
+            m56, [(s, i) for s in (1, 2, 3) for i in range(k, 9)]
+        )
+    tmp = Path(tempfile.mkdtemp())
+    for i, m in enumerate(variants.values()):
+        api.export(m, tmp / f"{i}.onnx", (3, 32, 32))
+    timings = api.measure([tmp / f"{i}.onnx" for i in range(len(variants))], "cpu")
+    for (name, m), t in zip(variants.items(), timings):
+        print(name, f"{t.median_ms:.3f} ms", f"{t.median_ms / timings[0].median_ms:.3f}x", flush=True)
+        if "keeping" in name:  # the proxy as trtprune.training.proxy.adaptive_bn_top1 computes it
+            print("  proxy", adaptive_bn_top1(copy.deepcopy(m), train, spec.mean, spec.std), flush=True)
+    sys.exit(0)
+EPOCHS = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 
 t0 = time.time()
 base = proxy(m56)
