@@ -83,6 +83,7 @@ class DepthSearch:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.blocks: list[Block] = removable_blocks(model, self.input_shape, ignore)
         self._dense_path: Path | None = None
+        self.dense_ms: float | None = None
 
     @property
     def _dense(self) -> Path:
@@ -103,12 +104,14 @@ class DepthSearch:
         return base.median_ms, sub.median_ms
 
     def savings(self) -> dict[str, float]:
-        """Milliseconds each block saves, measured once per signature (all in one interleaved run)."""
+        """Milliseconds each block saves, measured once per signature (all in one interleaved run); the dense
+        model's time of that run is kept in ``dense_ms``."""
         first: dict[str, str] = {}
         for b in self.blocks:
             first.setdefault(b.signature, b.name)
         paths = [self._export(_without(self.model, [n]), f"depth-one{i}") for i, n in enumerate(first.values())]
         timings = self.backend.compare([self._dense, *paths], rounds=self.backend.deciding_rounds)
+        self.dense_ms = timings[0].median_ms
         per_signature = {s: timings[0].median_ms - t.median_ms for s, t in zip(first, timings[1:])}
         return {b.name: per_signature[b.signature] for b in self.blocks}
 
@@ -119,7 +122,7 @@ class DepthSearch:
         drop = {}
         for b in self.blocks:
             drop[b.name] = base - proxy(_without(self.model, [b.name]))
-            log.info("%-24s | depth    | proxy %.2f points lower without it", b.name, drop[b.name])
+            log.info("%-24s | depth    | proxy %+.2f points without it", b.name, -drop[b.name])
         return drop
 
     def search(self, budget: Budget, train, mean, std) -> Depth:
@@ -144,8 +147,8 @@ class DepthSearch:
             base, sub = measured[k]
             return k == 0 or sub > budget.target_ms(base)
 
-        above(0)
-        dense_ms, k, saved = measured[0][0], 0, 0.0
+        dense_ms, k, saved = self.dense_ms, 0, 0.0
+        measured[0] = (dense_ms, dense_ms)  # nothing removed: the dense model, as the savings' run measured it
         while k < len(names) and dense_ms - saved - saving[names[k]] > budget.target_ms(dense_ms):
             saved += saving[names[k]]
             k += 1  # the first guess, from the per-block savings; measurement decides
