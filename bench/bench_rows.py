@@ -7,7 +7,8 @@ model measured in ONE interleaved run, both evaluated on the full test set. So e
 fine-tuned and measured on one host, against its own baseline.
 
 Rows live in ``bench/results/rows.json`` under ``rows``: model, device, method, budget, epochs, top1, top1_dense,
-measured_ms, baseline_ms, speedup, host (CPU, ISA, cores, machine name), commit, date, the recipe and the plan.
+measured_ms, baseline_ms, speedup, host (CPU, ISA, cores, machine name), commit, date, the recipe and the plan;
+``rows_<model>_<device>.png`` beside it plots top-1 against the measured latency ratio of every row.
 A row whose key (model, device, budget, method with its options, epochs, importance) is already there is never
 redone, whichever host made it; an interrupted row resumes from its run directory (``bench/work/rows/<key>``) on
 the same machine, stage by stage and epoch by epoch. With ``--commit`` each new row is committed to git at once.
@@ -33,6 +34,7 @@ from bench_search import METHODS  # the method labels of bench-search: (searcher
 from trtprune.config import FinetuneConfig, RunConfig
 from trtprune.fsutil import write_json
 from trtprune.log import setup
+from trtprune.plots import pareto_plot
 from trtprune.provenance import provenance
 from trtprune.run import Run, run_all
 from trtprune.searching.runner import DEPTH_FIRST
@@ -55,6 +57,28 @@ def parse_row(text: str) -> dict:
 
 def key_of(row: dict) -> str:
     return f"{row['model']}-{row['device']}-{row['budget']}-{row['method']}-e{row['epochs']}-{row['importance']}"
+
+
+def plot_rows(rows: list[dict], out: Path) -> list[Path]:
+    """One Pareto plot per (model, device): top-1 against the latency ratio each row measured against its own
+    baseline in one run (rows of different runs and hosts differ in milliseconds, not in ratio)."""
+    pngs = []
+    for model, device in sorted({(r["model"], r["device"]) for r in rows}):
+        mine = [r for r in rows if (r["model"], r["device"]) == (model, device)]
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in mine:
+            point = (r["measured_ms"] / r["baseline_ms"], r["top1"])
+            series.setdefault(f"{r['method']}, {r['epochs']} ep", []).append(point)
+        png = out.with_name(f"{out.stem}_{model}_{device}.png")
+        pareto_plot(
+            png,
+            f"{model} on {device}: top-1 after fine-tuning vs latency ratio ({len(mine)} rows, measured)",
+            series,
+            baseline=(1.0, mine[0]["top1_dense"]),
+            xlabel="latency / dense latency (measured side by side in one run)",
+        )
+        pngs.append(png)
+    return pngs
 
 
 def main() -> None:
@@ -113,8 +137,9 @@ def main() -> None:
         record["rows"].append(row)
         write_json(out, record)
         print(f"{row['key']}: {row['speedup']:.2f}x measured, top-1 {row['top1']:.2f} % ({row['wall_s']:.0f} s)")
+        pngs = plot_rows(record["rows"], out)
         if a.commit:
-            subprocess.run(["git", "add", str(out)], check=True)
+            subprocess.run(["git", "add", str(out), *map(str, pngs)], check=True)
             subprocess.run(
                 ["git", "commit", "-q", "-m", f"bench row {row['key']}: {row['speedup']:.2f}x, {row['top1']:.2f} %"],
                 check=True,

@@ -66,6 +66,7 @@ def pareto_plot(
     title: str,
     series: dict[str, list[tuple[float, float]]],
     baseline: tuple[float, float] | None = None,
+    xlabel: str = "latency (ms, measured in one interleaved run)",
 ) -> None:
     """Top-1 against measured latency, one marker per method; the baseline as a star."""
     plt = _pyplot()
@@ -75,7 +76,7 @@ def pareto_plot(
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^vD<>"[i % 7], lw=1, label=name)
     if baseline:
         ax.plot([baseline[0]], [baseline[1]], marker="*", ms=12, color="black", ls="none", label="unpruned")
-    ax.set_xlabel("latency (ms, measured in one interleaved run)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
