@@ -11,7 +11,7 @@ SEARCH_EPOCHS ?= 3
 SEARCH_ARGS ?=
 INT8_ARGS ?=
 IMPORTANCE_ARGS ?=
-ROWS ?= resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:knapsack:30 resnet20:cpu:0.5x:lap:30 resnet20:cpu:0.5x:uniform-r8:30 resnet20:cpu:0.5x:flops-r1:30 resnet20:cpu:0.5x:flops-r8:30 resnet20:cpu:0.5x:flops-r16:30
+ROWS ?= resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:locp-nodepth:30 resnet20:cpu:0.5x:knapsack:30 resnet20:cpu:0.5x:lap:30 resnet20:cpu:0.5x:uniform-r8:30 resnet20:cpu:0.5x:flops-r1:30 resnet20:cpu:0.5x:flops-r8:30 resnet20:cpu:0.5x:flops-r16:30
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 # (one retry: offline, with the wheel in a local index, each of 5 default retries per package cost seconds)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu

@@ -46,17 +46,12 @@ def test_blocks_stop_where_one_more_would_meet_the_budget(r20, train, tmp_path):
     left = d.channel_budget(budget)
     assert left.fraction == pytest.approx(0.75 * d.baseline_ms / d.measured_ms)
     assert r20.layer1[0].__class__.__name__ == "BasicBlock"  # the caller's model is left as it is
+    # one measured saving per kind of block: blocks of one stage are the same layers on the same input
+    assert d.saving_ms["layer1.0"] == d.saving_ms["layer1.2"] and d.saving_ms["layer2.1"] == d.saving_ms["layer2.2"]
+    assert all(v > 0 for v in d.saving_ms.values())
 
 
-def test_signatures_share_one_measured_saving(r20, train, tmp_path):
-    with get_backend(FAKE) as backend:
-        saving = DepthSearch(r20, (3, 32, 32), backend, tmp_path).savings()
-    assert saving["layer1.0"] == saving["layer1.2"] and saving["layer2.1"] == saving["layer2.2"]
-    assert all(v > 0 for v in saving.values())
-
-
-@pytest.mark.parametrize("depth", [True, False])
-def test_search_removes_blocks_then_prunes_channels(tiny_data, tmp_path, depth):
+def test_search_removes_blocks_then_prunes_channels(tiny_data, tmp_path):
     device = FAKE
     weights = tiny_data / "weights" / "resnet20-random.th"
     plan = search(
@@ -68,13 +63,10 @@ def test_search_removes_blocks_then_prunes_channels(tiny_data, tmp_path, depth):
         workdir=tmp_path,
         lut_path=tmp_path / "lut.sqlite",
         data=str(tiny_data),
-        remove_depth=depth,
     )
     assert plan.budget == "0.6x" and plan.measured_ms <= 0.6 * plan.baseline_ms * 1.01
-    assert bool(plan.remove_blocks) is depth
-    if depth:
-        assert plan.meta["depth"]["removed"] == plan.remove_blocks
-        assert plan.meta["channel_budget"] != "0.6x"
+    assert plan.remove_blocks and plan.meta["depth"]["removed"] == plan.remove_blocks
+    assert plan.meta["channel_budget"] != "0.6x"
     plan.save(tmp_path / "plan.json")
     plan = Plan.load(tmp_path / "plan.json")
     model, spec = load_model("resnet20", weights)

@@ -189,3 +189,25 @@ def test_ranked_variants_are_parsed_or_refused():
     for bad in ("magic:0.1", "taylor:1.5", "taylor:x"):
         with pytest.raises(TrtpruneError, match="not a ranked variant"):
             parse_ranked([bad])
+
+
+def test_lap_proposes_the_episode_the_accuracy_proxy_prefers(space):
+    """With an accuracy proxy (trtprune search/run have training images), lap's reward is accuracy: of its best
+    episodes within the target, the one the proxy scores highest is proposed."""
+    scored = []
+
+    def accuracy(keep):  # a stand-in proxy: prefers plans that keep more of the last group
+        scored.append(dict(keep))
+        return float(keep[last])
+
+    last = list(space.candidates)[-1]
+    ranked = space.variant("with a proxy")
+    ranked.accuracy = accuracy
+    lap = get_searcher("lap", episodes=40, warmup=10)
+    target = 0.6 * space.baseline_ms
+    plan = lap.propose(ranked, target, ranked.full)
+    assert 2 <= len(scored) <= 6 and plan in scored
+    assert plan[last] == max(s[last] for s in scored)
+    assert lap.proxy_scores == [float(s[last]) for s in scored]
+    assert ranked.predict([plan])[0] <= target
+    assert space.accuracy is None  # the variant's proxy is its own

@@ -7,7 +7,9 @@ within the budget.
 * Action: the fraction of channels kept, snapped to the group's nearest stair edge at or above it,
   and capped so that the budget stays reachable if every later group went to its smallest candidate.
 * Reward, at the end of an episode and shared by its steps (AMC): minus the proxy error (the share of
-  importance removed), minus a penalty for predicted latency over the target.
+  importance removed), minus a penalty for predicted latency over the target. Where the search has training
+  images (``trtprune search``/``run``), the best episodes within the target are then scored by accuracy - the
+  adaptive-BN proxy, as LAP and AMC reward validation accuracy - and the most accurate is proposed.
 * Episodes use the separable latency estimate (each group's stairs with the others at full width), which
   costs no measurement; the best plans are then re-checked with the joint LUT estimate, and when none is
   within the target by it, the best is brought under it by LOCP's stage 1 (``locp.walk_down``).
@@ -33,6 +35,7 @@ from trtprune.searching.space import SearchSpace
 log = logging.getLogger(__name__)
 
 STATE = 6
+PROXY_TOP = 6  # best episodes (by importance kept) that the accuracy proxy scores, where the search has one
 
 
 def _mlp(n_in: int, n_out: int, hidden: int = 64, out: nn.Module | None = None) -> nn.Sequential:
@@ -91,15 +94,32 @@ class LAP(Searcher):
         found.sort(key=lambda rp: -rp[0])
         best = [plan for _, plan in found[:20]]  # the best episodes, checked with the joint estimate
         joint = space.predict(best)
-        for plan, ms in zip(best, joint):
-            if ms <= target_ms:
-                return plan
+        within = [plan for plan, ms in zip(best, joint) if ms <= target_ms]
+        if within and space.accuracy is not None:
+            return self._by_accuracy(space, within[: int(self.options.get("proxy_top", PROXY_TOP))])
+        if within:
+            return within[0]
         # The agent's latency model is separable (each group's saving with the others at full width); pruning
         # both sides of a conv saves less than the two savings added, so with coupled layers (large batches)
         # every episode can be over the target by the joint estimate. The best one is then brought under it
         # by the cheapest further removals (LOCP's stage 1), as AMC's limits would have with the true model.
         log.info("lap: best episode predicted %.3f ms, over %.3f ms jointly: removing more", joint[0], target_ms)
         return walk_down(space, best[0], target_ms)
+
+    def _by_accuracy(self, space: SearchSpace, plans: list[dict[str, int]]) -> dict[str, int]:
+        """LAP's and AMC's reward is accuracy: of the agent's best episodes within the target (ranked by the
+        importance they keep, which costs nothing per episode), the one the accuracy proxy scores highest."""
+        unique = list({tuple(sorted(p.items())): p for p in plans}.values())
+        scores = [space.accuracy(p) for p in unique]
+        top = int(np.argmax(scores))
+        log.info(
+            "lap: %d best episodes scored by the accuracy proxy: %s; kept the %s",
+            len(unique),
+            ", ".join(f"{x:.2f}" for x in scores),
+            "first" if top == 0 else f"#{top + 1}",
+        )
+        self.proxy_scores = scores
+        return unique[top]
 
     @staticmethod
     def _act(actor, state, rng, sigma, random_phase) -> float:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RANKED = ("locp", "knapsack", "lap")  # searchers whose plans follow the cost: variants of it can be ranked
 DEPTH_FIRST = ("locp", "knapsack", "lap")  # the latency-aware searchers remove blocks first; baselines do not
+PROXY_REWARD = ("lap",)  # its reward is accuracy (the proxy) where the search has training images
 SCORE_BATCHES = 8  # training batches of 64 whose loss gradient gives the Taylor scores
 SCORE_BATCH_SIZE = 64
 
@@ -114,6 +115,7 @@ def search(
         variants = [
             (f"{c}, floor {f:g}", scores_of[c], f, c) for c, f in ranked if (c, f) != (importance, min_fraction)
         ]
+    if ranked or method in PROXY_REWARD:
         rank = proxy_ranker(model, spec, open_images(data, "train", spec.input_shape), ignore)
     plan = search_module(
         model,
@@ -227,6 +229,8 @@ def search_module(
         predictor = Predictor(model, backend, lut, workdir, protocol, ignore, input_shape=input_shape)
         space = SearchSpace.build(predictor, scores, min_fraction=min_fraction, stairs_from=stairs_from)
         space.label = f"{importance}, floor {min_fraction:g}"
+        if rank is not None and method in PROXY_REWARD:
+            space.accuracy = lambda keep: rank([(space, keep)])[0]
         if variants and rank is not None and method in RANKED:
             spaces = [space] + [space.variant(label, sc, floor) for label, sc, floor, _ in variants]
             result = searcher.search_ranked(spaces, budget, rank)
@@ -258,6 +262,8 @@ def search_module(
         min_fraction=min_fraction,
         stairs_from=stairs_from,
     )
+    if getattr(searcher, "proxy_scores", None):  # lap scored its best episodes by the accuracy proxy
+        meta["proxy_scores"] = searcher.proxy_scores
     return Plan(
         model=name,
         device=device.name,

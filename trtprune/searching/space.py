@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +46,8 @@ class SearchSpace:
     evaluations: int = 0  # latency predictions made
     edges: dict[str, list[int]] = field(default_factory=dict)  # every stair edge per group, before the floor
     label: str = ""  # what distinguishes this space from its variants (e.g. "fisher, floor 25 %")
+    # plan -> accuracy proxy (top-1 %, higher is better) where the caller has training images; lap's reward uses it
+    accuracy: Callable[[Mapping[str, int]], float] | None = field(default=None, repr=False)
     _cost_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -102,6 +104,7 @@ class SearchSpace:
             self.baseline_ms,
             edges=self.edges,
             label=label,
+            accuracy=self.accuracy,
         )
 
     @property
