@@ -112,6 +112,13 @@ def test_plans_round_trip_and_bad_plans_are_refused(tmp_path):
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(TrtpruneError, match="not a trtprune plan"):
         Plan.load(tmp_path / "other.json")
+    deep = Plan("resnet20", "cpu", "locp", "0.5x", {"conv1": 8}, {"conv1": 16}, remove_blocks=["layer1.1"])
+    deep.save(tmp_path / "deep.json")
+    assert Plan.load(tmp_path / "deep.json").remove_blocks == ["layer1.1"]
+    text = (tmp_path / "deep.json").read_text()
+    (tmp_path / "deep-bad.json").write_text(text.replace('[\n    "layer1.1"\n  ]', '"layer1.1"'))
+    with pytest.raises(TrtpruneError, match="wrong types for remove_blocks"):
+        Plan.load(tmp_path / "deep-bad.json")
 
 
 def test_the_lap_agent_is_seeded(space):
