@@ -27,6 +27,19 @@ from trtprune.pruning.prune import ChannelGroup, GroupPruner
 from trtprune.sources.models import ModelSpec, build_model, model_spec
 
 
+def device_form(path: Path, backend) -> None:
+    """Whole models are timed in the form the device builds: Q/DQ on int8 TensorRT devices (in place)."""
+    if backend.builds_engines and backend.device.precision == "int8":
+        qdq_for_timing(path)
+
+
+def export_timed(model: nn.Module, path: str | Path, input_shape, backend) -> Path:
+    """``model`` exported to ``path`` in the form ``backend``'s device times (see :func:`device_form`)."""
+    onnx_from_torch(model, path, tuple(input_shape), backend.device.batch)
+    device_form(Path(path), backend)
+    return Path(path)
+
+
 def planned_points(layers: Mapping[str, Layer], groups: list[ChannelGroup], keep: Mapping[str, int]) -> list[Point]:
     """Every layer as a LUT point at the channel counts a plan gives it (others at their current counts).
 
@@ -144,14 +157,9 @@ class Predictor:
         self.groups = GroupPruner(self.dense, self.input_shape, self.ignore).groups()
         onnx_from_torch(self.dense, self.workdir / "dense.onnx", self.input_shape, backend.device.batch)
         self.layers = layers_of(onnx.load(str(self.workdir / "dense.onnx")))
-        self._device_form(self.workdir / "dense.onnx")
+        device_form(self.workdir / "dense.onnx", backend)
         self.profiler = Profiler(backend, lut, protocol=protocol)
         self.overhead: Overhead | None = None
-
-    def _device_form(self, path: Path) -> None:
-        """Whole models are timed in the form the device builds: Q/DQ on int8 TensorRT devices."""
-        if self.backend.builds_engines and self.backend.device.precision == "int8":
-            qdq_for_timing(path)
 
     def points(self, keep: Mapping[str, int]) -> list[Point]:
         return planned_points(self.layers, self.groups, keep)
@@ -164,7 +172,7 @@ class Predictor:
         GroupPruner(model, self.input_shape, self.ignore).prune_to(keep)
         onnx_from_torch(model, path, self.input_shape, self.backend.device.batch)
         actual = layers_of(onnx.load(str(path)))
-        self._device_form(path)
+        device_form(path, self.backend)
         planned = dict(zip(self.layers, self.points(keep)))
         differ = [
             f"{key}: planned {p[1]}->{p[2]} ch, exported "

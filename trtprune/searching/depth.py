@@ -19,13 +19,10 @@ from pathlib import Path
 
 from torch import nn
 
-from trtprune.deploy.export import onnx_from_torch
-from trtprune.deploy.quantize import qdq_for_timing
-from trtprune.metrics import top1_torch
+from trtprune.profiling.predict import export_timed
 from trtprune.pruning.blocks import Block, removable_blocks, remove_blocks
 from trtprune.searching.plan import Budget
-from trtprune.sources.images import as_images
-from trtprune.training.proxy import held_out, recalibrate_bn
+from trtprune.training.proxy import adaptive_bn_top1
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +53,6 @@ class Depth:
         return asdict(self)
 
 
-class _Proxy:
-    def __init__(self, train, mean, std):
-        calibration, validation = held_out(train)
-        self.calibration, self.mean, self.std = calibration, mean, std
-        self.validation = as_images(validation).take(0, SENSITIVITY_IMAGES)
-
-    def __call__(self, model: nn.Module) -> float:
-        model = copy.deepcopy(model)
-        recalibrate_bn(model, self.calibration, self.mean, self.std, batches=SENSITIVITY_BATCHES)
-        return top1_torch(model, self.validation, self.mean, self.std, desc="depth proxy")
-
-
 def _without(model: nn.Module, names: Iterable[str]) -> nn.Module:
     out = copy.deepcopy(model)
     remove_blocks(out, names)
@@ -92,11 +77,7 @@ class DepthSearch:
         return self._dense_path
 
     def _export(self, model: nn.Module, tag: str) -> Path:
-        path = self.workdir / f"{tag}.onnx"
-        onnx_from_torch(model, path, self.input_shape, self.backend.device.batch)
-        if self.backend.builds_engines and self.backend.device.precision == "int8":
-            qdq_for_timing(path)  # timed in the form the device builds
-        return path
+        return export_timed(model, self.workdir / f"{tag}.onnx", self.input_shape, self.backend)
 
     def _measure(self, names: list[str], tag: str) -> tuple[float, float]:
         path = self._export(_without(self.model, names), tag)
@@ -117,8 +98,11 @@ class DepthSearch:
 
     def sensitivity(self, train, mean, std) -> dict[str, float]:
         """Proxy points lost by removing each block alone."""
-        proxy = _Proxy(train, mean, std)
-        base = proxy(self.model)
+
+        def proxy(model: nn.Module) -> float:  # changes the model it is given: give it a copy
+            return adaptive_bn_top1(model, train, mean, std, limit=SENSITIVITY_IMAGES, batches=SENSITIVITY_BATCHES)
+
+        base = proxy(copy.deepcopy(self.model))
         drop = {}
         for b in self.blocks:
             drop[b.name] = base - proxy(_without(self.model, [b.name]))

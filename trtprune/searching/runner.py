@@ -10,12 +10,10 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from trtprune.deploy.export import onnx_from_torch
-from trtprune.deploy.quantize import qdq_for_timing
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.profiling.lut import LUT
-from trtprune.profiling.predict import Predictor
+from trtprune.profiling.predict import Predictor, export_timed
 from trtprune.pruning.blocks import remove_blocks
 from trtprune.pruning.importance import needs_data
 from trtprune.pruning.prune import GroupPruner, check_round_to
@@ -159,13 +157,10 @@ def _with_depth(plan: Plan, dense, shallow, spec, device, budget: Budget, depth:
 
 
 def _measure_pair(backend, dense: nn.Module, pruned: nn.Module, input_shape, workdir: Path) -> tuple[float, float]:
-    paths = []
-    for tag, m in (("final-dense", dense), ("final", pruned)):
-        path = workdir / f"{tag}.onnx"
-        onnx_from_torch(m, path, input_shape, backend.device.batch)
-        if backend.builds_engines and backend.device.precision == "int8":
-            qdq_for_timing(path)
-        paths.append(path)
+    paths = [
+        export_timed(m, workdir / f"{tag}.onnx", input_shape, backend)
+        for tag, m in (("final-dense", dense), ("final", pruned))
+    ]
     base, sub = backend.compare(paths, rounds=backend.deciding_rounds)
     return base.median_ms, sub.median_ms
 

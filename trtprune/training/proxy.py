@@ -57,8 +57,19 @@ def recalibrate_bn(
         model.eval()
 
 
-def adaptive_bn_top1(model: nn.Module, train, mean, std, held_out_n: int = HELD_OUT) -> float:
-    """Top-1 (%) on the held-out training slice after BN recalibration on the rest (model changed in place)."""
+def adaptive_bn_top1(
+    model: nn.Module,
+    train,
+    mean,
+    std,
+    held_out_n: int = HELD_OUT,
+    limit: int | None = None,
+    batches: int = CALIBRATION_BATCHES,
+) -> float:
+    """Top-1 (%) on the held-out training slice (its first ``limit`` images; None: all) after BN recalibration on
+    ``batches`` batches of the rest (model changed in place)."""
     calibration, validation = held_out(train, held_out_n)
-    recalibrate_bn(model, calibration, mean, std)
+    if limit is not None:
+        validation = validation.take(0, limit)
+    recalibrate_bn(model, calibration, mean, std, batches=batches)
     return top1_torch(model, validation, mean, std, desc="proxy")
