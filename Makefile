@@ -10,6 +10,7 @@ BUDGET  ?= 0.5x
 SEARCH_EPOCHS ?= 3
 SEARCH_ARGS ?=
 INT8_ARGS ?=
+INT8_PLAN_ARGS ?=
 IMPORTANCE_ARGS ?=
 ROWS ?= resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:locp-nodepth:30 resnet20:cpu:0.5x:knapsack:30 resnet20:cpu:0.5x:lap:30 resnet20:cpu:0.5x:uniform-r8:30 resnet20:cpu:0.5x:flops-r1:30 resnet20:cpu:0.5x:flops-r8:30 resnet20:cpu:0.5x:flops-r16:30
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
@@ -20,7 +21,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes bench-importance bench-rows
+.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes bench-importance bench-rows bench-int8-stairs
 .DEFAULT_GOAL := help
 
 help:
@@ -33,7 +34,9 @@ help:
 	@echo "make bench-confirm                                 spread of a whole-network ratio by rounds per run"
 	@echo "make bench-finetune [FINETUNE_ARGS=--settings]     seconds per fine-tuning step: eager vs --compile, or per layout/arithmetic"
 	@echo "make bench-shapes                                  ResNet-18 / MobileNetV2 at 3x224x224 searched at 0.5x"
-	@echo "make bench-int8 [INT8_ARGS=\"--calib-n 512\"]        INT8 Q/DQ ResNet-56: top-1 and CPU latency vs fp32"
+	@echo "make bench-int8 [INT8_ARGS=... INT8_PLAN_ARGS=\"--budget 0.24x --epochs 4\"]"
+	@echo "                                                   INT8 ResNet-56: dense PTQ, then pruned for cpu-int8 vs fp32-searched"
+	@echo "make bench-int8-stairs [MODEL=resnet56]          fp32 and INT8 stairs of every group on this CPU, side by side"
 	@echo "make bench-importance [IMPORTANCE_ARGS=--floors 0.1,0.25]  importance criteria (and floors) on the accuracy proxy"
 	@echo "make bench-rows [ROWS=\"resnet56:cpu:0.5x:locp:40 ...\"]   accuracy-at-budget rows, each committed when done (resumable)"
 	@echo "make lint | format | clean"
@@ -79,8 +82,12 @@ bench-rows: setup
 bench-importance: setup
 	$(BIN)/python bench/bench_importance.py --device $(DEVICE) $(IMPORTANCE_ARGS)
 
+bench-int8-stairs: setup
+	$(BIN)/python bench/bench_int8_stairs.py --model $(MODEL)
+
 bench-int8: setup
 	$(BIN)/python bench/bench_int8.py $(INT8_ARGS)
+	$(BIN)/python bench/bench_int8_plans.py $(INT8_PLAN_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -216,6 +216,20 @@ def _searching(p: argparse.ArgumentParser, budget: str | None = "0.5x") -> None:
     )
 
 
+CALIB_HELP = (
+    "calibration images: a folder of images at the model's input size (e.g. calib/), a .txt list of image files, "
+    "or a .npy/.npz of uint8 NHWC images (see trtprune/deploy/quantize.py); default: the training set"
+)
+
+
+def _calibration(p: argparse.ArgumentParser) -> None:
+    """Where an int8 device's delivered model is calibrated (ignored by other devices)."""
+    p.add_argument("--calib", help=f"int8 devices: {CALIB_HELP}")
+    p.add_argument(
+        "--calib-images", type=int, default=512, help="int8 devices: calibration images to use (default 512)"
+    )
+
+
 def _finetuning(p: argparse.ArgumentParser, distill: float = 0.0) -> None:
 
     d = FinetuneConfig(distill=distill)
@@ -299,11 +313,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("quantize", C.cmd_quantize, "INT8: an fp32 ONNX model -> Q/DQ ONNX, calibrated on images (calib/)")
     _model(p)
     p.add_argument("onnx", help="the fp32 ONNX model (from export or build)")
-    p.add_argument(
-        "--calib",
-        help="calibration images: a folder of images at the model's input size, or a .npy/.npz of uint8 NHWC "
-        "images (see trtprune/quantize.py); default: the training set",
-    )
+    p.add_argument("--calib", help=CALIB_HELP)
     p.add_argument("-n", "--images", type=int, default=512, help="calibration images to use (default 512)")
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument(
@@ -390,6 +400,7 @@ def parser() -> argparse.ArgumentParser:
     p = add("build", C.cmd_build, "build the deployable model for a device (ONNX for ONNX Runtime devices)")
     _model(p, "the (pruned, fine-tuned) checkpoint", weights_required=True)
     _device(p)
+    _calibration(p)
     p.add_argument("-o", "--output", help="default: engines/<model>-<device>.onnx (.plan for TensorRT devices)")
     p = add("report", C.cmd_report, "re-measure and rewrite the report of a finished run")
     p.add_argument("run_dir", help="runs/<name>")
@@ -401,6 +412,7 @@ def parser() -> argparse.ArgumentParser:
     _searching(p)
     _pruning(p)
     _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
+    _calibration(p)
     p.add_argument("--eval-limit", type=count, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument(
         "--name",

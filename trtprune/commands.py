@@ -13,7 +13,7 @@ from pathlib import Path
 from trtprune.config import parse_ranked
 from trtprune.deploy.build import engine_from_model
 from trtprune.deploy.export import onnx_from_torch, read_onnx
-from trtprune.deploy.quantize import calib_from_training, calib_images, qdq_from_onnx, qdq_summary
+from trtprune.deploy.quantize import calibration, qdq_from_onnx, qdq_summary
 from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
@@ -130,7 +130,7 @@ def cmd_export(a) -> dict:
 def cmd_quantize(a) -> dict:
 
     spec = _spec(a)
-    calib = calib_images(a.calib, spec, a.images) if a.calib else calib_from_training(a.data, spec, a.images)
+    calib = calibration(a.calib, a.data, spec, a.images)
     out = qdq_from_onnx(a.onnx, a.output, calib, method=a.method, target=a.target)
     s = qdq_summary(out)
     print(
@@ -310,8 +310,7 @@ def cmd_build(a) -> dict:
     device = get_device(a.device)
     model, spec = load_model(_spec(a), a.weights)
     out = Path(a.output or f"engines/{spec.name}-{device.name}{device.engine_suffix}")
-    int8_trt = device.engine_suffix == ".plan" and device.precision == "int8"
-    calib = calib_from_training(a.data, spec) if int8_trt else None
+    calib = calibration(a.calib, a.data, spec, a.calib_images) if device.int8_form else None
     e = engine_from_model(model, spec.input_shape, device, out, calib)
     print(f"wrote {out}: {e.kind} for {device.name} ({e.key})")
     return {"engine": str(out), "device": device.name, "key": e.key, "kind": e.kind}
@@ -367,6 +366,8 @@ def cmd_run(a) -> dict:
         stairs_from=a.stairs_from,
         depth=a.depth,
         finetune=_ft_config(a),
+        calib=a.calib,
+        calib_images=a.calib_images,
         eval_limit=a.eval_limit,
     )
     with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut) as run:

@@ -50,6 +50,10 @@ class RunConfig:
     stairs_from: str = "layers"  # "layers" (the latency table) or "engine" (TensorRT: whole-engine profiles)
     depth: bool = True  # locp/knapsack/lap remove residual blocks before channels (trtprune.searching.depth)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    # int8 devices: the images the delivered model's scales are calibrated on - a folder of images, an image
+    # list (.txt) or a .npy/.npz (trtprune.deploy.quantize.calib_images); None: the training set
+    calib: str | None = None
+    calib_images: int = 512  # how many of them (evenly spaced)
     eval_limit: int = 0  # evaluate on the first N test images (0 = all 10,000)
     input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)
     mean: str | None = None  # "0.485,0.456,0.406": per-channel normalisation the model was trained with (None:

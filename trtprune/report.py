@@ -6,6 +6,7 @@ import json
 import logging
 
 from trtprune.deploy.parity import parity
+from trtprune.deploy.quantize import check_int8_kernels
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import get_backend
 from trtprune.metrics import accuracy_onnx, count_macs, count_params
@@ -28,8 +29,14 @@ def stage_report(run) -> dict:
 
     base_model, spec = load_model(run.spec, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
     pruned_model, _ = load_model(run.spec, run.path("model.pt"))
-    # the files the device runs (for int8 TensorRT devices their calibrated Q/DQ forms, the delivered plan's source)
+    # the files the device runs (for int8 devices their calibrated Q/DQ forms, the delivered model or plan's source)
     onnx = {role: run.device_onnx(role) for role in ("baseline", "pruned")}
+    models = {"baseline": base_model, "pruned": pruned_model}
+    int8 = None
+    if run.device.int8_form == "ort":  # budget and speed-up against the fp32 dense model; fp32 pruned beside
+        onnx = {"baseline": run.path("baseline.onnx"), "pruned_fp32": run.path("pruned.onnx"), "pruned": onnx["pruned"]}
+        models["pruned_fp32"] = pruned_model
+        int8 = int8_facts(onnx["pruned"], run)
     test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
     with get_backend(run.device) as backend:
         timings = dict(zip(onnx, backend.compare(list(onnx.values()), rounds=backend.deciding_rounds)))
@@ -51,7 +58,8 @@ def stage_report(run) -> dict:
             "recovery": read_checkpoint(run.path("model.pt")).get("recovery"),
         },
     }
-    for role, model in (("baseline", base_model), ("pruned", pruned_model)):
+    for role in onnx:
+        model = models[role]
         report[role] = {
             "onnx": str(onnx[role]),
             "latency": timings[role].to_dict(),
@@ -59,6 +67,10 @@ def stage_report(run) -> dict:
             **_model_facts(model, spec),
         }
     report["speedup"] = timings["baseline"].median_ms / timings["pruned"].median_ms
+    if int8 is not None:
+        int8["top1_drop_vs_fp32_pruned"] = report["pruned_fp32"]["top1"] - report["pruned"]["top1"]
+        int8["speedup_vs_fp32_pruned"] = timings["pruned_fp32"].median_ms / timings["pruned"].median_ms
+        report["int8"] = int8
     report["budget"] = budget_verdict(
         Budget.from_text(run.cfg.budget), timings["pruned"].median_ms, timings["baseline"].median_ms
     )
@@ -84,6 +96,21 @@ def stage_report(run) -> dict:
         report["pruned"]["top1"],
     )
     return report
+
+
+def int8_facts(path, run) -> dict:
+    """The delivered INT8 model: its Q/DQ form, what it was calibrated on, and which of its convolutions ONNX
+    Runtime runs as INT8 kernels (none is an error: never an fp32 run reported as INT8)."""
+    kernels = check_int8_kernels(path)
+    return {
+        "form": run.device.int8_form,
+        "calibration": {
+            "source": run.cfg.calib or "training set (evenly spaced)",
+            "images": run.cfg.calib_images,
+            "method": "minmax",
+        },
+        "kernels": {"int8": len(kernels["int8"]), "float": kernels["float"]},
+    }
 
 
 def budget_verdict(budget, pruned_ms: float, baseline_ms: float) -> dict | None:
@@ -116,8 +143,15 @@ def budget_line(r: dict) -> str:
 def _method(m: dict) -> str:
     if m.get("predicted_ms") is None:
         return f"{m['method']} ({m['budget']}, round to {m['meta'].get('round_to')})"
+    v = m["meta"].get("budget_vs_fp32")
+    of = (
+        f" of the INT8 dense model ({v['budget']} of the fp32 dense one, INT8 dense measuring "
+        f"{v['int8_vs_fp32']:.3f}x of fp32 dense)"
+        if v
+        else ""
+    )
     return (
-        f"{m['method']} search for a budget of {m['budget']} (during the search: predicted "
+        f"{m['method']} search for a budget of {m['budget']}{of} (during the search: predicted "
         f"{m['predicted_ms']:.3f} ms, measured {m['measured_ms']:.3f} ms against a baseline of "
         f"{m['baseline_ms']:.3f} ms in the same run; {m['meta'].get('importance')} importance)"
     )
@@ -144,6 +178,19 @@ def _depth_line(m: dict) -> str:
     )
 
 
+def _int8_line(r: dict) -> str:
+    """How the delivered INT8 model was made and what it costs in top-1, against the fp32 pruned model."""
+    q = r["int8"]
+    c, k = q["calibration"], q["kernels"]
+    fp32 = f"; {len(k['float'])} left in fp32: {', '.join(k['float'][:6])}" if k["float"] else ""
+    return (
+        f"INT8: ONNX Runtime's Q/DQ form (uint8 activations, int8 per-channel weights), calibrated ({c['method']}) "
+        f"on {c['images']:,} images from the {c['source']}, after fine-tuning in fp32; {k['int8']} convolutions run "
+        f"as INT8 kernels{fp32}. Against the fp32 pruned model: {q['speedup_vs_fp32_pruned']:.2f}x faster, "
+        f"top-1 {-q['top1_drop_vs_fp32_pruned']:+.2f} points."
+    )
+
+
 def _recovery_line(ft: dict) -> str:
     """Top-1 from pruning to the last epoch: as pruned, after BatchNorm recalibration, per epoch."""
     rec = ft["recovery"]
@@ -154,39 +201,43 @@ def _recovery_line(ft: dict) -> str:
     return "Recovery (top-1 on the evaluation images): " + " -> ".join(steps) + "."
 
 
+COLUMNS = {"baseline": "baseline", "pruned": "pruned"}
+INT8_COLUMNS = {"baseline": "fp32 dense", "pruned_fp32": "fp32 pruned", "pruned": "INT8 pruned (delivered)"}
+
+
 def markdown(r: dict) -> str:
-    d, b, p, m = r["device"], r["baseline"], r["pruned"], r["method"]
+    d, m = r["device"], r["method"]
     engine = f"{d.get('engine', d['backend'])} {d.get('engine_version', '')}"
+    cols = {k: v for k, v in (INT8_COLUMNS if "int8" in r else COLUMNS).items() if k in r}
 
-    def row(label, fmt, key):
-        return f"| {label} | {fmt(b, key)} | {fmt(p, key)} |"
+    def row(label, cell) -> str:
+        return f"| {label} | " + " | ".join(cell(r[k]) for k in cols) + " |"
 
-    lat = lambda m, k: f"{m['latency'][k]:.3f}"
-    num = lambda m, k: f"{m[k]:,}"
     lines = [
         f"# trtprune report: {r['model']} on `{d['device']}`",
         "",
         f"Engine {engine}, {d.get('cpu', '')} ({d.get('isa', '')}), "
         f"{d['threads']} thread(s), batch {d['batch']} of {'x'.join(map(str, r.get('input_shape', [])))} images, "
-        f"{d['precision']}. Latency: baseline and pruned measured in "
-        f"one interleaved run (n = {b['latency']['n']} / {p['latency']['n']} timed inferences).",
+        f"{d['precision']}. Latency: {', '.join(cols.values())} measured in one interleaved run "
+        f"(n = {' / '.join(str(r[k]['latency']['n']) for k in cols)} timed inferences).",
         "",
-        "| | baseline | pruned |",
-        "|---|---:|---:|",
-        row("latency median (ms)", lat, "median_ms"),
-        row("latency p90 (ms)", lat, "p90_ms"),
-        f"| top-1 (%, {r['eval']['images']:,} test images) | {b['top1']:.2f} | {p['top1']:.2f} |",
-        *([f"| top-5 (%) | {b['top5']:.2f} | {p['top5']:.2f} |"] if "top5" in b else []),
-        row("parameters", num, "params"),
-        row("MACs", num, "macs"),
+        "| | " + " | ".join(cols.values()) + " |",
+        "|---|" + "---:|" * len(cols),
+        row("latency median (ms)", lambda x: f"{x['latency']['median_ms']:.3f}"),
+        row("latency p90 (ms)", lambda x: f"{x['latency']['p90_ms']:.3f}"),
+        row(f"top-1 (%, {r['eval']['images']:,} test images)", lambda x: f"{x['top1']:.2f}"),
+        *([row("top-5 (%)", lambda x: f"{x['top5']:.2f}")] if all("top5" in r[k] for k in cols) else []),
+        row("parameters", lambda x: f"{x['params']:,}"),
+        row("MACs", lambda x: f"{x['macs']:,}"),
         "",
-        f"**Speed-up: {r['speedup']:.2f}x** (median latency, measured). "
+        f"**Speed-up: {r['speedup']:.2f}x** ({cols['pruned']} against {cols['baseline']}, median latency, measured). "
         f"Method: {_method(m)}; "
         f"fine-tuned {r['finetune']['epochs']} epoch(s).",
         "",
         *([_depth_line(m), ""] if m.get("meta", {}).get("depth", {}).get("removed") else []),
         *([_ranking_line(m), ""] if m.get("meta", {}).get("ranking") else []),
         *([_recovery_line(r["finetune"]), ""] if r["finetune"].get("recovery") else []),
+        *([_int8_line(r), ""] if "int8" in r else []),
         *([budget_line(r), ""] if r.get("budget") else []),
         f"Deployable model: `{r['engine']}`.",
         "",

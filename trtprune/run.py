@@ -19,7 +19,7 @@ from pathlib import Path
 
 from trtprune.config import RunConfig, parse_ranked
 from trtprune.deploy.export import onnx_from_torch
-from trtprune.deploy.quantize import calib_from_training, qdq_from_onnx
+from trtprune.deploy.quantize import calibration, qdq_from_onnx
 from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path, write_json
 from trtprune.latency import get_backend
@@ -92,6 +92,8 @@ class Run:
         "finetune.pt",
         "model.pt",
         "pruned.onnx",
+        "baseline.int8.onnx",
+        "pruned.int8.onnx",
         "report.json",
         "report.md",
         "channels.png",
@@ -273,30 +275,32 @@ def stage_build(run: Run, out: Path) -> None:
 
 
 def device_onnx(run: Run, role: str) -> Path:
-    """The file the device times, checks and builds for ``role`` ("baseline" or "pruned"): the exported ONNX,
-    or for an int8 TensorRT device its symmetric Q/DQ form (TensorRT's explicit quantization) calibrated on 512
-    training images, ``<role>.int8.onnx``, made once per export. The report times and parity-checks that very
-    file and the delivered plan is built from it."""
+    """The file the device times, checks and delivers for ``role`` ("baseline" or "pruned"): the exported ONNX,
+    or for an int8 device its Q/DQ form (``Device.int8_form``: TensorRT's symmetric explicit quantization, or
+    ONNX Runtime's CPU form) calibrated on the run's calibration images (``--calib``, or 512 training images),
+    ``<role>.int8.onnx``, made once per export. The report times and checks that very file; a TensorRT plan is
+    built from it, and for ONNX Runtime it is the delivered model."""
     src = run.path(f"{role}.onnx")
-    if not (run.device.engine_suffix == ".plan" and run.device.precision == "int8"):
+    form = run.device.int8_form
+    if form is None:
         return src
-    out = run.dir / f"{role}.int8.onnx"
+    out = run.path(f"{role}.int8.onnx")
     if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
-        calib = calib_from_training(run.data, run.spec)
-        qdq_from_onnx(src, out, calib, target="tensorrt")
+        calib = calibration(run.cfg.calib, run.data, run.spec, run.cfg.calib_images)
+        qdq_from_onnx(src, out, calib, target=form)
     return out
 
 
 def deliver(run: Run) -> Path:
     """The deployable model at ``engines/<run name>.<plan|onnx>`` (always: the run may be newer): a
     TensorRT plan built on the device (from the calibrated Q/DQ model for int8), or the pruned ONNX model for
-    ONNX Runtime."""
+    ONNX Runtime (its calibrated Q/DQ form for int8)."""
     if run.device.engine_suffix == ".plan":
         with get_backend(run.device) as backend:
             backend.build(device_onnx(run, "pruned"), run.engine_path)
     else:
         with atomic_path(run.engine_path) as tmp:
-            shutil.copyfile(run.path("pruned.onnx"), tmp)
+            shutil.copyfile(device_onnx(run, "pruned"), tmp)
     log.info("engine    | %s", run.engine_path)
     return run.engine_path
 

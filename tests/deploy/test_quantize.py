@@ -312,8 +312,11 @@ def test_calibration_sources_that_are_not_usable_are_clear_errors(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros(1), b=np.zeros(1))
     with pytest.raises(TrtpruneError, match="none of them named 'x'"):
         calib_images(tmp_path / "two.npz", SPEC, 4)
-    (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(TrtpruneError, match="is a .txt file"):
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(TrtpruneError, match="is a .md file"):
+        calib_images(tmp_path / "notes.md", SPEC, 4)
+    (tmp_path / "notes.txt").write_text("# a list with no images\n")
+    with pytest.raises(TrtpruneError, match="names no images"):
         calib_images(tmp_path / "notes.txt", SPEC, 4)
     with pytest.raises(TrtpruneError, match="at least 1"):
         calib_images(tmp_path / "empty", SPEC, 0)

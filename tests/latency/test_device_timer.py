@@ -127,9 +127,11 @@ def test_the_timer_runs_on_python_38():
 
 @pytest.mark.slow
 @needs_fixtures
-def test_profiling_resnet20_on_a_jetson_over_ssh_starts_the_timer_once_per_batch(tmp_path, monkeypatch, capsys):
-    """`trtprune profile --model resnet20 --device orin` with ORIN_HOST set, on the fake Jetson: one start of the
-    device-side timer per timed batch, where trtexec took one process per model per round."""
+def test_profiling_a_resnet_on_a_jetson_over_ssh_starts_the_timer_once_per_batch(tmp_path, monkeypatch, capsys):
+    """`trtprune profile --device orin` of a ResNet (the 8-layer one of the tests: one block per stage) with
+    ORIN_HOST set, on the fake Jetson: one start of the device-side timer per timed batch, where trtexec took one
+    process per model per round."""
+    from tests.small_models import RESNET8
     from trtprune.cli import main
     from trtprune.latency import devices
 
@@ -141,7 +143,7 @@ def test_profiling_resnet20_on_a_jetson_over_ssh_starts_the_timer_once_per_batch
         devices.DEVICES, "orin", replace(DEVICES["orin"], trtexec="trtexec", python=fakes.DEVICE_PYTHON)
     )
     out = tmp_path / "prof"
-    code = main(["--json", "profile", "--model", "resnet20", "--device", "orin", "--from", "layers", "--quick",
+    code = main(["--json", "profile", "--model", RESNET8, "--device", "orin", "--from", "layers", "--quick",
                  "--no-plots", "--out", str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -152,5 +154,5 @@ def test_profiling_resnet20_on_a_jetson_over_ssh_starts_the_timer_once_per_batch
     assert summary["measured"] > 50 and models > 10 * len(launches)  # trtexec: one launch per model per round
     assert all(r["deserialized"] == len(r["request"]["engines"]) for r in runs)  # each engine loaded once
     assert "Orin Nano" in summary["device"]["key"]
-    print(f"profile of resnet20 over ssh: {summary['measured']} points, {len(launches)} timer starts for {models} "
+    print(f"profile of resnet8 over ssh: {summary['measured']} points, {len(launches)} timer starts for {models} "
           "timed model-rounds", file=sys.stderr)  # fmt: skip

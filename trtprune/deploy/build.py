@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from torch import nn
 from trtprune.deploy.export import onnx_from_torch
 from trtprune.deploy.quantize import qdq_from_onnx
 from trtprune.errors import TrtpruneError
+from trtprune.fsutil import atomic_path
 from trtprune.latency import get_backend
 
 log = logging.getLogger(__name__)
@@ -31,22 +33,23 @@ def engine_from_model(
 ) -> Engine:
     """Export ``model`` at the device's batch and deliver it at ``out``: the checked ONNX file itself for ONNX
     Runtime devices; for TensorRT devices the engine built on the device (from the calibrated Q/DQ model for
-    int8 ones: ``calib``, normalised float32 NCHW images, is then required)."""
+    int8 ones: ``calib``, normalised float32 NCHW images, is then required); an int8 ONNX Runtime device gets
+    the Q/DQ ONNX model in its form (``Device.int8_form``)."""
     out = Path(out)
-    with get_backend(device) as backend:
+    if device.int8_form and calib is None:
+        raise TrtpruneError(
+            f"device '{device.name}' runs INT8: its model is a calibrated Q/DQ model",
+            fix="give calibration images (the CLI takes them from the training set)",
+        )
+    with get_backend(device) as backend, tempfile.TemporaryDirectory(prefix="trtprune-build-") as tmp:
+        onnx = Path(tmp) / "model.onnx"
+        onnx_from_torch(model, onnx, input_shape, device.batch)
+        if device.int8_form:
+            onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib, target=device.int8_form)
         if not backend.builds_engines:
-            onnx_from_torch(model, out, input_shape, device.batch)
-            return Engine(out, device.name, backend.key(), "ONNX model")
-        if device.precision == "int8" and calib is None:
-            raise TrtpruneError(
-                f"device '{device.name}' runs INT8: its engine is built from a calibrated Q/DQ model",
-                fix="give calibration images (the CLI takes them from the training set)",
-            )
-        with tempfile.TemporaryDirectory(prefix="trtprune-build-") as tmp:
-            onnx = Path(tmp) / "model.onnx"
-            onnx_from_torch(model, onnx, input_shape, device.batch)
-            if device.precision == "int8":
-                onnx = qdq_from_onnx(onnx, Path(tmp) / "int8.onnx", calib)
-            backend.build(onnx, out)
+            with atomic_path(out) as tmp_out:
+                shutil.copyfile(onnx, tmp_out)
+            return Engine(out, device.name, backend.key(), "INT8 Q/DQ ONNX model" if device.int8_form else "ONNX model")
+        backend.build(onnx, out)
         log.info("build     | %s: TensorRT engine for %s (%s)", out, device.name, backend.key())
         return Engine(out, device.name, backend.key(), "TensorRT engine")

@@ -41,7 +41,9 @@ Calibration images (``calib_images``) come in one of these forms:
   an image of another size is an error naming it. Images are converted to RGB (or grey for 1-channel models).
 * a ``.npy`` file holding uint8 images ``(N, H, W, C)`` (NHWC, RGB, 0..255), or a ``.npz`` file holding
   such an array as ``x`` (the layout of ``cifar10_train.npz``) or as its only array;
-* a folder without images that holds exactly one such ``.npy``/``.npz`` file.
+* a folder without images that holds exactly one such ``.npy``/``.npz`` file;
+* a ``.txt`` image list: one image file per line, relative to the list's folder (as TensorRT's calibration
+  lists are written), read like the folder of images, in the list's order.
 
 Of the N images found, ``n`` are taken evenly spaced over the sorted order (so a folder sorted by class
 contributes every class), then scaled to 0..1 and normalised with the model's mean and std exactly as
@@ -116,6 +118,12 @@ def calib_from_training(data: str | None, spec, n: int = 512) -> np.ndarray:
         raise TrtpruneError("the training set holds no images", fix="give at least one calibration image")
     chosen = train.select(_evenly(len(train), n))
     return np.concatenate([xb.numpy() for xb, _ in chosen.batches(256, spec.mean, spec.std)]).astype(np.float32)
+
+
+def calibration(source: str | Path | None, data: str | None, spec, n: int = 512) -> np.ndarray:
+    """``n`` calibration images: from ``source`` (:func:`calib_images`) when given, else from the training set of
+    the dataset ``data`` (:func:`calib_from_training`)."""
+    return calib_images(source, spec, n) if source else calib_from_training(data, spec, n)
 
 
 def calib_array(x: np.ndarray, spec, n: int, source: str = "the calibration array") -> np.ndarray:
@@ -195,6 +203,25 @@ def _read_image_files(files: list[Path], spec) -> np.ndarray:
     return np.stack(out)
 
 
+def _image_list(path: Path) -> list[Path]:
+    """The image files a calibration list names, one per line (relative to the list's folder; blank lines and
+    lines starting with # skipped), in the list's order; every one must exist."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TrtpruneError(f"cannot read the calibration list '{path}': {e}") from e
+    files = [path.parent / s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if not files or missing:
+        raise TrtpruneError(
+            f"the calibration list '{path}' "
+            + (f"names {len(missing)} missing file(s), e.g. '{missing[0]}'" if missing else "names no images"),
+            why="a list holds one image file per line, relative to the list's own folder",
+            fix="fix the paths in the list, or give the folder of images instead",
+        )
+    return files
+
+
 def calib_images(path_or_dir: str | Path, spec, n: int = 512) -> np.ndarray:
     """Up to ``n`` calibration images from a folder or array file (formats: module docstring).
 
@@ -205,11 +232,15 @@ def calib_images(path_or_dir: str | Path, spec, n: int = 512) -> np.ndarray:
     _check_n(n)
     path = Path(path_or_dir)
     arrays = (".npy", ".npz")
+    if path.is_file() and path.suffix.lower() == ".txt":
+        listed = _image_list(path)
+        chosen = [listed[i] for i in _evenly(len(listed), n)]
+        return calib_array(_read_image_files(chosen, spec), spec, n, f"images listed in '{path}'")
     if path.is_file():
         if path.suffix.lower() not in arrays:
             raise TrtpruneError(
                 f"calibration source '{path}' is a {path.suffix or 'suffix-less'} file",
-                fix="give a folder of images, or a .npy/.npz of uint8 (N, H, W, C) images",
+                fix="give a folder of images, a .txt list of image files, or a .npy/.npz of uint8 (N, H, W, C) images",
             )
         return calib_array(_read_array_file(path), spec, n, f"'{path}'")
     if not path.is_dir():
@@ -365,20 +396,100 @@ def qdq_summary(path: str | Path) -> dict:
 TIMING_CALIB_IMAGES = 8
 
 
-def qdq_for_timing(path: str | Path) -> Path:
-    """``path`` rewritten in place as the symmetric Q/DQ model an int8 TensorRT device builds, for timing only
-    (search candidates): calibrated on ``TIMING_CALIB_IMAGES`` seeded random inputs, since TensorRT's kernels
-    and their speed do not depend on the scale values. A model that is delivered is calibrated on the user's
-    images instead (``qdq_from_onnx`` with ``calib_from_training``), and that file is what gets timed."""
+def qdq_for_timing(path: str | Path, target: str = "tensorrt") -> Path:
+    """``path`` rewritten in place as the Q/DQ model an int8 device runs (``target``: "tensorrt" or "ort", see
+    :func:`qdq_from_onnx`), for timing only (search candidates): calibrated on ``TIMING_CALIB_IMAGES`` seeded
+    random inputs, since the kernels and their speed do not depend on the scale values. A model that is
+    delivered is calibrated on the user's images instead (``qdq_from_onnx`` with ``calib_from_training``),
+    and that file is what gets timed."""
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     calib = np.random.default_rng(0).standard_normal((TIMING_CALIB_IMAGES * dims[0], *dims[1:])).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="trtprune-qdq-") as tmp:
-        qdq_from_onnx(path, Path(tmp) / "q.onnx", calib, target="tensorrt")
+        qdq_from_onnx(path, Path(tmp) / "q.onnx", calib, target=target)
         shutil.move(Path(tmp) / "q.onnx", path)
     return Path(path)
+
+
+def _static_options(target: str) -> dict:
+    """``quantize_static``'s settings for ``target`` (the module docstring says why each is set)."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    if target not in TARGETS:
+        raise TrtpruneError(f"unknown INT8 target '{target}'", fix=f"use one of {', '.join(TARGETS)}")
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "activation_type": QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+        "extra_options": (
+            {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+            if target == "tensorrt"
+            else {"ActivationSymmetric": False, "WeightSymmetric": True}
+        ),
+    }
+
+
+class _RandomFeeds:
+    """A ``CalibrationDataReader`` of seeded normal inputs for every input of a small model (micro-models)."""
+
+    def __init__(self, proto, n: int = 2, seed: int = 0):
+        from onnx import helper
+
+        rng = np.random.default_rng(seed)
+        shapes = {
+            i.name: (
+                [d.dim_value for d in i.type.tensor_type.shape.dim],
+                helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type),
+            )
+            for i in proto.graph.input
+        }
+        self.feeds = iter(
+            [{k: rng.standard_normal(shape).astype(dtype) for k, (shape, dtype) in shapes.items()} for _ in range(n)]
+        )
+
+    def get_next(self) -> dict | None:
+        return next(self.feeds, None)
+
+
+def qdq_micro(model: bytes, target: str = "ort") -> bytes:
+    """A single-layer model (serialised, any number of float inputs) in the Q/DQ form of ``target``, made by the
+    same quantizer and settings as a delivered model (:func:`qdq_from_onnx`) on seeded random inputs: what an
+    int8 device's latency table times. Per output channel weights, like the delivered model."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+
+    options = _static_options(target)
+    with tempfile.TemporaryDirectory(prefix="trtprune-qdq-") as tmp:
+        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "qdq.onnx"
+        src.write_bytes(model)
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_quantizer():
+            quantize_static(
+                str(src),
+                str(dst),
+                _RandomFeeds(onnx.load_from_string(model)),
+                per_channel=True,
+                calibrate_method=CalibrationMethod.MinMax,
+                **options,
+            )
+        return dst.read_bytes()
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs advice through ``logging.warning`` on the root logger, which installs a
+    stderr handler on it when it has none (``logging.basicConfig``) - every later record of trtprune would
+    then print twice. A handler of our own stands in while it runs, and the advice is dropped."""
+    root = logging.getLogger()
+    level, stand_in = root.level, logging.NullHandler()
+    root.addHandler(stand_in)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(stand_in)
+        root.setLevel(level)
 
 
 def qdq_from_onnx(
@@ -402,7 +513,7 @@ def qdq_from_onnx(
     "entropy" (KL-divergence threshold, as TensorRT's entropy calibrator) or "percentile" (99.999th
     percentile of |x|). ``out`` is written atomically: on any failure nothing is left there.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
@@ -413,8 +524,7 @@ def qdq_from_onnx(
     }
     if method not in methods:
         raise TrtpruneError(f"unknown calibration method '{method}'", fix=f"use one of {', '.join(METHODS)}")
-    if target not in TARGETS:
-        raise TrtpruneError(f"unknown INT8 target '{target}'", fix=f"use one of {', '.join(TARGETS)}")
+    options = _static_options(target)
     if out.resolve() == fp32_onnx.resolve():
         raise TrtpruneError(
             f"the INT8 model would overwrite its fp32 source '{fp32_onnx}'", fix="write it to another file"
@@ -436,7 +546,8 @@ def qdq_from_onnx(
         pre, qdq = Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
         reader, cache = _Batches(calib, input_name, batch), {}
         try:
-            with contextlib.redirect_stdout(io.StringIO()) as chatter:  # the calibrators print their progress
+            # the calibrators print their progress; the quantizer's advice goes (see _quiet_quantizer)
+            with contextlib.redirect_stdout(io.StringIO()) as chatter, _quiet_quantizer():
                 quant_pre_process(str(fp32_onnx), str(pre))
                 if method == "entropy":
                     cache = {"calibration_data_reader": None, "calibration_cache_path": _entropy_ranges(pre, reader)}
@@ -444,16 +555,9 @@ def qdq_from_onnx(
                     str(pre),
                     str(qdq),
                     **({"calibration_data_reader": reader} | cache),
-                    quant_format=QuantFormat.QDQ,
                     per_channel=per_channel,
-                    activation_type=QuantType.QInt8 if target == "tensorrt" else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
                     calibrate_method=methods[method],
-                    extra_options=(
-                        {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
-                        if target == "tensorrt"
-                        else {"ActivationSymmetric": False, "WeightSymmetric": True}
-                    ),
+                    **options,
                 )
             log.debug("onnxruntime: %s", chatter.getvalue().strip())
         except TrtpruneError:
@@ -468,6 +572,34 @@ def qdq_from_onnx(
             shutil.copyfile(qdq, tmp_out)
     log.info("quantize  | wrote %s", out)
     return out
+
+
+def check_int8_kernels(path: str | Path) -> dict[str, list[str]]:
+    """Which convolutions and matrix products of the Q/DQ model ``path`` ONNX Runtime runs as INT8 kernels on this
+    CPU (:func:`trtprune.latency.ort.int8_kernels`): none is an error - timed as is, it would be an fp32 run
+    reported as INT8 - and some left in floating point are named in a warning (ONNX Runtime falls back to fp32
+    for what it cannot quantize)."""
+    from trtprune.latency.ort import int8_kernels
+
+    found = int8_kernels(path)
+    if not found["int8"]:
+        raise TrtpruneError(
+            f"ONNX Runtime runs no INT8 kernel for '{path}'",
+            why="none of its Q/DQ pairs was fused into a quantized convolution or product (an operator or type the "
+            f"CPU engine does not quantize; {len(found['float'])} run in floating point): timed, it would be an fp32 "
+            "run reported as INT8",
+            fix="check the model with 'trtprune quantize --target ort'; custom or unusual layers may need an fp32 "
+            "device instead",
+        )
+    if found["float"]:
+        log.warning(
+            "quantize  | ONNX Runtime runs %d of %d convolutions/products of %s in fp32 (no INT8 kernel): %s",
+            len(found["float"]),
+            len(found["float"]) + len(found["int8"]),
+            Path(path).name,
+            ", ".join(found["float"][:6]),
+        )
+    return found
 
 
 def _entropy_ranges(pre: Path, reader: _Batches) -> Path:

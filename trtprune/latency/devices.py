@@ -1,16 +1,16 @@
 """Named devices: a latency backend plus every option that changes latency.
 
-Built in: ONNX Runtime CPU devices (``cpu``, ``cpu-b32``, ``cpu-2t``), this machine's NVIDIA GPU
-(``gpu``) and the Jetsons (``orin``: AGX, NX, Nano; ``xavier``: AGX, NX). A Jetson is driven locally when trtprune
-runs on it, or over SSH when ``<NAME>_HOST`` is set (``ORIN_HOST=user@host``): engines are built and
-timed on the device they run on.
+Built in: ONNX Runtime CPU devices (``cpu``, ``cpu-b32``, ``cpu-2t``, and ``cpu-int8``: INT8 Q/DQ models), this
+machine's NVIDIA GPU (``gpu``) and the Jetsons (``orin``: AGX, NX, Nano; ``xavier``: AGX, NX). A Jetson is driven
+locally when trtprune runs on it, or over SSH when ``<NAME>_HOST`` is set (``ORIN_HOST=user@host``): engines are
+built and timed on the device they run on.
 
 User devices come from a TOML file, ``$TRTPRUNE_DEVICES`` or ``~/.config/trtprune/devices.toml``::
 
     [devices.lab-orin]            # --device lab-orin
     backend = "ssh"               # ort | trt | ssh
     host = "ubuntu@10.0.0.5"      # ssh only; host keys must already be known (StrictHostKeyChecking)
-    precision = "fp16"            # fp32 | fp16 | int8 (Q/DQ models) | best (TensorRT <= 10)
+    precision = "fp16"            # fp32 | fp16 | int8 (Q/DQ models) | best (TensorRT <= 10); ort: fp32 | int8
     batch = 1
     workspace_mib = 2048          # TensorRT builder workspace (--memPoolSize=workspace:2048)
     dla_core = 0                  # optional: build for DLA core 0 ...
@@ -34,6 +34,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.latency import BACKENDS
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
+ORT_PRECISIONS = ("fp32", "int8")
 JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"  # where JetPack installs it (not on PATH)
 # user@host or host: letters, digits, dot, dash, underscore; never an option ("-o...") nor shell syntax
 _HOST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?[A-Za-z0-9][A-Za-z0-9.-]*$")
@@ -54,6 +55,16 @@ class Device:
     trtexec: str = "trtexec"  # path or name of trtexec on the machine that runs it
     timeout_s: float = 1800.0  # one trtexec or ssh call
     python: str = "python3"  # the device's Python with TensorRT's bindings: runs the resident timer
+
+    @property
+    def int8_form(self) -> str | None:
+        """The Q/DQ form an int8 device runs (None for other precisions): "ort" - ONNX Runtime's CPU form, uint8
+        activations with zero points and int8 per-channel weights, fused into QLinearConv - or "tensorrt" -
+        symmetric int8 Q/DQ, TensorRT's explicit quantization (:mod:`trtprune.deploy.quantize`). Micro-models,
+        whole networks and the delivered model of the device all take this form."""
+        if self.precision != "int8":
+            return None
+        return "tensorrt" if self.backend in ("trt", "ssh") else "ort"  # (the test-only fake plays ONNX Runtime)
 
     @property
     def engine_suffix(self) -> str:
@@ -77,11 +88,11 @@ class Device:
             )
         if self.backend == "ssh":
             check_host(self.host, where)
-        if self.backend == "ort" and self.precision != "fp32":
+        if self.backend == "ort" and self.precision not in ORT_PRECISIONS:
             raise TrtpruneError(
-                f"{where}: the ONNX Runtime CPU devices measure fp32 models, not {self.precision}",
-                why="their latency stairs are measured on fp32 layers",
-                fix="prune for the fp32 device, then make an INT8 model with 'trtprune quantize --target ort'",
+                f"{where}: ONNX Runtime CPU devices run fp32 or int8 models, not {self.precision}",
+                why="fp16 and 'best' are TensorRT builder precisions; ONNX Runtime's CPU engine runs the model's types",
+                fix='use precision = "fp32", or "int8" (the model is timed and delivered in Q/DQ form)',
             )
         return self
 
@@ -111,6 +122,14 @@ DEVICES: dict[str, Device] = {
     "cpu": Device("cpu", "ort", batch=1, threads=1, description="ONNX Runtime CPU, 1 thread, batch 1"),
     "cpu-b32": Device("cpu-b32", "ort", batch=32, threads=1, description="ONNX Runtime CPU, 1 thread, batch 32"),
     "cpu-2t": Device("cpu-2t", "ort", batch=1, threads=2, description="ONNX Runtime CPU, 2 threads, batch 1"),
+    "cpu-int8": Device(
+        "cpu-int8",
+        "ort",
+        batch=1,
+        threads=1,
+        precision="int8",
+        description="ONNX Runtime CPU, INT8 Q/DQ (uint8 activations, int8 weights), 1 thread, batch 1",
+    ),
     "gpu": Device("gpu", "trt", precision="fp16", description="TensorRT on this machine's NVIDIA GPU, fp16, batch 1"),
     "orin": _jetson("orin", "fp16", "Orin"),
     "xavier": _jetson("xavier", "fp16", "Xavier"),

@@ -5,7 +5,9 @@ Never measured, never reported: no device uses it, so the CLI cannot select it; 
 padded to ``BLOCK``; input channels up to one block cost what they are, above it a multiple of 4 is
 padded to ``BLOCK`` (the blocked kernel) and any other count runs a 25 % slower kernel (a dip). A Gemm
 costs its MACs; every graph pays a fixed overhead per run. A grouped conv costs what a plain conv with its
-per-group input count costs.
+per-group input count costs. A conv whose weights come through a DequantizeLinear (a Q/DQ model) runs the
+"INT8 kernel": ``INT8_FACTOR`` of the cost, with input channels padded to multiples of ``INT8_GROUP``
+(the groups of 4 that VNNI multiplies) instead of the fp32 rules.
 
 Two knobs exist for fleet tests: ``TRTPRUNE_FAKE_HW`` in a process's environment names the "hardware"
 in its key (a worker on another device), and the burst option ``delay_s`` makes each model take that
@@ -26,11 +28,16 @@ BLOCK = 16
 PER_MAC_MS = 2e-8  # 50 GMAC/s
 PER_LAYER_MS = 0.002  # launching a layer
 PER_GRAPH_MS = 0.010  # launching a graph
+INT8_FACTOR = 0.5
+INT8_GROUP = 4
 
 
-def layer_ms(op: str, cin: int, cout: int, macs_per_io: int) -> float:
+def layer_ms(op: str, cin: int, cout: int, macs_per_io: int, int8: bool = False) -> float:
     if op == "gemm":
         return PER_LAYER_MS + PER_MAC_MS * cin * cout * macs_per_io
+    if int8:
+        padded = INT8_GROUP * math.ceil(cin / INT8_GROUP) * BLOCK * math.ceil(cout / BLOCK)
+        return PER_LAYER_MS + INT8_FACTOR * PER_MAC_MS * padded * macs_per_io
     padded_out = BLOCK * math.ceil(cout / BLOCK)
     if cin <= BLOCK:
         eff_in = cin
@@ -51,9 +58,15 @@ def model_ms(proto) -> float:
         for v in [*proto.graph.input, *proto.graph.value_info, *proto.graph.output]
     }
     inits = {i.name: list(i.dims) for i in proto.graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
     total = PER_GRAPH_MS
     for n in proto.graph.node:
-        if n.op_type == "Conv" and n.input[1] in inits:
+        int8 = n.op_type == "Conv" and dequantized.get(n.input[1]) in inits
+        if int8:
+            cout, cin_g, kh, kw = inits[dequantized[n.input[1]]]
+            b, _, oh, ow = shapes[n.output[0]]
+            total += layer_ms("conv", cin_g, cout, b * oh * ow * kh * kw, int8=True)
+        elif n.op_type == "Conv" and n.input[1] in inits:
             cout, cin_g, kh, kw = inits[n.input[1]]
             groups = next((a.i for a in n.attribute if a.name == "group"), 1)
             b, _, oh, ow = shapes[n.output[0]]

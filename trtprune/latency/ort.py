@@ -76,6 +76,40 @@ def ort_session(model: str | Path | bytes, threads: int = 1, quiet_pool: bool = 
         ) from e
 
 
+# The heavy ops of an optimised graph: run by quantized kernels, or in floating point
+INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat"}
+FLOAT_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose"}
+
+
+def optimized_ops(model: str | Path | bytes) -> list[tuple[str, str, str]]:
+    """(domain, op type, node name) of every node of the graph ONNX Runtime runs for ``model`` on this CPU
+    (``ORT_ENABLE_ALL``, as :func:`ort_session`), in order: what was fused, blocked or quantized."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        source = model if isinstance(model, bytes) else str(model)
+        ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        return [(n.domain or "ai.onnx", n.op_type, n.name) for n in onnx.load(opts.optimized_model_filepath).graph.node]
+
+
+def int8_kernels(model: str | Path | bytes) -> dict[str, list[str]]:
+    """The heavy nodes (convolutions, matrix products) ONNX Runtime runs for ``model`` as ``"int8"`` kernels and
+    as ``"float"`` ones: a Q/DQ model whose convolutions stay float is not an INT8 model on this engine."""
+    ops = optimized_ops(model)
+    return {
+        "int8": [name or op for _, op, name in ops if op in INT8_OPS],
+        "float": [name or op for _, op, name in ops if op in FLOAT_OPS],
+    }
+
+
 MAX_SPAN_ROUNDS = 50  # span_s never stretches a run beyond this many times its rounds
 
 
@@ -100,10 +134,10 @@ class OrtBackend(Backend):
             import onnxruntime  # noqa: F401
         except ImportError as e:  # a hard dependency, but say how to fix a broken environment
             raise TrtpruneError("onnxruntime is not installed", fix="pip install onnxruntime") from e
-        if self.device.precision != "fp32":
+        if self.device.precision not in ("fp32", "int8"):
             raise TrtpruneError(
                 f"device '{self.device.name}' asks for {self.device.precision} on ONNX Runtime",
-                fix="use precision fp32; INT8 models are measured as quantised ONNX files",
+                fix="use precision fp32, or int8 (models are timed in ONNX Runtime's Q/DQ form)",
             )
 
     def key(self) -> str:
@@ -190,28 +224,17 @@ class OrtBackend(Backend):
         return out
 
     def kernel(self, model) -> str:
-        """ "nchwc" if ONNX Runtime runs the model's conv as a blocked NCHWc kernel, else "plain".
+        """ "nchwc" if ONNX Runtime runs the model's conv as a blocked NCHWc kernel, "int8" if as a quantized
+        kernel (QLinearConv, QGemm...), else "plain".
 
         Read from the optimised graph ONNX Runtime itself produces, not from a rule about channel
         counts: a blocked layer measured alone pays a reorder in and out, which consecutive blocked
         layers in a network do not, and an unblocked layer between blocked ones adds reorders.
         """
-        import tempfile
-
-        import onnx
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        with tempfile.TemporaryDirectory() as tmp:
-            opts.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-            ort.InferenceSession(
-                model if isinstance(model, bytes) else str(model), opts, providers=["CPUExecutionProvider"]
-            )
-            domains = {n.domain for n in onnx.load(opts.optimized_model_filepath).graph.node}
-        return "nchwc" if "com.microsoft.nchwc" in domains else "plain"
+        ops = optimized_ops(model)
+        if any(op in INT8_OPS for _, op, _ in ops):
+            return "int8"
+        return "nchwc" if any(domain == "com.microsoft.nchwc" for domain, _, _ in ops) else "plain"
 
     def info(self) -> dict:
         model, isa = cpu_info()

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from torch import nn
 
-from trtprune.deploy.export import onnx_from_torch
-from trtprune.deploy.quantize import qdq_for_timing
 from trtprune.errors import TrtpruneError
+from trtprune.profiling.predict import export_timed
 from trtprune.profiling.stairs import Stairs, Tolerance, on_multiples, three_point
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
 
@@ -50,10 +49,7 @@ class EngineProfiler:
     def _subnet(self, keep: Mapping[str, int], path: Path) -> Path:
         model = copy.deepcopy(self.model)
         GroupPruner(model, self.input_shape, self.ignore).prune_to(keep)
-        onnx_from_torch(model, path, self.input_shape, self.backend.device.batch)
-        if self.backend.device.precision == "int8":  # the Q/DQ form an int8 device builds
-            qdq_for_timing(path)
-        return path
+        return export_timed(model, path, self.input_shape, self.backend)
 
     def curve(self, group: ChannelGroup, counts: list[int]) -> dict[int, float]:
         """The group's engine-profile latency (ms) at each count, the other groups at full width."""

@@ -164,11 +164,13 @@ def layers_of(proto) -> dict[str, Layer]:
     return layers
 
 
-def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0, qdq: bool = False) -> bytes:
-    """The single layer at (cin, cout) as a serialised ONNX model with static shapes. ``qdq``: in TensorRT's
-    explicit-quantization form (int8 devices build nothing else): symmetric int8 Q/DQ on the input and the
-    output, int8 weights with per-output-channel scales through DequantizeLinear. Scales are set from the
-    random weights and a unit input range; they do not change which kernel runs nor how fast."""
+def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0, qdq: str | None = None) -> bytes:
+    """The single layer at (cin, cout) as a serialised ONNX model with static shapes, in the Q/DQ form of an int8
+    device when ``qdq`` names it (``Device.int8_form``): "tensorrt" - TensorRT's explicit-quantization form
+    (int8 TensorRT devices build nothing else): symmetric int8 Q/DQ on the input and the output, int8 weights
+    with per-output-channel scales through DequantizeLinear, scales set from the random weights and a unit
+    input range; "ort" - ONNX Runtime's CPU form, made by the quantizer that makes the delivered model
+    (:func:`trtprune.deploy.quantize.qdq_micro`). Scales do not change which kernel runs nor how fast."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -227,7 +229,9 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0, qdq: bool = 
             last = "act"
         nodes.append(helper.make_node("Identity", [last], ["y"]))
         out_shape = [b, cout, oh, ow]
-    if qdq:
+    if qdq not in (None, "tensorrt", "ort"):
+        raise ValueError(f"unknown Q/DQ form {qdq!r}")
+    if qdq == "tensorrt":
         nodes, inits = _quantized(nodes, inits)
     graph = helper.make_graph(
         nodes, "layer", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializer=inits
@@ -235,6 +239,10 @@ def micro_model(sig: Signature, cin: int, cout: int, seed: int = 0, qdq: bool = 
     opset = 20 if sig.act == "gelu" else 17  # Gelu is an ONNX op from opset 20
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="trtprune")
     model.ir_version = 9 if opset >= 20 else 8
+    if qdq == "ort":
+        from trtprune.deploy.quantize import qdq_micro
+
+        return qdq_micro(model.SerializeToString(), "ort")
     return model.SerializeToString()
 
 

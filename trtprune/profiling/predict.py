@@ -28,9 +28,9 @@ from trtprune.sources.models import ModelSpec, build_model, model_spec
 
 
 def device_form(path: Path, backend) -> None:
-    """Whole models are timed in the form the device builds: Q/DQ on int8 TensorRT devices (in place)."""
-    if backend.builds_engines and backend.device.precision == "int8":
-        qdq_for_timing(path)
+    """Whole models are timed in the form the device runs: on int8 devices, their Q/DQ form (in place)."""
+    if backend.device.int8_form:
+        qdq_for_timing(path, backend.device.int8_form)
 
 
 def export_timed(model: nn.Module, path: str | Path, input_shape, backend) -> Path:

@@ -162,7 +162,7 @@ def _time_once(backend: Backend, points: list[Point], micro: dict, witnesses: Se
     ref = (replace(sig, batch=backend.device.batch), cin, cout)
     timed = [*points, *(p for p, _ in witnesses)]
     copies = max(REFERENCE_COPIES, len(timed) // 8)
-    qdq = backend.device.precision == "int8"  # int8 engines are built from Q/DQ models only
+    qdq = backend.device.int8_form  # int8 devices run Q/DQ models only, each in its engine's form
     models = [micro_model(*p, qdq=qdq) for p in timed] + [micro_model(*ref, qdq=qdq)] * copies
     bursts = backend.bursts(models, **micro)
     runs = [np.concatenate([b.samples_ms for b in bs]) for bs in bursts]

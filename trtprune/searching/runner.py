@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from trtprune.deploy.export import onnx_from_torch
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.profiling.lut import LUT
@@ -86,6 +87,9 @@ def search(
     stays above the budget, and the channels of the shallower network close the rest."""
     get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
     model, spec = load_model(model_name, weights)
+    vs_fp32 = None
+    if budget.fraction is not None and device.int8_form == "ort":
+        budget, vs_fp32 = int8_budget(budget, model, spec.input_shape, device, Path(workdir) / "int8")
     dense, depth, asked = model, None, budget
     if remove_depth and method in DEPTH_FIRST:
         model = copy.deepcopy(dense)
@@ -134,9 +138,48 @@ def search(
         rank=rank,
         stairs_from=stairs_from,
     )
-    if depth is None or not depth.removed:
-        return plan
-    return _with_depth(plan, dense, model, spec, device, asked, depth, Path(workdir))
+    if depth is not None and depth.removed:
+        plan = _with_depth(plan, dense, model, spec, device, asked, depth, Path(workdir))
+    if vs_fp32 is not None:
+        plan.meta["budget_vs_fp32"] = vs_fp32
+    return plan
+
+
+def int8_budget(budget: Budget, dense: nn.Module, input_shape, device, workdir: Path) -> tuple[Budget, dict]:
+    """On an int8 ONNX Runtime device a fractional budget is stated against the fp32 dense model (what the user
+    runs today): ``0.25x`` is a quarter of its latency. The search works against the INT8 dense model, so the
+    budget becomes ``0.25 / r`` of it, with ``r`` the INT8 dense / fp32 dense latency measured in one interleaved
+    run here. Returns that budget and the facts of the conversion."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with get_backend(device) as backend:
+        fp32 = onnx_from_torch(dense, workdir / "dense-fp32.onnx", tuple(input_shape), device.batch).path
+        int8 = export_timed(dense, workdir / "dense-int8.onnx", input_shape, backend)
+        t_fp32, t_int8 = backend.compare([fp32, int8], rounds=backend.deciding_rounds)
+    ratio = t_int8.median_ms / t_fp32.median_ms
+    fraction = budget.fraction / ratio
+    log.info(
+        "int8     | INT8 dense %.3f ms = %.3fx of fp32 dense %.3f ms (one run): %s of fp32 is %.3fx of INT8 dense",
+        t_int8.median_ms,
+        ratio,
+        t_fp32.median_ms,
+        budget,
+        fraction,
+    )
+    if fraction >= 1:
+        raise TrtpruneError(
+            f"the budget {budget} of the fp32 model is met by INT8 alone: the INT8 dense model measured "
+            f"{ratio:.3f}x of the fp32 one here",
+            why="on an int8 device a budget is a fraction of the fp32 dense model's latency; there is nothing to prune",
+            fix=f"quantize without pruning (trtprune quantize --target ort), or ask for less than {ratio:.2f}x",
+        )
+    facts = {
+        "budget": str(budget),
+        "fp32_dense_ms": t_fp32.median_ms,
+        "int8_dense_ms": t_int8.median_ms,
+        "int8_vs_fp32": ratio,
+        "searched": f"{fraction:g}x",
+    }
+    return Budget(fraction=fraction), facts
 
 
 def _with_depth(plan: Plan, dense, shallow, spec, device, budget: Budget, depth: Depth, workdir: Path) -> Plan:
