@@ -176,3 +176,49 @@ def test_an_int8_run_searches_on_int8_latency_and_delivers_the_calibrated_qdq_mo
     md = (run / "report.md").read_text()
     assert "| | fp32 dense | fp32 pruned | INT8 pruned (delivered) |" in md
     assert "INT8 pruned (delivered) against fp32 dense" in md and "of the INT8 dense model (0.4x of the fp32" in md
+
+
+_NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU())
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x)).mean((2, 3)))
+
+
+def make():
+    return Net()
+"""
+
+
+def test_profile_and_build_on_cpu_int8(tiny_data, tmp_path, capsys):
+    """`trtprune profile --device cpu-int8` times Q/DQ layers under the int8 key; `trtprune build` writes the
+    calibrated Q/DQ model that ONNX Runtime runs with INT8 kernels."""
+    from trtprune.cli import main
+
+    (tmp_path / "net.py").write_text(_NET)
+    model = f"{tmp_path / 'net.py'}:make"
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(_NET, namespace)
+    torch.save(namespace["make"]().state_dict(), tmp_path / "w.pt")
+    code = main(["--json", "profile", "--model", model, "--device", "cpu-int8", "--quick", "--no-plots",
+                 "--out", str(tmp_path / "p"), "--lut", str(tmp_path / "l.sqlite")])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["lut_key"].split("|")[6] == "int8" and summary["measured"] > 0
+    stairs = json.loads((tmp_path / "p" / "stairs.json").read_text())["groups"]
+    assert set(stairs) == {"a.0", "b.0"} and all(len(g["latency_ms"]) == g["channels"] for g in stairs.values())
+
+    out = tmp_path / "net.int8.onnx"
+    code = main(["build", "--model", model, "--weights", str(tmp_path / "w.pt"), "--device", "cpu-int8",
+                 "--data", str(tiny_data), "--calib-images", "16", "-o", str(out)])  # fmt: skip
+    assert code == 0 and "INT8 Q/DQ ONNX model for cpu-int8" in capsys.readouterr().out
+    assert len(int8_kernels(out)["int8"]) == 3 and int8_kernels(out)["float"] == []  # two convs and the linear

@@ -407,9 +407,15 @@ def qdq_for_timing(path: str | Path, target: str = "tensorrt") -> Path:
     proto = onnx.load(str(path), load_external_data=False)
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     calib = np.random.default_rng(0).standard_normal((TIMING_CALIB_IMAGES * dims[0], *dims[1:])).astype(np.float32)
-    with tempfile.TemporaryDirectory(prefix="trtprune-qdq-") as tmp:
-        qdq_from_onnx(path, Path(tmp) / "q.onnx", calib, target=target)
-        shutil.move(Path(tmp) / "q.onnx", path)
+    level = log.level
+    if not log.isEnabledFor(logging.DEBUG):  # a search makes many: their lines would drown it (-vv shows them)
+        log.setLevel(logging.WARNING)
+    try:
+        with tempfile.TemporaryDirectory(prefix="trtprune-qdq-") as tmp:
+            qdq_from_onnx(path, Path(tmp) / "q.onnx", calib, target=target)
+            shutil.move(Path(tmp) / "q.onnx", path)
+    finally:
+        log.setLevel(level)
     return Path(path)
 
 
