@@ -156,7 +156,7 @@ def int8_budget(budget: Budget, dense: nn.Module, input_shape, device, workdir: 
         int8 = export_timed(dense, workdir / "dense-int8.onnx", input_shape, backend)
         t_fp32, t_int8 = backend.compare([fp32, int8], rounds=backend.deciding_rounds)
     ratio = t_int8.median_ms / t_fp32.median_ms
-    fraction = budget.fraction / ratio
+    fraction = round(budget.fraction / ratio, 4)
     log.info(
         "int8     | INT8 dense %.3f ms = %.3fx of fp32 dense %.3f ms (one run): %s of fp32 is %.3fx of INT8 dense",
         t_int8.median_ms,
