@@ -134,7 +134,9 @@ class OrtBackend(Backend):
             import onnxruntime  # noqa: F401
         except ImportError as e:  # a hard dependency, but say how to fix a broken environment
             raise TrtpruneError("onnxruntime is not installed", fix="pip install onnxruntime") from e
-        if self.device.precision not in ("fp32", "int8"):
+        from trtprune.latency.devices import ORT_PRECISIONS
+
+        if self.device.precision not in ORT_PRECISIONS:
             raise TrtpruneError(
                 f"device '{self.device.name}' asks for {self.device.precision} on ONNX Runtime",
                 fix="use precision fp32, or int8 (models are timed in ONNX Runtime's Q/DQ form)",
