@@ -14,6 +14,14 @@ from trtprune.sources.datasets import synthetic_cifar10
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENV_DATA = os.environ.get("TRTPRUNE_DATA")  # read before the autouse fixture below hides it
 
+# `make test` runs one pytest-xdist worker per core: each worker's torch keeps to its share of the cores, and so
+# do the processes it starts, instead of every worker spinning one thread per core on all of them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _SHARE = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    torch.set_num_threads(_SHARE)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
+
 
 def _shared_data() -> Path | None:
     for candidate in (ENV_DATA, SHARED):

@@ -1,7 +1,10 @@
-"""A model for tests that export many sub-nets: the ResNet-8 of the CIFAR family (one block per stage).
+"""Models for tests that export many sub-nets: small members of the CIFAR ResNet family.
 
-Loaded as a user factory (``tests/small_models.py:resnet8``), so the tests that use it also drive that path.
-Its ONNX export takes about a third of ResNet-20's, and the searchers still see stem, block and stage groups.
+Loaded as user factories (``tests/small_models.py:resnet8``), so the tests that use them also drive that path.
+* ResNet-8 (one block per stage): its ONNX export takes about a third of ResNet-20's, and the searchers still see
+  stem, block and stage groups; ``resnet8_narrow`` is the same at half the width (8/16/32 channels: half the
+  channel counts to profile).
+* ResNet-14 (two blocks per stage): the smallest with a removable block in every stage, for the depth search.
 """
 
 from pathlib import Path
@@ -9,7 +12,17 @@ from pathlib import Path
 from trtprune.sources.models.resnet_cifar import CifarResNet
 
 RESNET8 = f"{Path(__file__).resolve()}:resnet8"
+RESNET8_NARROW = f"{Path(__file__).resolve()}:resnet8_narrow"
+RESNET14 = f"{Path(__file__).resolve()}:resnet14"
 
 
 def resnet8(num_classes: int = 10) -> CifarResNet:
     return CifarResNet(8, num_classes)
+
+
+def resnet8_narrow(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(8, num_classes, widths=(8, 16, 32))
+
+
+def resnet14(num_classes: int = 10) -> CifarResNet:
+    return CifarResNet(14, num_classes)

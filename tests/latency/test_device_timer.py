@@ -128,22 +128,22 @@ def test_the_timer_runs_on_python_38():
 @pytest.mark.slow
 @needs_fixtures
 def test_profiling_a_resnet_on_a_jetson_over_ssh_starts_the_timer_once_per_batch(tmp_path, monkeypatch, capsys):
-    """`trtprune profile --device orin` of a ResNet (the 8-layer one of the tests: one block per stage) with
+    """`trtprune profile --device orin` of a ResNet (the 8-layer one of the tests at half width) with
     ORIN_HOST set, on the fake Jetson: one start of the device-side timer per timed batch, where trtexec took one
     process per model per round."""
-    from tests.small_models import RESNET8
+    from tests.small_models import RESNET8_NARROW
     from trtprune.cli import main
     from trtprune.latency import devices
 
     fakes.install(tmp_path / "bin", tmp_path, monkeypatch)
     fakes.jetson_files(tmp_path, monkeypatch, "NVIDIA Jetson Orin Nano Developer Kit", "R36 (release), REVISION: 4.0")
     monkeypatch.setenv("ORIN_HOST", "ubuntu@jetson")
-    monkeypatch.setenv("FAKE_FAST_BUILD", "1")  # 500+ engine builds: the fake skips its checks of the model
+    monkeypatch.setenv("FAKE_FAST_BUILD", "1")  # 200+ engine builds: the fake skips its checks of the model
     monkeypatch.setitem(
         devices.DEVICES, "orin", replace(DEVICES["orin"], trtexec="trtexec", python=fakes.DEVICE_PYTHON)
     )
     out = tmp_path / "prof"
-    code = main(["--json", "profile", "--model", RESNET8, "--device", "orin", "--from", "layers", "--quick",
+    code = main(["--json", "profile", "--model", RESNET8_NARROW, "--device", "orin", "--from", "layers", "--quick",
                  "--no-plots", "--out", str(out), "--lut", str(tmp_path / "lut.db")])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -154,5 +154,5 @@ def test_profiling_a_resnet_on_a_jetson_over_ssh_starts_the_timer_once_per_batch
     assert summary["measured"] > 50 and models > 10 * len(launches)  # trtexec: one launch per model per round
     assert all(r["deserialized"] == len(r["request"]["engines"]) for r in runs)  # each engine loaded once
     assert "Orin Nano" in summary["device"]["key"]
-    print(f"profile of resnet8 over ssh: {summary['measured']} points, {len(launches)} timer starts for {models} "
+    print(f"resnet8_narrow over ssh: {summary['measured']} points, {len(launches)} timer starts for {models} "
           "timed model-rounds", file=sys.stderr)  # fmt: skip
