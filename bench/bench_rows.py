@@ -87,6 +87,11 @@ def main() -> None:
     ap.add_argument("--importance", default="fisher")
     ap.add_argument("--lr", type=float, default=FinetuneConfig.lr)
     ap.add_argument("--distill", type=float, default=0.5)
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the fine-tuning (the same recipe, faster steps after minutes of compiling)",
+    )
     ap.add_argument("--data")
     ap.add_argument("--work", default="bench/work/rows")
     ap.add_argument("--out", default="bench/results/rows.json")
@@ -109,7 +114,7 @@ def main() -> None:
             budget=want["budget"],
             round_to=round_to,
             importance=a.importance,
-            finetune=FinetuneConfig(epochs=want["epochs"], lr=a.lr, distill=a.distill),
+            finetune=FinetuneConfig(epochs=want["epochs"], lr=a.lr, distill=a.distill, compile=a.compile),
         )
         t0 = time.perf_counter()
         with Run(Path(a.work) / key_of(want), cfg, a.data, Path(a.work) / "engines") as run:
@@ -125,7 +130,7 @@ def main() -> None:
             "speedup": report["speedup"],
             "measured_in_one_run": True,  # the report times both in one interleaved run, on this host
             "budget_met": (report.get("budget") or {}).get("met"),
-            "recipe": {"lr": a.lr, "distill": a.distill, "batch_size": cfg.finetune.batch_size},
+            "recipe": {"lr": a.lr, "distill": a.distill, "batch_size": cfg.finetune.batch_size, "compile": a.compile},
             "recovery": report["finetune"].get("recovery"),
             "remove_blocks": report["method"].get("remove_blocks", []),
             "keep_channels": report["method"].get("keep_channels"),
