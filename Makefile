@@ -89,11 +89,14 @@ bench-int8: setup
 	$(BIN)/python bench/bench_int8.py $(INT8_ARGS)
 	$(BIN)/python bench/bench_int8_plans.py $(INT8_PLAN_ARGS)
 
-test: setup  # one worker per core (pytest-xdist); `pytest -q` alone runs them one after another
-	$(BIN)/python -m pytest -q -n auto --dist worksteal
+# one worker per core (pytest-xdist)
+PYTEST_PARALLEL = $(BIN)/python -m pytest -q -n auto --dist worksteal
+
+test: setup
+	$(PYTEST_PARALLEL)
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow"
+	$(PYTEST_PARALLEL) -m "not slow"
 
 test-reliability: setup
 	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_properties.py

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from trtprune.cpus import usable_cpus
 from trtprune.sources.datasets import synthetic_cifar10
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -18,7 +19,7 @@ ENV_DATA = os.environ.get("TRTPRUNE_DATA")  # read before the autouse fixture be
 # do the processes it starts, instead of every worker spinning one thread per core on all of them
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    _SHARE = max(1, len(os.sched_getaffinity(0)) // _WORKERS)
+    _SHARE = max(1, usable_cpus() // _WORKERS)
     torch.set_num_threads(_SHARE)
     os.environ.setdefault("OMP_NUM_THREADS", str(_SHARE))
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 from trtprune.sources.models.resnet_cifar import CifarResNet
 
-RESNET8 = f"{Path(__file__).resolve()}:resnet8"
-RESNET8_NARROW = f"{Path(__file__).resolve()}:resnet8_narrow"
-RESNET14 = f"{Path(__file__).resolve()}:resnet14"
+HERE = Path(__file__).resolve()
+RESNET8, RESNET8_NARROW, RESNET14 = (f"{HERE}:{name}" for name in ("resnet8", "resnet8_narrow", "resnet14"))
 
 
 def resnet8(num_classes: int = 10) -> CifarResNet:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trtprune.cpus import usable_cpus
 from trtprune.errors import TrtpruneError
 from trtprune.sources import datasets as D
 from trtprune.sources import fetch
@@ -146,7 +147,7 @@ class _Decoded(torch.utils.data.Dataset):
 
 
 def _default_workers() -> int:
-    return min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return min(4, usable_cpus())
 
 
 class FolderImages(Images):

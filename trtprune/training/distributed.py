@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch import nn
 
 from trtprune import log as logsetup
+from trtprune.cpus import usable_cpus
 from trtprune.errors import TrtpruneError
 from trtprune.metrics import top1_torch
 from trtprune.sources.images import as_images
@@ -325,13 +326,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # like the CLI: files being written are removed
 
@@ -348,7 +342,7 @@ def _worker(rank: int, size: int, port: int, tmp: str, verbose: int, payload: by
         MASTER_PORT=str(port),
     )
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of every process taking them all
-        torch.set_num_threads(max(1, _cpus() // size))
+        torch.set_num_threads(max(1, usable_cpus() // size))
     logsetup.setup(verbose)
     try:
         fn, args, kwargs = pickle.loads(payload)
