@@ -6,6 +6,6 @@ import sys
 if not getattr(sys.flags, "safe_path", False) and sys.path and sys.path[0] in ("", os.getcwd()):
     del sys.path[0]
 
-from trtprune.cli import main  # noqa: E402
+from trtprune.entry import main  # noqa: E402
 
 sys.exit(main())

@@ -20,6 +20,7 @@ from trtprune import __version__
 from trtprune import commands as C
 from trtprune import log as logsetup
 from trtprune.config import FinetuneConfig
+from trtprune.entry import interrupted, on_sigterm
 from trtprune.errors import USER_ERROR, TrtpruneError
 from trtprune.latency.devices import DEFAULT_DEVICE, DEVICES
 from trtprune.pruning.importance import IMPORTANCE
@@ -435,19 +436,11 @@ def _gate(p: argparse.ArgumentParser) -> None:
     )
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that temporary files are removed and open transactions rolled back."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     status = 0
     try:
         logsetup.setup(args.verbose, args.quiet, args.log_file)
@@ -479,8 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return USER_ERROR
     except KeyboardInterrupt as e:
-        print(f"trtprune {args.command}: interrupted; finished files are kept, re-run to resume", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+        return interrupted(args.command, e)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
