@@ -582,7 +582,7 @@ def test_a_signal_during_the_startup_imports_stops_with_the_one_line(sig, monkey
     status as later in the run, and the command does not start."""
     import threading
 
-    from trtprune import entry
+    from trtprune import entry, signals
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers can only be installed from the main thread")
@@ -598,7 +598,7 @@ def test_a_signal_during_the_startup_imports_stops_with_the_one_line(sig, monkey
     try:
         code = entry.main(["build", "--model", "resnet20", "--weights", "absent.th"])
         assert signal.getsignal(signal.SIGINT) is previous[0]  # Ctrl-C raises again once the imports are done
-        assert signal.getsignal(signal.SIGTERM) is entry.on_sigterm
+        assert signal.getsignal(signal.SIGTERM) is signals.on_sigterm
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

@@ -20,11 +20,11 @@ from trtprune import __version__
 from trtprune import commands as C
 from trtprune import log as logsetup
 from trtprune.config import FinetuneConfig
-from trtprune.entry import interrupted, on_sigterm
 from trtprune.errors import USER_ERROR, TrtpruneError
 from trtprune.latency.devices import DEFAULT_DEVICE, DEVICES
 from trtprune.pruning.importance import IMPORTANCE
 from trtprune.searching import SEARCHERS
+from trtprune.signals import interrupted, on_sigterm
 from trtprune.sources.models import BUILTIN
 from trtprune.sources.weights import unsafe_pickle
 

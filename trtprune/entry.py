@@ -13,21 +13,7 @@ import signal
 import sys
 import threading
 
-INTERRUPTED = "interrupted; finished files are kept, re-run to resume"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that temporary files are removed and open transactions rolled back."""
-
-
-def on_sigterm(signum, frame):
-    raise Terminated
-
-
-def interrupted(command: str, e: KeyboardInterrupt) -> int:
-    """Print the one line of a stopped command; its exit status (130 for Ctrl-C, 143 for SIGTERM)."""
-    print(f"trtprune {command}: {INTERRUPTED}" if command else f"trtprune: {INTERRUPTED}", file=sys.stderr)
-    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+from trtprune.signals import Terminated, interrupted, on_sigterm
 
 
 def main(argv: list[str] | None = None) -> int:
