@@ -135,7 +135,7 @@ def main() -> None:
             "remove_blocks": report["method"].get("remove_blocks", []),
             "keep_channels": report["method"].get("keep_channels"),
             "wall_s": time.perf_counter() - t0,
-            **provenance(f"python bench/bench_rows.py {text} --importance {a.importance}"),
+            **provenance(f"python bench/bench_rows.py {text} --importance {a.importance}{' --compile' * a.compile}"),
         }
         row["host"] = {**row.pop("machine"), "name": platform.node()}
         record = json.loads(out.read_text()) if out.is_file() else {"rows": []}  # another job may have added rows
