@@ -18,10 +18,14 @@ from trtprune.signals import Terminated, interrupted, on_sigterm
 
 def main(argv: list[str] | None = None) -> int:
     held: list[int] = []
+
+    def hold(signum, frame):
+        held.append(signum)
+
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
-        previous_int = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
-        signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+        previous_int = signal.signal(signal.SIGINT, hold)
+        signal.signal(signal.SIGTERM, hold)
     try:
         from trtprune.cli import main as cli_main
     finally:

@@ -46,6 +46,7 @@ from trtprune import log as logsetup
 from trtprune.cpus import usable_cpus
 from trtprune.errors import TrtpruneError
 from trtprune.metrics import top1_torch
+from trtprune.signals import on_sigterm
 from trtprune.sources.images import as_images
 
 log = logging.getLogger(__name__)
@@ -326,13 +327,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # like the CLI: files being written are removed
-
-
 def _worker(rank: int, size: int, port: int, tmp: str, verbose: int, payload: bytes) -> None:
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, on_sigterm)  # like the CLI: files being written are removed
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
