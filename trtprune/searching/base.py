@@ -26,7 +26,12 @@ class Searcher(abc.ABC):
         """Channel counts whose *predicted* latency is at most ``target_ms`` (starting from ``start``)."""
 
     def search(
-        self, space: SearchSpace, budget: Budget, max_rounds: int = 8, slack: float = Budget.SLACK, band: float = 0.03
+        self,
+        space: SearchSpace,
+        budget: Budget,
+        max_rounds: int = 8,
+        slack: float = Budget.SLACK,
+        band: float = Budget.BAND,
     ) -> dict:
         """Propose, measure whole next to the baseline, adjust, until the measured latency is within
         ``band`` below the budget (``slack`` above it is measurement noise). The target moves by what each

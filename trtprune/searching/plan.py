@@ -19,6 +19,7 @@ class Budget:
     """A latency budget: a fraction of the baseline measured on the device, or milliseconds."""
 
     SLACK = 0.01  # measured up to 1 % above the budget counts as meeting it: whole-network measurement noise
+    BAND = 0.03  # a plan measured more than 3 % under the budget leaves latency unspent: searches give it back
 
     fraction: float | None = None
     ms: float | None = None
