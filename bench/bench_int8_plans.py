@@ -17,6 +17,9 @@ test set. Rows go to ``bench/results/int8.json`` under ``rows`` (read, extended,
 ``speedup_vs_fp32_dense`` and ``top1_drop_vs_fp32_pruned``; a row already there is kept.
 
     python bench/bench_int8_plans.py --budget 0.24x --epochs 4
+
+``--no-depth`` searches channels only in both runs (no residual block removed), where the two kinds of stairs
+decide the plans; its runs and rows are named with ``-nodepth``.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="0.24x", help="of the fp32 dense model's latency (default 0.24x)")
     ap.add_argument("--method", default="locp")
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--no-depth", action="store_true", help="channels only: no residual block removed")
     ap.add_argument("--data")
     ap.add_argument("--work", type=Path, default=Path("bench/work/int8"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/int8.json"))
@@ -60,15 +64,20 @@ def main(argv=None) -> int:
     setup(0)
     budget = Budget.parse(a.budget)
     ft = FinetuneConfig(epochs=a.epochs, distill=0.5)
-    common = dict(model=a.model, method=a.method, finetune=ft)
+    common = dict(model=a.model, method=a.method, finetune=ft, depth=not a.no_depth)
+    tag = "-nodepth" if a.no_depth else ""
     t0 = time.perf_counter()
 
-    aware_run, aware = run("int8-aware", RunConfig(device="cpu-int8", budget=str(budget), **common), a.data, a.work)
+    aware_run, aware = run(
+        f"int8-aware{tag}", RunConfig(device="cpu-int8", budget=str(budget), **common), a.data, a.work
+    )
     ratio = aware["method"]["meta"]["budget_vs_fp32"]["int8_vs_fp32"]
     fp32_budget = Budget(fraction=round(budget.fraction / ratio, 4))
-    naive_run, naive = run("fp32-then-int8", RunConfig(device="cpu", budget=str(fp32_budget), **common), a.data, a.work)
+    naive_run, naive = run(
+        f"fp32-then-int8{tag}", RunConfig(device="cpu", budget=str(fp32_budget), **common), a.data, a.work
+    )
     # the fp32 plan's INT8 form: calibrated like the delivered INT8-aware model (512 training images, minmax)
-    naive_int8 = a.work / "fp32-then-int8" / "pruned.int8.onnx"
+    naive_int8 = naive_run.path("pruned.int8.onnx")
     spec = naive_run.spec
     if not naive_int8.is_file():
         qdq_from_onnx(naive_run.path("pruned.onnx"), naive_int8, calibration(None, a.data, spec), target="ort")
@@ -101,10 +110,10 @@ def main(argv=None) -> int:
         ms, fp32_ms = timings[f"{name} INT8"].median_ms, timings[f"{name} fp32"].median_ms
         rows.append(
             {
-                "key": f"{a.model}-cpu-int8-{budget}-{a.method}-{name}-e{a.epochs}",
+                "key": f"{a.model}-cpu-int8-{budget}-{a.method}{tag}-{name}-e{a.epochs}",
                 "model": a.model,
                 "device": "cpu-int8",
-                "method": a.method,
+                "method": a.method + tag,
                 "searched_on": "int8" if name == "int8-aware" else "fp32",
                 "budget": f"{budget} of fp32 dense",
                 "searched_budget": plan["budget"],
@@ -127,8 +136,11 @@ def main(argv=None) -> int:
     record = json.loads(a.out.read_text()) if a.out.is_file() else {}
     keys = {r["key"] for r in rows}
     record["rows"] = [r for r in record.get("rows", []) if r.get("key") not in keys] + rows
-    record["rows_run"] = {
-        **provenance(f"python bench/bench_int8_plans.py --budget {budget} --epochs {a.epochs} --method {a.method}"),
+    record["rows_run" + tag.replace("-", "_")] = {  # the run of the rows of each kind
+        **provenance(
+            f"python bench/bench_int8_plans.py --model {a.model} --budget {budget} --epochs {a.epochs} "
+            f"--method {a.method}{' --no-depth' if a.no_depth else ''}"
+        ),
         "device": info,
         "latency_ms": {k: t.to_dict() for k, t in timings.items()},
         "top1": top1,
