@@ -224,7 +224,7 @@ def cmd_search(a) -> dict:
     print(
         f"wrote {a.output}: {plan.method} for {plan.budget} on {device.name}: measured {plan.measured_ms:.3f} ms vs "
         f"baseline {plan.baseline_ms:.3f} ms ({plan.measured_ms / plan.baseline_ms:.3f}x; predicted "
-        f"{plan.predicted_ms:.3f} ms), search {plan.meta['search_s']:.0f} s"
+        f"{plan.predicted_ms:.3f} ms), search {plan.meta['wall_s']:.0f} s"
     )
     return {"plan": str(a.output), **dataclasses.asdict(plan)}
 

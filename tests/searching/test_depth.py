@@ -87,6 +87,8 @@ def test_search_removes_blocks_then_prunes_channels(tiny_data, tmp_path, monkeyp
     assert len(pairs) == 3 and plan.meta["retries"] == 2 and plan.meta["met"]
     assert pairs[1][1] < pairs[0][1] and pairs[2][1] > pairs[1][1]  # tightened, then given back
     assert plan.measured_ms == pairs[2][1]
+    # the time the command reports is the whole search: blocks, then each channel search
+    assert plan.meta["wall_s"] > plan.meta["depth"]["seconds"] + plan.meta["search_s"]
     assert Budget.from_text(plan.meta["channel_budget"]).fraction < 1
     plan.save(tmp_path / "plan.json")
     plan = Plan.load(tmp_path / "plan.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -88,6 +89,7 @@ def search(
     (latency-aware methods), residual blocks are removed first (:mod:`trtprune.searching.depth`) while the network
     stays above the budget, and the channels of the shallower network close the rest."""
     get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
+    t0 = time.perf_counter()
     model, spec = load_model(model_name, weights)
     vs_fp32 = None
     if budget.fraction is not None and device.int8_form == "ort":
@@ -155,6 +157,7 @@ def search(
         )
     if vs_fp32 is not None:
         plan.meta["budget_vs_fp32"] = vs_fp32
+    plan.meta["wall_s"] = time.perf_counter() - t0  # the whole search; search_s is the channel searcher's last loop
     return plan
 
 
