@@ -98,10 +98,10 @@ def test_search_removes_blocks_then_prunes_channels(tiny_data, tmp_path, monkeyp
         assert type(model.get_submodule(name)).__name__ == "Identity"
 
 
-def _measured(ratio: float, channel_budget: Budget | None = None) -> Plan:
+def _measured(ratio: float) -> Plan:
     """A plan of blocks and channels measured whole at ``ratio`` of a 10 ms dense network, against 0.5x."""
     plan = Plan("m", "fake", "locp", "0.5x", {"g": 8}, {"g": 16}, baseline_ms=10.0, measured_ms=10.0 * ratio)
-    plan.meta.update(met=Budget(fraction=0.5).met(plan.measured_ms, 10.0), searched_for=str(channel_budget))
+    plan.meta["met"] = Budget(fraction=0.5).met(plan.measured_ms, 10.0)
     return plan
 
 
@@ -124,7 +124,7 @@ def test_blocks_and_channels_settle_within_the_band(first, again, kept, asked):
 
     def search_again(budget):
         seen.append(str(budget))
-        return _measured(next(ratios), budget)
+        return _measured(next(ratios))
 
     plan = _settle(_measured(first), Budget(fraction=0.8), Budget(fraction=0.5), search_again)
     assert seen == asked and len(seen) <= DEPTH_RETRIES

@@ -220,13 +220,13 @@ def _settle(plan: Plan, budget: Budget, asked: Budget, again) -> Plan:
             "under the" if met else "over",
             budget,
         )
-        again_plan = again(budget)
-        again_plan.meta["retries"] = retry
-        if met and not again_plan.meta["met"]:
+        candidate = again(budget)
+        if met and not candidate.meta["met"]:
             log.info("depth    | the looser channels measured over the budget: the plan before is kept")
             plan.meta["retries"] = retry
             break
-        plan = again_plan
+        plan = candidate
+        plan.meta["retries"] = retry
     return plan
 
 
