@@ -16,6 +16,7 @@ ROWS ?= resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:locp-nodepth:30 resnet20:cpu
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 # (one retry: offline, with the wheel in a local index, each of 5 default retries per package cost seconds)
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_VERSION ?= 2.13.0
 # Data and weights: $(TRTPRUNE_DATA) if set; else a local copy beside the checkout (../shared/data);
 # else trtprune downloads them into the user cache (~/.cache/trtprune).
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
@@ -43,8 +44,9 @@ help:
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --retries 1 torch==2.13.0 --extra-index-url $(TORCH_INDEX)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --retries 1 torch==$(TORCH_VERSION) --extra-index-url $(TORCH_INDEX)
+	echo "torch==$(TORCH_VERSION)" > $(VENV)/torch-pin.txt
+	$(BIN)/pip install --quiet -e '.[dev,detect,examples]' -c $(VENV)/torch-pin.txt  # the extras keep this torch
 	touch $@
 
 setup: $(BIN)/.installed

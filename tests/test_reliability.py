@@ -237,7 +237,7 @@ CASES = [
      "input shape '3x224' is not C x H x W", ["{out}/x.onnx"], {}),
     ("input-shape-the-model-cannot-take",
      ["prune", *R20, "--input-shape", "1x32x32", "--mean", "0.5", "--std", "0.25", "-o", "{out}/p.pt"],
-     "the model does not run on an input of shape (1, 1, 32, 32)", ["{out}/p.pt", "{out}/p.plan.json"], {}),
+     "the model fails on an input of shape (1, 1, 32, 32)", ["{out}/p.pt", "{out}/p.plan.json"], {}),
     ("mean-for-other-channels", ["export", *R20, "--mean", "0.5,0.5", "-o", "{out}/x.onnx"],
      "normalisation mean (0.5, 0.5)", ["{out}/x.onnx"], {}),
     ("input-shape-for-other-channels", ["prune", *R20, "--input-shape", "1x32x32", "-o", "{out}/p.pt"],

@@ -25,6 +25,7 @@ _API = (
     "prune",
     "scores",
     "search",
+    "task",
 )
 __all__ = ["__version__", *_API]
 

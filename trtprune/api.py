@@ -8,13 +8,22 @@ These are the functions the command line calls once it has loaded a model by nam
     trtprune.finetune(model, train_loader, val_loader, epochs=5)
     engine = trtprune.build(model, (3, 224, 224), device="cpu", out="engines/mine.onnx")
 
-``data`` is a ``torch.utils.data.DataLoader`` (or any iterable) of ``(images, labels)`` batches, normalised as
+``data`` is a ``torch.utils.data.DataLoader`` (or any iterable) of ``(inputs, targets)`` batches, normalised as
 the model expects; or ``(x, y)`` numpy arrays of uint8 NHWC pixels, normalised here with ``mean``/``std``
 (ImageNet's by default). ``device`` is a device name (``trtprune list``) or a :class:`Device`.
+
+The task is classification (cross-entropy on integer labels, top-1) unless you give your own: ``loss=`` a function
+``loss(outputs, targets) -> scalar tensor`` (outputs as your model returns them: a tensor, tuple, list or dict;
+targets as your loader gives them, on the model's device) and ``metric=`` a function ``metric(model) -> float``
+(higher is better; it reads your own validation data), with ``metric_name=`` ("mAP50-95"); or ``task=`` a built-in
+task's name ("segmentation"), a :class:`trtprune.tasks.Task`, or an object holding those fields. Every stage that
+trains or scores uses it: fine-tuning and distillation, the data-driven importance criteria, the searches' accuracy
+proxy (BatchNorm re-estimated on training batches, then the metric), evaluation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -24,12 +33,13 @@ from torch import nn
 
 from trtprune.config import FinetuneConfig
 from trtprune.deploy.build import Engine, engine_from_model
-from trtprune.deploy.export import Export, onnx_from_torch
+from trtprune.deploy.export import Export, onnx_from_torch, read_onnx
+from trtprune.deploy.onnx_module import OnnxModule, structure_of
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.latency.base import Timing
 from trtprune.latency.devices import Device, get_device
-from trtprune.metrics import accuracy_onnx, accuracy_torch
+from trtprune.metrics import accuracy_onnx
 from trtprune.profiling.layers import layers_of
 from trtprune.profiling.lut import LUT
 from trtprune.profiling.profile import Profiler, group_layers, profilable, profile_groups
@@ -37,17 +47,56 @@ from trtprune.profiling.stairs import Stairs, Tolerance
 from trtprune.pruning.blocks import remove_blocks
 from trtprune.pruning.importance import DEFAULT_IMPORTANCE, needs_data
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
+from trtprune.searching import runner
 from trtprune.searching.plan import Budget, Plan
-from trtprune.searching.runner import SCORE_BATCH_SIZE, SCORE_BATCHES, search_module
+from trtprune.searching.runner import SCORE_BATCH_SIZE, SCORE_BATCHES
 from trtprune.sources.images import as_images
-from trtprune.sources.models import IMAGENET_MEAN, IMAGENET_STD
+from trtprune.sources.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from trtprune.tasks import Task, get_task
 from trtprune.training.finetune import finetune as _finetune
 
 Shape = tuple[int, int, int]
 
 
 def _as_device(name: str | Device) -> Device:
+    if not isinstance(name, (str, Device)):
+        raise TrtpruneError(
+            f"device={name!r} is a {type(name).__name__}", fix="give a device name (trtprune list) or a Device"
+        )
     return name if isinstance(name, Device) else get_device(name)
+
+
+def _shape(input_shape) -> Shape:
+    """``input_shape`` checked at the door: (C, H, W) positive integers."""
+    if isinstance(input_shape, str) or not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
+        raise TrtpruneError(
+            f"input_shape={input_shape!r} is not (C, H, W)",
+            why="the API takes one image's shape as a tuple of three integers, without the batch",
+            fix="e.g. input_shape=(3, 224, 224)"
+            + (" (the command line's 3x224x224 form is for --input-shape)" if isinstance(input_shape, str) else ""),
+        )
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+        raise TrtpruneError(f"input_shape={tuple(input_shape)} holds a size that is not a positive integer")
+    return tuple(input_shape)
+
+
+def _model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TrtpruneError(
+            f"model is a {type(model).__name__}, not a torch.nn.Module",
+            fix="pass the model object (a path to a checkpoint is for the command line's --weights)",
+        )
+    return model
+
+
+def task(task=None, *, loss=None, metric=None, metric_name: str | None = None, distill=None) -> Task:
+    """The task of the other functions' ``task``/``loss``/``metric``/``metric_name``/``distill`` arguments."""
+    return get_task(task, loss=loss, metric=metric, metric_name=metric_name, distill=distill)
+
+
+def _spec(model: nn.Module, input_shape: Shape, mean, std, name: str | None = None) -> ModelSpec:
+    """What the stage functions know of a live model: its name, input shape and normalisation."""
+    return ModelSpec(name or type(model).__name__, "<python>", tuple(input_shape), tuple(mean), tuple(std))
 
 
 def device(name: str | Device) -> Device:
@@ -57,8 +106,9 @@ def device(name: str | Device) -> Device:
 
 def groups(model: nn.Module, input_shape: Shape, *, ignore: Iterable[str] = ()) -> list[ChannelGroup]:
     """The prunable channel groups of ``model`` (channels that must go together), in module order; modules named
-    in ``ignore`` (and everything inside them) keep their output channels."""
-    return GroupPruner(model, input_shape, ignore).groups()
+    in ``ignore`` (and everything inside them) keep their output channels, and so do the layers that make the
+    model's outputs (its classes, a detector's boxes and scores)."""
+    return GroupPruner(_model(model), _shape(input_shape), ignore).groups()
 
 
 def scores(
@@ -70,15 +120,19 @@ def scores(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     ignore: Iterable[str] = (),
+    task=None,
+    loss=None,
 ) -> dict[str, np.ndarray]:
     """One importance score per channel of every group (``trtprune list`` names the criteria); criteria that
-    need data (``taylor``, ``fisher``, ``dynamic``) read the first 8 batches of 64 images of ``data``."""
+    need data (``taylor``, ``fisher``, ``dynamic``) read the first 8 batches of 64 images of ``data``, through the
+    task's loss."""
     batches = None
     if needs_data(importance):
         if data is None:
             raise TrtpruneError(f"importance '{importance}' needs training data", fix="pass data=, or use l1/l2/bn")
         batches = list(as_images(data).limit(SCORE_BATCHES * SCORE_BATCH_SIZE).batches(SCORE_BATCH_SIZE, mean, std))
-    return GroupPruner(model, input_shape, ignore).scores(importance, batches)
+    scoring = get_task(task, loss=loss)
+    return GroupPruner(_model(model), _shape(input_shape), ignore).scores(importance, batches, scoring.loss)
 
 
 def profile(
@@ -120,29 +174,41 @@ def search(
     round_to: int = 1,
     ignore: Iterable[str] = (),
     name: str | None = None,
+    depth: bool = True,
+    task=None,
+    loss=None,
+    metric=None,
+    metric_name: str | None = None,
 ) -> Plan:
     """Per-group channel counts that meet ``budget`` ("0.5x" of the dense model's latency, or "1.2ms") on the
     device, measured there, keeping the channels that matter most by ``importance`` on ``data``; ``model`` is
-    left as it is. ``method``: locp, knapsack, lap, uniform or flops. Channels only: removing whole residual blocks
-    first (the command line's default, trtprune.searching.depth) needs the training images of ``trtprune search``."""
-    dev = _as_device(device)
+    left as it is. ``method``: locp, knapsack, lap, uniform or flops. With training ``data``, the latency-aware
+    methods first remove whole residual blocks (``depth``; scored by the accuracy proxy: BatchNorm re-estimated on
+    training batches, then the task's metric), as the command line does; lap's reward is that proxy too."""
+    model, shape, dev = _model(model), _shape(input_shape), _as_device(device)
     budget = budget if isinstance(budget, Budget) else Budget.from_text(budget)
-    channel_scores = scores(model, input_shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore)
+    if needs_data(importance) and data is None:
+        raise TrtpruneError(f"importance '{importance}' needs training data", fix="pass data=, or use l1/l2/bn")
+    scoring = get_task(task, loss=loss, metric=metric, metric_name=metric_name)
+    train = as_images(data) if data is not None else None
     with tempfile.TemporaryDirectory(prefix="trtprune-search-") as tmp:
-        return search_module(
-            model,
-            tuple(input_shape),
+        return runner.search(
+            _spec(model, shape, mean, std, name),
+            None,
             dev,
             budget,
             method,
-            scores=channel_scores,
-            workdir=tmp,
-            name=name or type(model).__name__,
+            module=model,
+            workdir=Path(tmp),
             lut_path=lut,
             importance=importance,
+            data=train,
             round_to=round_to,
             protocol="quick" if quick else "full",
             ignore=ignore,
+            remove_depth=depth and train is not None,
+            proxy=train is not None,
+            task=scoring,
         )
 
 
@@ -156,16 +222,21 @@ def prune(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     ignore: Iterable[str] = (),
+    task=None,
+    loss=None,
 ) -> nn.Module:
     """Remove the plan's residual blocks (a :class:`Plan` from ``trtprune search``), then channels from ``model`` in
-    place until every group has the plan's count, the least important first (``importance`` on ``data``); returns
-    the model. The pruning history is ``model.trtprune_history``."""
+    place until every group has the plan's count, the least important first (``importance`` on ``data``, through
+    the task's loss); returns the model. The pruning history is ``model.trtprune_history``."""
+    model, shape = _model(model), _shape(input_shape)
     keep = plan.keep_channels if isinstance(plan, Plan) else dict(plan)
     if isinstance(plan, Plan):
         ignore = tuple(ignore) or tuple(plan.meta.get("ignore", ()))
         model.trtprune_history = getattr(model, "trtprune_history", []) + remove_blocks(model, plan.remove_blocks)
-    channel_scores = scores(model, input_shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore)
-    pruner = GroupPruner(model, input_shape, ignore)
+    channel_scores = scores(
+        model, shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore, task=task, loss=loss
+    )
+    pruner = GroupPruner(model, shape, ignore)
     pruner.prune_to(keep, scores=channel_scores)
     model.trtprune_history = getattr(model, "trtprune_history", []) + pruner.history()
     return model
@@ -181,15 +252,32 @@ def finetune(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     checkpoint: str | Path | None = None,
+    task=None,
+    loss=None,
+    metric=None,
+    metric_name: str | None = None,
+    distill=None,
     **settings,
 ) -> list[dict]:
     """Fine-tune ``model`` in place on ``train`` (SGD, Nesterov, cosine schedule; distilled from ``teacher`` when
-    given), evaluating on ``val`` after each epoch; returns one record per epoch (loss, top-1, seconds).
-    ``settings`` are :class:`FinetuneConfig` fields (lr, batch_size, distill, precision, ...); ``checkpoint``
-    (None: a temporary file) is written after every epoch and resumed from."""
+    given: the task's distillation, or ``distill(student_outputs, teacher_outputs)``), scoring it after each epoch
+    (the task's metric: top-1 on ``val`` by default, or ``metric(model)``); returns one record per epoch (loss, the
+    metric - ``top1``, or ``metric`` for your own - and seconds). ``settings`` are :class:`FinetuneConfig` fields
+    (lr, batch_size, distill, precision, ...); ``checkpoint`` (None: a temporary file) is written after every epoch
+    and resumed from."""
+    model = _model(model)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise TrtpruneError(f"epochs={epochs!r} is not a number of epochs", fix="give an integer of 1 or more")
     if teacher is not None:
         settings.setdefault("distill", 0.5)
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(FinetuneConfig)})
+    if unknown:
+        raise TrtpruneError(
+            f"finetune() got unknown settings: {', '.join(unknown)}",
+            fix=f"settings are FinetuneConfig fields: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}",
+        )
     cfg = FinetuneConfig(epochs=epochs, **settings)
+    scoring = get_task(task, loss=loss, metric=metric, metric_name=metric_name, distill=distill)
     with tempfile.TemporaryDirectory(prefix="trtprune-finetune-") as tmp:
         return _finetune(
             model,
@@ -202,6 +290,7 @@ def finetune(
             base_model=type(model).__name__,
             history=list(getattr(model, "trtprune_history", [])),
             teacher=teacher,
+            task=scoring,
         )
 
 
@@ -229,11 +318,38 @@ def measure(
         return backend.compare(paths, rounds=rounds or backend.deciding_rounds)
 
 
-def evaluate(model: nn.Module | str | Path, data, *, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict[str, float]:
-    """Top-1 (and top-5 with more than 10 classes) in percent of a module (torch) or an ONNX file (ONNX Runtime)."""
+def evaluate(
+    model: nn.Module | str | Path,
+    data=None,
+    *,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    task=None,
+    metric=None,
+    metric_name: str | None = None,
+    like: nn.Module | None = None,
+) -> dict[str, float]:
+    """The task's figures of a module (torch) or an ONNX file (ONNX Runtime): top-1 (and top-5 with more than 10
+    classes) in percent on ``data`` by default; ``{"metric": metric(model)}`` with your own metric. An ONNX file is
+    called as a module returning what ``like`` (the torch model it was exported from) returns - a dict stays a dict
+    - or, without ``like``, one tensor or a tuple of its outputs in order."""
+    scoring = get_task(task, metric=metric, metric_name=metric_name)
+    if scoring.images_metric and data is None:
+        raise TrtpruneError(f"evaluating {scoring.metric_name} needs data", fix="pass data=, or metric=")
     if isinstance(model, nn.Module):
-        return accuracy_torch(model, data, mean, std)
-    return accuracy_onnx(model, data, mean, std)
+        return scoring.evaluate(model, data, mean, std)
+    if not isinstance(model, (str, Path)):
+        raise TrtpruneError(
+            f"model is a {type(model).__name__}", fix="give a torch.nn.Module or the path of an ONNX file"
+        )
+    read_onnx(model)
+    if scoring.metric_key == "top1":
+        return accuracy_onnx(model, data, mean, std)
+    structure = None
+    if like is not None:
+        shape = next(i for i in read_onnx(model).graph.input).type.tensor_type.shape.dim
+        structure = structure_of(_model(like), tuple(d.dim_value for d in shape[1:]))
+    return scoring.evaluate(OnnxModule(model, structure), data, mean, std)
 
 
 __all__ = [
@@ -252,4 +368,5 @@ __all__ = [
     "prune",
     "scores",
     "search",
+    "task",
 ]

@@ -122,6 +122,17 @@ def _model(
     )
 
 
+def _task(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--task",
+        metavar="NAME|FILE.py:OBJ",
+        help="what the model is trained and scored for: classification (default: cross-entropy, top-1), "
+        "segmentation (per-pixel cross-entropy, mIoU), or your own: path/file.py:task naming an object with "
+        "loss(outputs, targets), metric(model) and optionally metric_name, distill and loaders (used when --data "
+        "is not given); see the README, 'Your own task'",
+    )
+
+
 def _device(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--device", default=DEFAULT_DEVICE, help=f"{', '.join(DEVICES)} (default: {DEFAULT_DEVICE})")
@@ -335,6 +346,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", help="evaluate this ONNX file instead (its --model gives the normalisation)")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=count, default=0, help="first N images only (default: all)")
+    _task(p)
     p = add("profile", C.cmd_profile, "measure how each channel group's latency moves with its channels (LUT)")
     _model(p, "checkpoint (optional: latency does not depend on the weights)")
     _device(p)
@@ -378,16 +390,19 @@ def parser() -> argparse.ArgumentParser:
     _searching(p, budget=None)
     _quick(p)
     _pruning(p)
+    _task(p)
     p.add_argument("-o", "--output", required=True, help="plan to write (.json)")
     p = add("prune", C.cmd_prune, "prune to a plan (from trtprune search), or every group by a uniform ratio")
     _model(p)
     _pruning(p)
     p.add_argument("--plan", help="plan to apply (default: uniform pruning by --ratio)")
+    _task(p)
     p.add_argument("-o", "--output", required=True, help="pruned checkpoint to write (.pt); the plan goes beside it")
     p = add("finetune", C.cmd_finetune, "fine-tune a (pruned) checkpoint; a checkpoint is written every epoch")
     _model(p, "the checkpoint to fine-tune (e.g. from trtprune prune)", weights_required=True)
     _finetuning(p)
     p.add_argument("--teacher", help="unpruned weights to distil from (with --distill)")
+    _task(p)
     p.add_argument("--eval-limit", type=count, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint at -o")
     p.add_argument(
@@ -414,6 +429,7 @@ def parser() -> argparse.ArgumentParser:
     _pruning(p)
     _finetuning(p, distill=0.5)  # the unpruned model is at hand: distilling from it recovers accuracy faster
     _calibration(p)
+    _task(p)
     p.add_argument("--eval-limit", type=count, default=0, help="evaluate on the first N test images (default: all)")
     p.add_argument(
         "--name",

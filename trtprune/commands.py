@@ -13,13 +13,14 @@ from pathlib import Path
 from trtprune.config import parse_ranked
 from trtprune.deploy.build import engine_from_model
 from trtprune.deploy.export import onnx_from_torch, read_onnx
+from trtprune.deploy.onnx_module import OnnxModule, structure_of
 from trtprune.deploy.quantize import calibration, qdq_from_onnx, qdq_summary
 from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, all_devices, get_device
 from trtprune.log import progress
-from trtprune.metrics import accuracy_onnx, accuracy_torch
+from trtprune.metrics import accuracy_onnx
 from trtprune.plots import stairs_plot
 from trtprune.profiling.engine_stairs import EngineProfiler
 from trtprune.profiling.fleet import Fleet
@@ -39,6 +40,7 @@ from trtprune.sources.datasets import ensure_cifar10
 from trtprune.sources.images import open_images
 from trtprune.sources.models import BUILTIN, build_model, model_argument, model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned, unsafe_pickle
+from trtprune.tasks import get_task, task_data
 from trtprune.training import distributed as DI
 from trtprune.training.finetune import FinetuneConfig, finetune
 
@@ -157,25 +159,40 @@ def cmd_measure(a) -> dict:
     return result
 
 
+def _task(a):
+    """The task of --task (classification by default) and the data it reads: --data, else the task's loaders."""
+    task = get_task(getattr(a, "task", None))
+    return task, task_data(task, a.data)
+
+
 def cmd_eval(a) -> dict:
 
+    task, data = _task(a)
+    spec = _spec(a)
     if a.onnx:
         model = read_onnx(a.onnx)
-        spec = _spec(a)
         dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
         shape = tuple(dims[1:]) if len(dims) == 4 and all(dims[1:]) else spec.input_shape
-        images = open_images(a.data, a.split, shape, a.limit)
-        acc, what = accuracy_onnx(a.onnx, images, spec.mean, spec.std), a.onnx
+        what = a.onnx
     else:
-        model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, a.data))
-        images = open_images(a.data, a.split, spec.input_shape, a.limit)
-        acc, what = (
-            accuracy_torch(model, images, spec.mean, spec.std),
-            f"{spec.name} ({a.weights or 'published weights'})",
-        )
-    top5 = f", top-5 {acc['top5']:.2f} %" if "top5" in acc else ""
-    print(f"top-1 {acc['top1']:.2f} %{top5} on {len(images):,} {a.split} images: {what}")
-    return {**acc, "images": len(images), "split": a.split, "model": what}
+        model, spec = load_model(spec, resolve_weights(a.model, a.weights, data))
+        shape, what = spec.input_shape, f"{spec.name} ({a.weights or 'published weights'})"
+    images = open_images(data, a.split, shape, a.limit) if task.images_metric else None
+    if a.onnx and task.metric_key == "top1":
+        result = accuracy_onnx(a.onnx, images, spec.mean, spec.std)
+    elif a.onnx:  # the task's metric on the file, called as the model (--model gives the structure of its outputs)
+        structure = structure_of(build_model(spec), shape) if a.model else None
+        result = task.evaluate(OnnxModule(a.onnx, structure), images, spec.mean, spec.std)
+    else:
+        result = task.evaluate(model, images, spec.mean, spec.std)
+    if task.metric_key == "top1":
+        top5 = f", top-5 {result['top5']:.2f} %" if "top5" in result else ""
+        print(f"top-1 {result['top1']:.2f} %{top5} on {len(images):,} {a.split} images: {what}")
+    else:
+        others = "".join(f", {k} {v:.2f}" for k, v in result.items() if k != task.metric_key)
+        print(f"{task.metric_name} {result[task.metric_key]:.2f}{others}: {what}")
+    out = {**result, "model": what, "task": task.to_dict()}
+    return {**out, "images": len(images), "split": a.split} if images is not None else out
 
 
 def _budget(a):
@@ -200,7 +217,8 @@ def cmd_search(a) -> dict:
     if budget is None:
         raise TrtpruneError("trtprune search needs a budget", fix="pass --budget 0.5x or --budget-ms 1.2")
     device = get_device(a.device)
-    weights = resolve_weights(a.model, a.weights, a.data)
+    task, data = _task(a)
+    weights = resolve_weights(a.model, a.weights, data)
     with tempfile.TemporaryDirectory(prefix="trtprune-search-") as tmp:
         plan = runner.search(
             _spec(a),
@@ -211,7 +229,7 @@ def cmd_search(a) -> dict:
             workdir=Path(tmp),
             lut_path=a.lut,
             importance=a.importance,
-            data=a.data,
+            data=data,
             round_to=a.round_to,
             protocol=a.protocol,
             ignore=a.ignore,
@@ -219,6 +237,7 @@ def cmd_search(a) -> dict:
             ranked=parse_ranked(_items(a.rank)),
             stairs_from=a.stairs_from,
             remove_depth=a.depth,
+            task=task,
         )
     plan.save(a.output)
     print(
@@ -231,7 +250,8 @@ def cmd_search(a) -> dict:
 
 def cmd_prune(a) -> dict:
 
-    model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, a.data))
+    task, data = _task(a)
+    model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, data))
     if a.plan:
         plan = Plan.load(a.plan)
         if plan.model != spec.name:
@@ -242,7 +262,7 @@ def cmd_prune(a) -> dict:
     else:  # no device is involved: the plan's device is empty; bad --ratio/--round-to fail here, before scoring
         groups = GroupPruner(model, spec.input_shape, a.ignore).groups()
         plan = uniform_plan_of(groups, a.ratio, a.round_to, spec.name, importance=a.importance)
-    prune_with_data(model, spec, plan, a.importance, a.data, a.ignore)
+    prune_with_data(model, spec, plan, a.importance, data, a.ignore, task)
     save_pruned(a.output, model, spec.name, model.trtprune_history, plan=plan.keep_channels)
     kept, total = sum(plan.keep_channels.values()), sum(plan.channels.values())
     if a.plan:
@@ -276,8 +296,12 @@ def cmd_finetune(a) -> dict:
         with DI.from_env():
             records = _finetune_job(a, cfg)
     if os.environ.get("RANK", "0") in ("", "0"):
-        last = records[-1]
-        print(f"wrote {a.output}: top-1 {last['top1']:.2f} % after {last['epoch']} epochs")
+        last, task = records[-1], get_task(a.task)
+        print(
+            f"wrote {a.output}: {task.metric_name} {last[task.metric_key]:.2f} after {last['epoch']} epochs"
+            if task.metric_key in last
+            else f"wrote {a.output} after {last['epoch']} epochs"
+        )
     return {"checkpoint": str(a.output), "records": records}
 
 
@@ -290,10 +314,11 @@ def _finetune_job(a, cfg) -> list[dict]:
         model, spec = load_model(_spec(a), a.weights)
         history = read_checkpoint(a.weights).get("history", [])
         teacher = load_model(_spec(a), a.teacher)[0] if cfg.distill > 0 else None
+    task, data = _task(a)
     return finetune(
         model,
-        open_images(a.data, "train", spec.input_shape),
-        open_images(a.data, "test", spec.input_shape, a.eval_limit),
+        open_images(data, "train", spec.input_shape),
+        open_images(data, "test", spec.input_shape, a.eval_limit),
         spec.mean,
         spec.std,
         cfg,
@@ -302,6 +327,7 @@ def _finetune_job(a, cfg) -> list[dict]:
         history=history,
         teacher=teacher,
         resume=a.resume,
+        task=task,
     )
 
 
@@ -327,12 +353,13 @@ def verdict(report: dict, max_top1_drop: float | None) -> int:
             f"report's side-by-side measurement (exit status {BUDGET_MISSED})",
             file=sys.stderr,
         )
-    drop = report["baseline"]["top1"] - report["pruned"]["top1"]
+    key, name = report.get("task", {}).get("metric_key", "top1"), report.get("task", {}).get("metric", "top-1")
+    drop = report["baseline"][key] - report["pruned"][key]
     if max_top1_drop is not None and drop > max_top1_drop:
         status |= TOP1_GATE
         print(
-            f"trtprune: top-1 dropped {drop:.2f} points ({report['baseline']['top1']:.2f} -> "
-            f"{report['pruned']['top1']:.2f} %), more than --max-top1-drop {max_top1_drop:g} (exit status {TOP1_GATE})",
+            f"trtprune: {name} dropped {drop:.2f} points ({report['baseline'][key]:.2f} -> "
+            f"{report['pruned'][key]:.2f}), more than --max-top1-drop {max_top1_drop:g} (exit status {TOP1_GATE})",
             file=sys.stderr,
         )
     return status
@@ -369,14 +396,16 @@ def cmd_run(a) -> dict:
         calib=a.calib,
         calib_images=a.calib_images,
         eval_limit=a.eval_limit,
+        task=a.task,
     )
-    with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut) as run:
+    task = get_task(a.task)
+    with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut, task=task) as run:
         report = run_all(run)
-    b, p = report["baseline"], report["pruned"]
+    b, p, key = report["baseline"], report["pruned"], task.metric_key
     print(
         f"{report['model']} on {report['device']['device']}: {b['latency']['median_ms']:.3f} -> "
-        f"{p['latency']['median_ms']:.3f} ms ({report['speedup']:.2f}x, measured side by side), top-1 "
-        f"{b['top1']:.2f} -> {p['top1']:.2f} %"
+        f"{p['latency']['median_ms']:.3f} ms ({report['speedup']:.2f}x, measured side by side), {task.metric_name} "
+        f"{b[key]:.2f} -> {p[key]:.2f}"
     )
     print(f"engine: {report['engine']}\nreport: {run.path('report.md')}")
     return {**report, "exit_status": verdict(report, a.max_top1_drop)}

@@ -58,6 +58,9 @@ class RunConfig:
     input_shape: str | None = None  # "3x224x224": one image's C x H x W (None: the model's own, 3x32x32 for CIFAR)
     mean: str | None = None  # "0.485,0.456,0.406": per-channel normalisation the model was trained with (None:
     std: str | None = None  # the model's own, ImageNet's by default)
+    # what the model is trained and scored for: a built-in task's name, or "file.py:task" (trtprune.tasks);
+    # None: classification (cross-entropy, top-1)
+    task: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

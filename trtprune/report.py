@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from trtprune.deploy.onnx_module import OnnxModule, structure_of
 from trtprune.deploy.parity import parity
 from trtprune.deploy.quantize import check_int8_kernels
 from trtprune.fsutil import write_json, write_text
@@ -38,6 +39,7 @@ def stage_report(run) -> dict:
         models["pruned_fp32"] = pruned_model
         int8 = int8_facts(onnx["pruned"], run)
     test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
+    task = run.task
     with get_backend(run.device) as backend:
         timings = dict(zip(onnx, backend.compare(list(onnx.values()), rounds=backend.deciding_rounds)))
         device_info = backend.info()
@@ -49,7 +51,8 @@ def stage_report(run) -> dict:
         "input_shape": list(spec.input_shape),  # one image, C x H x W; the batch is the device's
         "normalization": {"mean": list(spec.mean), "std": list(spec.std)},
         "device": device_info,
-        "eval": {"split": "test", "images": len(test), "data": test.name},
+        "task": task.to_dict(),
+        "eval": _eval_facts(task, test),
         "method": json.loads(run.path("plan.json").read_text()),
         "finetune": {
             **run.cfg.finetune.__dict__,
@@ -63,7 +66,7 @@ def stage_report(run) -> dict:
         report[role] = {
             "onnx": str(onnx[role]),
             "latency": timings[role].to_dict(),
-            **accuracy_onnx(onnx[role], test, spec.mean, spec.std, desc=f"top-1 {role}"),  # top1 (and top5)
+            **_scores(task, onnx[role], models[role], test, spec, role),  # top1 (and top5), or the task's metric
             **_model_facts(model, spec),
         }
     report["speedup"] = timings["baseline"].median_ms / timings["pruned"].median_ms
@@ -88,14 +91,29 @@ def stage_report(run) -> dict:
     if report["budget"] and not report["budget"]["met"]:
         log.warning("report    | %s", budget_line(report))
     log.info(
-        "report    | %.3f -> %.3f ms (%.2fx) | top-1 %.2f -> %.2f %%",
+        "report    | %.3f -> %.3f ms (%.2fx) | %s %.2f -> %.2f",
         timings["baseline"].median_ms,
         timings["pruned"].median_ms,
         report["speedup"],
-        report["baseline"]["top1"],
-        report["pruned"]["top1"],
+        task.metric_name,
+        report["baseline"][task.metric_key],
+        report["pruned"][task.metric_key],
     )
     return report
+
+
+def _eval_facts(task, test) -> dict:
+    if not task.images_metric:  # the user's metric reads its own validation data
+        return {"metric": task.metric_name, "data": f"{getattr(task, 'source', 'the task')}'s metric(model)"}
+    return {"split": "test", "images": len(test), "data": test.name}
+
+
+def _scores(task, path, model, test, spec, role: str) -> dict:
+    """The task's figures of the ONNX file the device runs: top-1 through ONNX Runtime directly for classification,
+    else the task's evaluation of the file run as a module returning what the torch model returns."""
+    if task.metric_key == "top1":
+        return accuracy_onnx(path, test, spec.mean, spec.std, desc=f"top-1 {role}")
+    return task.evaluate(OnnxModule(path, structure_of(model, spec.input_shape)), test, spec.mean, spec.std)
 
 
 def int8_facts(path, run) -> dict:
@@ -191,22 +209,36 @@ def _int8_line(r: dict) -> str:
     )
 
 
-def _recovery_line(ft: dict) -> str:
-    """Top-1 from pruning to the last epoch: as pruned, after BatchNorm recalibration, per epoch."""
-    rec = ft["recovery"]
-    steps = [f"{rec['top1_pruned']:.2f} % as pruned"] if "top1_pruned" in rec else []
-    if rec.get("recalibrated_images") and "top1" in rec:
-        steps.append(f"{rec['top1']:.2f} % after re-estimating BatchNorm on {rec['recalibrated_images']:,} images")
-    steps += [f"{x['top1']:.2f} % after epoch {x['epoch']}" for x in ft.get("records") or [] if "top1" in x]
-    return "Recovery (top-1 on the evaluation images): " + " -> ".join(steps) + "."
+def _recovery_line(ft: dict, task: dict) -> str:
+    """The metric (top-1) from pruning to the last epoch: as pruned, after BatchNorm recalibration, per epoch."""
+    rec, key, name = ft["recovery"], task["metric_key"], task["metric"]
+    unit = " %" if key == "top1" else ""
+    steps = [f"{rec[f'{key}_pruned']:.2f}{unit} as pruned"] if f"{key}_pruned" in rec else []
+    if rec.get("recalibrated_images") and key in rec:
+        steps.append(f"{rec[key]:.2f}{unit} after re-estimating BatchNorm on {rec['recalibrated_images']:,} images")
+    steps += [f"{x[key]:.2f}{unit} after epoch {x['epoch']}" for x in ft.get("records") or [] if key in x]
+    where = "on the evaluation images" if key == "top1" else "by the task's metric"
+    return f"Recovery ({name.split(' (')[0]} {where}): " + " -> ".join(steps) + "."
 
 
 COLUMNS = {"baseline": "baseline", "pruned": "pruned"}
 INT8_COLUMNS = {"baseline": "fp32 dense", "pruned_fp32": "fp32 pruned", "pruned": "INT8 pruned (delivered)"}
 
 
+TOP1 = {"task": "classification", "metric": "top-1 (%)", "metric_key": "top1"}  # reports written before tasks
+
+
+def _metric_row(r: dict, row) -> str:
+    task = r.get("task", TOP1)
+    key = task["metric_key"]
+    if key == "top1":
+        return row(f"top-1 (%, {r['eval']['images']:,} test images)", lambda x: f"{x['top1']:.2f}")
+    return row(f"{task['metric']} ({r['eval'].get('data', 'the task')})", lambda x: f"{x[key]:.2f}")
+
+
 def markdown(r: dict) -> str:
     d, m = r["device"], r["method"]
+    task = r.get("task", TOP1)
     engine = f"{d.get('engine', d['backend'])} {d.get('engine_version', '')}"
     cols = {k: v for k, v in (INT8_COLUMNS if "int8" in r else COLUMNS).items() if k in r}
 
@@ -225,7 +257,7 @@ def markdown(r: dict) -> str:
         "|---|" + "---:|" * len(cols),
         row("latency median (ms)", lambda x: f"{x['latency']['median_ms']:.3f}"),
         row("latency p90 (ms)", lambda x: f"{x['latency']['p90_ms']:.3f}"),
-        row(f"top-1 (%, {r['eval']['images']:,} test images)", lambda x: f"{x['top1']:.2f}"),
+        _metric_row(r, row),
         *([row("top-5 (%)", lambda x: f"{x['top5']:.2f}")] if all("top5" in r[k] for k in cols) else []),
         row("parameters", lambda x: f"{x['params']:,}"),
         row("MACs", lambda x: f"{x['macs']:,}"),
@@ -236,7 +268,7 @@ def markdown(r: dict) -> str:
         "",
         *([_depth_line(m), ""] if m.get("meta", {}).get("depth", {}).get("removed") else []),
         *([_ranking_line(m), ""] if m.get("meta", {}).get("ranking") else []),
-        *([_recovery_line(r["finetune"]), ""] if r["finetune"].get("recovery") else []),
+        *([_recovery_line(r["finetune"], task), ""] if r["finetune"].get("recovery") else []),
         *([_int8_line(r), ""] if "int8" in r else []),
         *([budget_line(r), ""] if r.get("budget") else []),
         f"Deployable model: `{r['engine']}`.",

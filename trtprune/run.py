@@ -32,6 +32,7 @@ from trtprune.searching.runner import prune_with_data
 from trtprune.sources.images import open_images
 from trtprune.sources.models import model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned
+from trtprune.tasks import get_task, task_data
 from trtprune.training.finetune import finetune
 
 log = logging.getLogger(__name__)
@@ -107,8 +108,11 @@ class Run:
         engines_dir: str | Path = "engines",
         fresh: bool = False,
         lut: str | Path | None = None,
+        task=None,
     ):
-        self.dir, self.cfg, self.data, self.lut = Path(directory), cfg, data, lut
+        self.dir, self.cfg, self.lut = Path(directory), cfg, lut
+        self.task = task or get_task(cfg.task)  # given when the caller has it already (its loaders are open)
+        self.data = task_data(self.task, data)
         self.engines_dir = Path(engines_dir)
         self.device = get_device(cfg.device)
         self.spec = model_spec(cfg.model, input_shape=cfg.input_shape, mean=cfg.mean, std=cfg.std)
@@ -227,6 +231,7 @@ def stage_search(run: Run, out: Path) -> None:
             ranked=parse_ranked(cfg.ranked),
             stairs_from=cfg.stairs_from,
             remove_depth=cfg.depth,
+            task=run.task,
         )
     plan.save(out)
 
@@ -237,7 +242,8 @@ def stage_prune(run: Run, out: Path) -> None:
     plan = Plan.load(run.path("plan.json"))
     model, spec = _load_base(run)
     # the search may have chosen another criterion's plan (``--rank``): its channels are the ones it ranked
-    prune_with_data(model, spec, plan, plan.meta.get("importance", run.cfg.importance), run.data, run.cfg.ignore)
+    importance = plan.meta.get("importance", run.cfg.importance)
+    prune_with_data(model, spec, plan, importance, run.data, run.cfg.ignore, run.task)
     save_pruned(out, model, spec.name, model.trtprune_history, plan=plan.keep_channels)
 
 
@@ -262,6 +268,7 @@ def stage_finetune(run: Run, out: Path) -> None:
         history=history,
         teacher=teacher,
         resume=True,
+        task=run.task,
     )
     with atomic_path(out) as tmp:
         shutil.copyfile(run.path("finetune.pt"), tmp)

@@ -1,3 +1,6 @@
+from types import SimpleNamespace
+
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -56,7 +59,17 @@ def test_an_unexportable_model_is_a_clear_error(tmp_path):
 def test_a_wrong_export_is_not_written(tmp_path, monkeypatch):
     from trtprune.deploy import export as E
 
-    monkeypatch.setattr(E, "run_onnx", lambda path, x: torch.zeros(1, 10).numpy() + 1.0)
+    class Wrong:  # ONNX Runtime computing something else: logits of ones
+        def get_inputs(self):
+            return [SimpleNamespace(name="input")]
+
+        def get_outputs(self):
+            return [SimpleNamespace(name="logits")]
+
+        def run(self, names, feed):
+            return [np.ones((1, 10), np.float32)]
+
+    monkeypatch.setattr(E, "ort_session", lambda path, threads: Wrong())
     torch.manual_seed(0)
     with pytest.raises(TrtpruneError, match="differs from torch"):
         onnx_from_torch(build_model("resnet20"), tmp_path / "m.onnx", (3, 32, 32))

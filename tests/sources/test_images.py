@@ -97,7 +97,7 @@ def test_a_user_loader_is_used_as_given_and_can_be_sliced():
 
 
 def test_a_loader_that_yields_no_pairs_is_a_clear_error():
-    with pytest.raises(TrtpruneError, match="not \\(images, labels\\) batches"):
+    with pytest.raises(TrtpruneError, match="not \\(inputs, targets\\) batches"):
         list(as_images([torch.zeros(2, 3, 4, 4)]).batches(2, MEAN, STD))
 
 

@@ -23,12 +23,13 @@ from torch import nn
 from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path
 from trtprune.latency.ort import ort_session
+from trtprune.outputs import SINGLE_NAME, model_failed, output_leaves
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-# |onnxruntime - torch| on the logits must stay within PARITY_ATOL + PARITY_RTOL * max|torch logits|:
+OUTPUT_NAME = SINGLE_NAME  # a model that returns several tensors has one named output per tensor (trtprune.outputs)
+# |onnxruntime - torch| on every output must stay within PARITY_ATOL + PARITY_RTOL * max|torch output|:
 # fp32 reorderings of trained models stay far below; untrained deep nets have logits of 1e6.
 PARITY_ATOL = 1e-3
 PARITY_RTOL = 1e-5
@@ -37,8 +38,9 @@ PARITY_RTOL = 1e-5
 @dataclass(frozen=True)
 class Export:
     path: Path
-    max_abs_diff: float  # ONNX Runtime vs torch, same input
+    max_abs_diff: float  # ONNX Runtime vs torch, same input, over every output
     nodes: int
+    outputs: tuple[str, ...] = (OUTPUT_NAME,)  # the ONNX outputs, one per tensor the model returns
 
 
 @contextlib.contextmanager
@@ -158,6 +160,14 @@ def onnx_from_torch(
     check_batch_fits(model, input_shape, batch)
     example = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(0))
     try:
+        with torch.no_grad():
+            expected = output_leaves(model(example))
+    except TrtpruneError:
+        raise
+    except Exception as e:
+        raise model_failed(model, e, example.shape) from e
+    names = [n for n, _ in expected]
+    try:
         with _quiet():
             program = torch.onnx.export(
                 model,
@@ -166,7 +176,7 @@ def onnx_from_torch(
                 dynamo=True,
                 external_data=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=names,
             )
             proto = onnxslim.slim(program.model_proto)
         onnx.checker.check_model(proto)
@@ -182,28 +192,56 @@ def onnx_from_torch(
             why=f"torch.onnx.export (dynamo) must trace the model with a static input of shape {tuple(example.shape)}",
             fix="run with -v for the full trace; data-dependent control flow must be removed from forward()",
         ) from e
-    with torch.no_grad():
-        expected = model(example).numpy()
     with atomic_path(path) as tmp:
         onnx.save(proto, tmp)
-        got = run_onnx(tmp, example.numpy())
-        diff = float(np.abs(got - expected).max())
-        tolerance = atol + rtol * float(np.abs(expected).max())
+        diff = _parity(tmp, example, expected, atol, rtol)
+    log.info(
+        "exported %s | %d nodes | %d output(s) | max |ort - torch| = %.2e",
+        path,
+        len(proto.graph.node),
+        len(names),
+        diff,
+    )
+    return Export(Path(path), diff, len(proto.graph.node), tuple(names))
+
+
+def _parity(path, example: torch.Tensor, expected: list[tuple[str, torch.Tensor]], atol: float, rtol: float) -> float:
+    """The largest |ONNX Runtime - torch| over every output; an error naming the output outside its tolerance
+    (``atol + rtol * max |torch output|``), or one whose name or shape differ."""
+    sess = ort_session(path, 1)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: example.numpy()})))
+    worst = 0.0
+    for name, tensor in expected:
+        ref = tensor.detach().float().numpy()
+        if name not in got or got[name].shape != ref.shape:
+            raise TrtpruneError(
+                f"the ONNX export has no output '{name}' of shape {list(ref.shape)} "
+                f"(it has {', '.join(f'{n} {list(v.shape)}' for n, v in got.items())})",
+                why="the exporter flattened the model's outputs otherwise than torch returns them",
+                fix="report the model; run with -v to see the exported graph",
+            )
+        diff = float(np.abs(got[name].astype(np.float64) - ref).max()) if ref.size else 0.0
+        tolerance = atol + rtol * (float(np.abs(ref).max()) if ref.size else 0.0)
         if not diff <= tolerance:
             raise TrtpruneError(
-                f"the ONNX export of the model differs from torch by {diff:.3g} (tolerance {tolerance:.3g})",
+                f"the ONNX export of the model differs from torch by {diff:.3g} on output '{name}' "
+                f"(tolerance {tolerance:.3g})",
                 why="ONNX Runtime computes something other than the PyTorch model",
                 fix="report the model; run with -v to see the exported graph",
             )
-    log.info("exported %s | %d nodes | max |ort - torch| = %.2e", path, len(proto.graph.node), diff)
-    return Export(Path(path), diff, len(proto.graph.node))
+        worst = max(worst, diff)
+    return worst
 
 
 def run_onnx(path: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """One forward pass with ONNX Runtime on CPU."""
+    """One forward pass with ONNX Runtime on CPU: the first output."""
+    return run_onnx_all(path, x, threads)[0]
 
+
+def run_onnx_all(path: str | Path, x: np.ndarray, threads: int = 1) -> list[np.ndarray]:
+    """One forward pass with ONNX Runtime on CPU: every output, in the model's order."""
     sess = ort_session(path, threads)
-    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    return sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})
 
 
 def _tensors(graph):

@@ -44,15 +44,16 @@ WINDOW_LR = 0.01  # the ``dynamic`` criterion's training window (LAP's short fin
 
 
 class Criterion:
-    """An importance criterion: ``scorer(model, batches)`` returns ``score(tp_group) -> tensor[channels]``.
+    """An importance criterion: ``scorer(model, batches, loss)`` returns ``score(tp_group) -> tensor[channels]``.
 
-    ``needs_data``: it is scored from a few (x, y) training batches (else ``batches`` is None).
+    ``needs_data``: it is scored from a few (x, y) training batches (else ``batches`` is None) and the gradient of
+    ``loss(outputs, targets)`` on them (the task's loss: cross-entropy for classification).
     ``done(model)`` undoes what scoring left on the model (accumulated gradients).
     """
 
     needs_data = False
 
-    def scorer(self, model, batches):
+    def scorer(self, model, batches, loss=None):
         raise NotImplementedError
 
     def done(self, model) -> None:
@@ -65,7 +66,7 @@ class TorchPruningCriterion(Criterion):
     def __init__(self, cls: str, **kwargs):
         self.cls, self.kwargs = cls, kwargs
 
-    def scorer(self, model, batches):
+    def scorer(self, model, batches, loss=None):
         import torch_pruning as tp
 
         return getattr(tp.importance, self.cls)(**self.kwargs)
@@ -76,8 +77,8 @@ class TaylorCriterion(TorchPruningCriterion):
 
     needs_data = True
 
-    def scorer(self, model, batches):
-        accumulate_gradients(model, batches)
+    def scorer(self, model, batches, loss=None):
+        accumulate_gradients(model, batches, loss)
         return super().scorer(model, batches)
 
     def done(self, model) -> None:
@@ -87,15 +88,17 @@ class TaylorCriterion(TorchPruningCriterion):
 class FisherCriterion(Criterion):
     needs_data = True
 
-    def scorer(self, model, batches):
-        return FisherImportance(model, batch_gradients(model, batches), len(batches[0][1]))
+    def scorer(self, model, batches, loss=None):
+        from trtprune.outputs import count
+
+        return FisherImportance(model, batch_gradients(model, batches, loss), count(batches[0][0]))
 
 
 class DynamicCriterion(Criterion):
     needs_data = True
 
-    def scorer(self, model, batches):
-        return DynamicImportance(model, training_window(model, batches))
+    def scorer(self, model, batches, loss=None):
+        return DynamicImportance(model, training_window(model, batches, loss))
 
 
 _SUM = {"group_reduction": "sum", "normalizer": None}
@@ -122,13 +125,20 @@ def needs_data(name: str) -> bool:
     return get_criterion(name).needs_data
 
 
-def training_window(model, batches) -> dict:
+def _loss(loss):
+    """The task's loss, or cross-entropy on integer labels (classification)."""
+    import torch.nn.functional as F
+
+    return loss or F.cross_entropy
+
+
+def training_window(model, batches, loss=None) -> dict:
     """Weights before and after one SGD pass over ``batches``; the model is left as it was (BN included)."""
     import copy
 
     import torch
-    import torch.nn.functional as F
 
+    loss = _loss(loss)
     saved = copy.deepcopy(model.state_dict())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=WINDOW_LR, momentum=0.9)
@@ -136,7 +146,7 @@ def training_window(model, batches) -> dict:
     with torch.enable_grad():
         for xb, yb in batches:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
+            loss(model(xb), yb).backward()
             opt.step()
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.load_state_dict(saved)
@@ -193,18 +203,21 @@ class DynamicImportance:
         return change * (1 - r.clamp_min(0))
 
 
-def batch_gradients(model, batches) -> list[dict]:
-    """The gradient of each batch's mean cross-entropy (BN in eval mode), for every conv and linear weight."""
+def batch_gradients(model, batches, loss=None) -> list[dict]:
+    """The gradient of each batch's loss (mean cross-entropy by default; BN in eval mode), for every conv and linear
+    weight."""
     import torch
-    import torch.nn.functional as F
     from torch import nn
 
+    loss = _loss(loss)
     weights = {f"{n}.weight": m.weight for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     model.eval()
     out = []
     with torch.enable_grad():
         for xb, yb in batches:
-            grads = torch.autograd.grad(F.cross_entropy(model(xb), yb), list(weights.values()))
+            grads = torch.autograd.grad(
+                loss(model(xb), yb), list(weights.values()), allow_unused=True, materialize_grads=True
+            )
             out.append(dict(zip(weights, grads)))
     return out
 
@@ -237,13 +250,16 @@ class FisherImportance:
         return (mask_grad.pow(2).mean(0) * self.batch_size / 2).float()
 
 
-def accumulate_gradients(model, batches) -> None:
-    """Sum the cross-entropy gradient over ``batches`` into ``param.grad`` (BN in eval mode)."""
+def accumulate_gradients(model, batches, loss=None) -> None:
+    """Sum the gradient of the loss summed over the images of ``batches`` (each batch's mean loss times its size;
+    cross-entropy by default) into ``param.grad`` (BN in eval mode)."""
     import torch
-    import torch.nn.functional as F
 
+    from trtprune.outputs import count
+
+    loss = _loss(loss)
     model.eval()
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         for xb, yb in batches:
-            F.cross_entropy(model(xb), yb, reduction="sum").backward()
+            (loss(model(xb), yb) * count(xb)).backward()

@@ -15,6 +15,7 @@ left whole, with one log line saying so.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -27,6 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from trtprune.errors import TrtpruneError
+from trtprune.outputs import model_failed, output_leaves
 from trtprune.pruning.blocks import remove_blocks, split_history
 from trtprune.pruning.importance import get_criterion
 from trtprune.searching.plan import Plan
@@ -86,21 +88,111 @@ class _Unsupported(Exception):
     """A group trtprune cannot prune correctly (kept whole)."""
 
 
-def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module | None, torch.Size]:
-    """The last conv/linear to run in a forward pass (its outputs are the classes) and the output shape."""
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda m, i, o: order.append(m))
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+_LIMITS: list[int] = []  # the index bounds of the _bounded_index_mapping blocks open now (generators interleave)
+_UNBOUNDED_FLATTEN = tp.dependency.index_mapping._FlattenIndexMapping.__call__
+
+
+def _bounded_flatten(self, idxs):
+    if _LIMITS and not self.reverse and len(idxs) * self._stride > min(_LIMITS):
+        raise _Unsupported(
+            f"Torch-Pruning's channel mapping through a reshape runs away ({len(idxs)} x {self._stride} indices, more "
+            f"than the {min(_LIMITS)} channels of the widest layer): a reshape it cannot follow (attention heads)"
+        )
+    return _UNBOUNDED_FLATTEN(self, idxs)
+
+
+tp.dependency.index_mapping._FlattenIndexMapping.__call__ = _bounded_flatten
+
+
+@contextlib.contextmanager
+def _bounded_index_mapping(limit: int):
+    """Torch-Pruning's flatten index mapping multiplies a group's indices by the flattened size; around a reshape
+    it cannot follow (attention heads) it goes round a cycle and multiplies them without end (YOLO11n's C2PSA
+    took all 24 GiB). Within the block, a mapping that makes more indices than the widest layer has channels
+    raises :class:`_Unsupported`, and that group is kept whole."""
+    _LIMITS.append(limit)
     try:
-        with torch.no_grad():
-            out = model.eval()(example)
+        yield
+    finally:
+        _LIMITS.remove(limit)
+
+
+def _check_split(node) -> None:
+    """Torch-Pruning maps a split's channels by the order of the layers that read it, one piece each; a piece read
+    by several layers, or read out of order (ultralytics' C2f: ``cv1(x).chunk(2)`` with one half read by the
+    bottleneck, its residual add and the concat), is mapped to the wrong channels: such a group is kept whole."""
+    fn = node.grad_fn
+    size = getattr(fn, "_saved_split_size", None)
+    sizes = getattr(fn, "_saved_split_sizes", None)
+    full = getattr(fn, "_saved_self_sym_sizes", None)
+    dim = getattr(fn, "_saved_dim", None)
+    if sizes is not None:
+        pieces = len(sizes)
+    elif size and full is not None and dim is not None and 0 <= dim < len(full):
+        pieces = -(-int(full[dim]) // int(size))
+    else:
+        pieces = None
+    readers = [
+        sorted({nr for f, nr in (getattr(out.grad_fn, "next_functions", None) or ()) if f is fn})
+        for out in node.outputs
+    ]
+    if pieces is None or len(node.outputs) != pieces or any(r != [i] for i, r in enumerate(readers)):
+        raise _Unsupported(
+            f"a split of its channels into {pieces or '?'} pieces is read by {len(node.outputs)} layers "
+            f"(pieces read: {readers}); Torch-Pruning maps such a split's channels only when each piece has one "
+            "reader, in order"
+        )
+
+
+def _check_indices(module: nn.Module, name: str, out: bool, idxs) -> None:
+    """Every channel index Torch-Pruning would remove exists in the layer (else its mapping went wrong)."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        width = module.num_features
+    elif isinstance(module, nn.Linear):
+        width = module.out_features if out else module.in_features
+    else:
+        width = getattr(module, "out_channels" if out else "in_channels", None)
+    if width is not None and len(idxs) and max(int(i) for i in idxs) >= width:
+        raise _Unsupported(
+            f"Torch-Pruning maps this group to {'output' if out else 'input'} channel {max(int(i) for i in idxs)} of "
+            f"'{name}', which has {width}"
+        )
+
+
+def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Module], list[tuple[str, tuple]]]:
+    """The output layers and the shape of every output (:func:`trtprune.outputs.output_leaves`).
+
+    The output layers are the convs and linears from which a model output is reached with no other conv or linear
+    in between: their output channels are what the model returns (a classifier's classes, a detector's box and
+    class channels, a segmenter's per-pixel classes), so they are kept. Found by walking autograd's graph back from
+    every output until such a layer's result; the example input requires a gradient, so frozen layers count too."""
+    made: dict = {}  # the autograd node of a layer's output -> the layer
+
+    def hook(m, inputs, output):
+        if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+            made.setdefault(output.grad_fn, m)
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.enable_grad():
+            out = model.eval()(example.clone().requires_grad_(True))
     finally:
         for h in hooks:
             h.remove()
-    return (order[-1] if order else None), out.shape
+    leaves = output_leaves(out)
+    found: list[nn.Module] = []
+    stack, seen = [t.grad_fn for _, t in leaves], set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in made:
+            if made[fn] not in found:
+                found.append(made[fn])
+            continue
+        stack.extend(f for f, _ in fn.next_functions)
+    return found, [(n, tuple(t.shape)) for n, t in leaves]
 
 
 class GroupPruner:
@@ -113,13 +205,12 @@ class GroupPruner:
         self._example = torch.zeros(1, *input_shape)
         example = self._example
         try:
-            classifier, self._out_shape = _trace_outputs(model, example)
+            self._outputs, self._out_shapes = _trace_outputs(model, example)
+        except TrtpruneError:
+            raise
         except Exception as e:
-            raise TrtpruneError(
-                f"the model does not run on an input of shape {tuple(example.shape)}: {type(e).__name__}: {e}",
-                fix="give the image shape the model takes with --input-shape CxHxW (e.g. 3x224x224), or check --model",
-            ) from e
-        self._ignored = [classifier] if classifier is not None else []
+            raise model_failed(model, e, example.shape) from e
+        self._ignored = list(self._outputs)
         self._ignored += _modules_named(model, ignore)
         self._kept_whole: set[str] = set()  # groups already logged as unprunable
         with warnings.catch_warnings():
@@ -134,34 +225,70 @@ class GroupPruner:
                     why=f"Torch-Pruning traces one forward pass with autograd on an input of shape {(1, *input_shape)}",
                     fix="check that the model runs on that input in train mode with gradients enabled",
                 ) from e
+        with torch.no_grad():  # tensors a model keeps from its last call (anchors) must not hold the traced graph
+            model.eval()(example)
         self._names = {m: n for n, m in model.named_modules()}
         self._order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        # the most channels any layer has (a flatten before a linear: its inputs): no index mapping goes beyond
+        self._widest = max(
+            [
+                getattr(m, a, 0) or 0
+                for m in model.modules()
+                for a in ("in_channels", "out_channels", "in_features", "out_features", "num_features")
+            ]
+            + [1]
+        )
 
     def _tp_groups(self):
-        """Torch-Pruning's groups that trtprune can prune, with their descriptions; the others are
-        skipped (logged once)."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for tp_group in self.dg.get_all_groups(
-                ignored_layers=self._ignored, root_module_types=(nn.Conv2d, nn.Linear)
-            ):
+        """Torch-Pruning's groups that trtprune can prune, with their descriptions, one per conv or linear whose
+        outputs no earlier group holds (as ``DependencyGraph.get_all_groups`` walks them, but each group on its own:
+        a group Torch-Pruning cannot map, or whose mapping runs away, is kept whole - logged once - and the others
+        go on)."""
+        ignored = {id(m) for m in [*self._ignored, *self.dg.IGNORED_LAYERS_IN_TRACING]}
+        visited: set[int] = set()
+        with warnings.catch_warnings(), _bounded_index_mapping(self._widest):
+            warnings.simplefilter("ignore")  # TP warns about every op it treats as element-wise
+            for m in list(self.dg.module2node):
+                if id(m) in ignored or id(m) in visited or not isinstance(m, (nn.Conv2d, nn.Linear)):
+                    continue
+                pruner = self.dg.get_pruner_of_module(m)
+                if pruner is None or pruner.get_out_channels(m) is None:
+                    continue
                 try:
+                    tp_group = self.dg.get_pruning_group(
+                        m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m)))
+                    )
+                    outs = [d.target.module for d, _ in tp_group if self.dg.is_out_channel_pruning_fn(d.handler)]
+                    visited.update(id(o) for o in outs)
+                    if any(id(o) in ignored for o in outs):
+                        continue
                     yield tp_group, self._describe(tp_group)
                 except _Unsupported as e:
-                    root = self._names[tp_group[0].dep.target.module]
-                    if root not in self._kept_whole:
-                        self._kept_whole.add(root)
-                        log.info("%-24s | kept whole: %s", root, e)
+                    self._keep_whole(self._names[m], str(e))
+                except Exception as e:  # anything Torch-Pruning raises about one group: that group is kept whole
+                    visited.add(id(m))
+                    first = (str(e).splitlines() or [""])[0]
+                    self._keep_whole(self._names[m], f"Torch-Pruning cannot group it: {type(e).__name__}: {first}")
+
+    def _keep_whole(self, root: str, why: str) -> None:
+        if root not in self._kept_whole:
+            self._kept_whole.add(root)
+            log.info("%-24s | kept whole: %s", root, why)
 
     def _describe(self, group) -> ChannelGroup:
         channels = len(group[0].idxs)
         producers, consumers, fan, multiple = set(), set(), {}, 1
         for dep, idxs in group:
             module = dep.target.module
-            if not isinstance(module, (nn.Conv2d, nn.Linear, ChannelPadShortcut)):
+            if isinstance(module, tp.ops._SplitOp):
+                _check_split(dep.target)
+            if not isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, ChannelPadShortcut)):
                 continue
             name = self._names[module]
             out = self.dg.is_out_channel_pruning_fn(dep.handler)
+            _check_indices(module, name, out, idxs)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                continue
             if out:
                 producers.add(name)
             elif self.dg.is_in_channel_pruning_fn(dep.handler):
@@ -198,10 +325,11 @@ class GroupPruner:
             )
         return sorted(found, key=lambda g: self._order[g.name])
 
-    def scores(self, importance: str = "l1", batches=None) -> dict[str, np.ndarray]:
+    def scores(self, importance: str = "l1", batches=None, loss=None) -> dict[str, np.ndarray]:
         """One importance score per channel of every group, before any pruning (see trtprune.pruning.importance).
 
-        Criteria that need gradients take them from ``batches`` (a few (x, y) training batches).
+        Criteria that need gradients take them from ``batches`` (a few (x, y) training batches) and ``loss``
+        (the task's, ``loss(outputs, targets)``; None: cross-entropy).
         """
 
         criterion = get_criterion(importance)
@@ -209,7 +337,7 @@ class GroupPruner:
             raise TrtpruneError(
                 f"importance '{importance}' needs training data", fix="give the data (--data), or use l1, l2 or bn"
             )
-        scorer = criterion.scorer(self.model, batches)
+        scorer = criterion.scorer(self.model, batches, loss)
         out = {}
         for tp_group, info in self._tp_groups():
             out[info.name] = _score(scorer, tp_group, info).detach().cpu().numpy().astype(np.float64)
@@ -263,13 +391,15 @@ class GroupPruner:
                 ) from e
             log.debug("%-24s | %4d -> %4d ch", info.name, info.channels, keep)
         assert not todo, f"groups left unpruned: {todo}"
-        _, out_shape = _trace_outputs(self.model, self._example)
-        if out_shape != self._out_shape:
+        _, out_shapes = _trace_outputs(self.model, self._example)
+        changed = [f"{n} {list(a)} -> {list(b)}" for (n, a), (_, b) in zip(self._out_shapes, out_shapes) if a != b]
+        if changed or len(out_shapes) != len(self._out_shapes):
             raise TrtpruneError(
-                f"pruning changed the model's output shape from {tuple(self._out_shape)} to {tuple(out_shape)}",
-                why="the output layer is taken to be the last conv or linear "
-                "to run in forward(); in this model it is not",
-                fix="make the classifier the last layer applied in forward()",
+                f"pruning changed the model's outputs: {', '.join(changed) or 'their number'}",
+                why="the layers kept whole are those from which an output is reached without another conv or linear "
+                "in between; an output computed otherwise (a reshape of an inner layer's channels) changed with them",
+                fix="keep the layers that make that output whole with --ignore (module names as in "
+                "model.named_modules())",
             )
 
     def kept_whole(self) -> list[str]:

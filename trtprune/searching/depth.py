@@ -22,7 +22,7 @@ from torch import nn
 from trtprune.profiling.predict import export_timed
 from trtprune.pruning.blocks import Block, removable_blocks, remove_blocks
 from trtprune.searching.plan import Budget
-from trtprune.training.proxy import adaptive_bn_top1
+from trtprune.training.proxy import adaptive_bn_metric
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,13 @@ class DepthSearch:
         per_signature = {s: timings[0].median_ms - t.median_ms for s, t in zip(first, timings[1:])}
         return {b.name: per_signature[b.signature] for b in self.blocks}
 
-    def sensitivity(self, train, mean, std) -> dict[str, float]:
-        """Proxy points lost by removing each block alone."""
+    def sensitivity(self, train, mean, std, task=None) -> dict[str, float]:
+        """Proxy points (of the task's metric; top-1 by default) lost by removing each block alone."""
 
         def proxy(model: nn.Module) -> float:  # changes the model it is given: give it a copy
-            return adaptive_bn_top1(model, train, mean, std, limit=SENSITIVITY_IMAGES, batches=SENSITIVITY_BATCHES)
+            return adaptive_bn_metric(
+                model, train, mean, std, task, limit=SENSITIVITY_IMAGES, batches=SENSITIVITY_BATCHES
+            )
 
         base = proxy(copy.deepcopy(self.model))
         drop = {}
@@ -109,14 +111,14 @@ class DepthSearch:
             log.info("%-24s | depth    | proxy %+.2f points without it", b.name, -drop[b.name])
         return drop
 
-    def search(self, budget: Budget, train, mean, std) -> Depth:
+    def search(self, budget: Budget, train, mean, std, task=None) -> Depth:
         """The longest prefix of the blocks (by proxy drop per ms saved) whose removal, measured, leaves the network
         above ``budget``; the channel search spends the rest."""
         t0 = time.perf_counter()
         if not self.blocks:
             return Depth()
         saving = self.savings()
-        drop = self.sensitivity(train, mean, std)
+        drop = self.sensitivity(train, mean, std, task)
         order = sorted(self.blocks, key=lambda b: drop[b.name] / max(saving[b.name], 1e-6))
         names = [b.name for b in order]
         depth = Depth(drop=drop, saving_ms=saving)

@@ -27,7 +27,7 @@ from trtprune.searching.space import SearchSpace
 from trtprune.sources.images import Images, open_images
 from trtprune.sources.models import ModelSpec
 from trtprune.sources.weights import load_model
-from trtprune.training.proxy import adaptive_bn_top1
+from trtprune.training.proxy import adaptive_bn_metric
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,24 @@ def score_batches(data, spec, n: int = SCORE_BATCHES, batch_size: int = SCORE_BA
     return list(train.limit(n * batch_size).batches(batch_size, spec.mean, spec.std))
 
 
-def channel_scores(model, spec, importance: str, data: str | None, ignore: Iterable[str] = ()):
-    """Importance of every channel of every group of ``model`` (see trtprune.pruning.importance); modules in
-    ``ignore`` keep their outputs, so their groups have none."""
+def channel_scores(model, spec, importance: str, data, ignore: Iterable[str] = (), task=None):
+    """Importance of every channel of every group of ``model`` (see trtprune.pruning.importance), data-driven
+    criteria through the ``task``'s loss (None: cross-entropy); modules in ``ignore`` keep their outputs, so their
+    groups have none."""
 
     batches = score_batches(data, spec) if needs_data(importance) else None
-    return GroupPruner(model, spec.input_shape, ignore).scores(importance, batches)
+    return GroupPruner(model, spec.input_shape, ignore).scores(importance, batches, task.loss if task else None)
 
 
-def prune_with_data(model: nn.Module, spec, plan: Plan, importance: str, data, ignore: Iterable[str] = ()) -> None:
+def prune_with_data(
+    model: nn.Module, spec, plan: Plan, importance: str, data, ignore: Iterable[str] = (), task=None
+) -> None:
     """Prune ``model`` in place to ``plan``, dropping the channels least important by ``importance`` on the
     dataset ``data`` (the first training batches): the prune stage of the command line and of ``trtprune run``
     (the API's :func:`trtprune.prune` on loaders). The history is left in ``model.trtprune_history``."""
     removed = remove_blocks(model, plan.remove_blocks)
     pruner = GroupPruner(model, spec.input_shape, ignore)
-    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, importance, data, ignore))
+    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, importance, data, ignore, task))
     model.trtprune_history = getattr(model, "trtprune_history", []) + removed + pruner.history()
 
 
@@ -82,15 +85,21 @@ def search(
     ranked: Sequence[tuple[str, float]] = (),
     stairs_from: str = "layers",
     remove_depth: bool = True,
+    task=None,
+    module: nn.Module | None = None,
+    proxy: bool = True,
 ) -> Plan:
     """Search a plan for the model ``model_name`` (a name or a spec) with ``weights``, its channels scored on the
     dataset ``data``: the command line's door onto :func:`search_module`. ``ranked``: (importance, floor) variants
     whose plans are ranked with the search's own by the accuracy proxy on the training images. With ``remove_depth``
     (latency-aware methods), residual blocks are removed first (:mod:`trtprune.searching.depth`) while the network
-    stays above the budget, and the channels of the shallower network close the rest."""
+    stays above the budget, and the channels of the shallower network close the rest. ``task``
+    (:mod:`trtprune.tasks`; None: classification) gives the loss of the data-driven importance criteria and the
+    metric of the accuracy proxy. ``module``: a live model to search (the API's), described by ``model_name`` (then
+    a ModelSpec) instead of loaded; ``proxy=False``: no training images to score plans by (lap ranks by importance)."""
     get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
     t0 = time.perf_counter()
-    model, spec = load_model(model_name, weights)
+    model, spec = (module, model_name) if module is not None else load_model(model_name, weights)
     vs_fp32 = None
     if budget.fraction is not None and device.int8_form == "ort":
         budget, vs_fp32 = int8_budget(budget, model, spec.input_shape, device, Path(workdir) / "int8")
@@ -100,7 +109,8 @@ def search(
         with get_backend(device) as backend:
             found = DepthSearch(dense, spec.input_shape, backend, Path(workdir) / "depth", ignore)
             if found.blocks:  # the training images are opened only for a model with blocks to score
-                depth = found.search(budget, open_images(data, "train", spec.input_shape), spec.mean, spec.std)
+                train = open_images(data, "train", spec.input_shape)
+                depth = found.search(budget, train, spec.mean, spec.std, task)
             else:
                 depth = Depth()
         remove_blocks(model, depth.removed)
@@ -117,13 +127,13 @@ def search(
         scores_of = {importance: None}
         for criterion, _ in ranked:
             if criterion not in scores_of:
-                scores_of[criterion] = channel_scores(model, spec, criterion, data, ignore)
+                scores_of[criterion] = channel_scores(model, spec, criterion, data, ignore, task)
         variants = [
             (f"{c}, floor {f:g}", scores_of[c], f, c) for c, f in ranked if (c, f) != (importance, min_fraction)
         ]
-    if ranked or method in PROXY_REWARD:
-        rank = proxy_ranker(model, spec, open_images(data, "train", spec.input_shape), ignore)
-    scores = channel_scores(model, spec, importance, data, ignore)
+    if proxy and (ranked or method in PROXY_REWARD):
+        rank = proxy_ranker(model, spec, open_images(data, "train", spec.input_shape), ignore, task)
+    scores = channel_scores(model, spec, importance, data, ignore, task)
 
     def channels(b: Budget) -> Plan:
         return search_module(
@@ -256,16 +266,17 @@ def _measure_pair(backend, dense: nn.Module, pruned: nn.Module, input_shape, wor
     return base.median_ms, sub.median_ms
 
 
-def proxy_ranker(model: nn.Module, spec, train, ignore: Iterable[str] = ()):
+def proxy_ranker(model: nn.Module, spec, train, ignore: Iterable[str] = (), task=None):
     """``rank([(space, plan), ...])`` for :meth:`Searcher.search_ranked`: each plan applied to a copy of ``model``
-    (channels chosen by its space's scores), scored by the adaptive-BN proxy on held-out training images."""
+    (channels chosen by its space's scores), scored by the adaptive-BN proxy: BatchNorm re-estimated on training
+    images, then the task's metric (top-1 on held-out training images for classification)."""
 
     def rank(pairs) -> list[float]:
         out = []
         for space, keep in pairs:
             pruned = copy.deepcopy(model)
             GroupPruner(pruned, spec.input_shape, ignore).prune_to(keep, scores=space.scores)
-            out.append(adaptive_bn_top1(pruned, train, spec.mean, spec.std))
+            out.append(adaptive_bn_metric(pruned, train, spec.mean, spec.std, task))
         return out
 
     return rank

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils._pytree as pytree
 
 from trtprune.cpus import usable_cpus
 from trtprune.errors import TrtpruneError
@@ -256,16 +257,47 @@ class LoaderImages(Images):
         for batch in self.loader:
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
                 raise TrtpruneError(
-                    f"the loader yields {type(batch).__name__}, not (images, labels) batches",
-                    fix="make it yield (x, y): x float (N, C, H, W) normalised as the model expects, y int labels",
+                    f"the loader yields {type(batch).__name__}, not (inputs, targets) batches",
+                    fix="make it yield (x, y): x float (N, C, H, W) normalised as the model expects, y the targets "
+                    "(int labels for classification; any tensors, lists or dicts for your own task's loss)",
                 )
-            xb, yb = torch.as_tensor(batch[0]), torch.as_tensor(batch[1]).long()
-            lo, hi = max(self.start - seen, 0), len(yb) if self.stop is None else min(len(yb), self.stop - seen)
-            seen += len(yb)
+            xb, yb = torch.as_tensor(batch[0]), _targets(batch[1])
+            n = len(xb)
+            lo, hi = max(self.start - seen, 0), n if self.stop is None else min(n, self.stop - seen)
+            seen += n
             if hi > lo:
-                yield xb[lo:hi].float(), yb[lo:hi]
+                part = _rows(yb, lo, hi, n)
+                if part is not None:
+                    yield xb[lo:hi].float(), part
+                elif lo == 0:  # targets that cannot be sliced: the whole batch
+                    yield xb.float(), yb
             if self.stop is not None and seen >= self.stop:
                 return
+
+
+def _targets(y):
+    """A batch's targets: integer labels as int64 tensors, other tensors and arrays as tensors, structures
+    (lists, dicts: a detector's boxes) as they are."""
+    if (
+        isinstance(y, (torch.Tensor, np.ndarray))
+        or isinstance(y, (list, tuple))
+        and all(isinstance(v, (int, np.integer)) for v in y)
+    ):
+        t = torch.as_tensor(y)
+        return t.long() if not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool else t
+    return y
+
+
+def _rows(y, lo: int, hi: int, n: int):
+    """Rows ``lo:hi`` of a batch's targets: sliced where every tensor in them has one row per input, whole when all
+    rows are asked for; None when the targets cannot be sliced (a detector's flat box list): the caller then skips
+    a batch begun before ``start`` and takes whole one that ends after ``stop``."""
+    if lo == 0 and hi == n:
+        return y
+    leaves = [v for v in pytree.tree_leaves(y)]
+    if leaves and all(isinstance(v, torch.Tensor) and v.dim() and len(v) == n for v in leaves):
+        return pytree.tree_map(lambda v: v[lo:hi], y)
+    return None
 
 
 def as_images(data, num_classes: int | None = None) -> Images:
@@ -337,9 +369,14 @@ def open_images(
 ) -> Images:
     """The ``split`` ("train" or "test") of the dataset named by ``data``: a ``file.py:loaders`` function, an
     image folder (``train/``, ``val/`` or ``test/``), or CIFAR-10 in any of its forms (see datasets); None
-    means TRTPRUNE_DATA or the user cache. Image-folder images are read at ``input_shape``'s H x W."""
+    means TRTPRUNE_DATA or the user cache. Image-folder images are read at ``input_shape``'s H x W. Data already
+    opened is taken as it is: :class:`Images`, or a ``(train, val)`` pair of loaders (a task's)."""
     if split not in D.SPLITS:
         raise TrtpruneError(f"unknown split '{split}'", fix="use 'train' or 'test'")
+    if isinstance(data, Images):  # already opened (the Python API's data, a task's loader)
+        return data.limit(limit)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], np.ndarray):
+        return as_images(data[0] if split == "train" else data[1]).limit(limit)  # (train, val) loaders
     if is_loaders_spec(data):
         train, val = user_loaders(str(data))
         return LoaderImages(train if split == "train" else val).limit(limit)

@@ -9,7 +9,7 @@ from pathlib import Path
 from trtprune.errors import TrtpruneError
 
 
-def user_function(file: str, fn: str, prefix: str, noun: str, role: str):
+def user_function(file: str, fn: str, prefix: str, noun: str, role: str, need_callable: bool = True):
     """``fn`` of the Python file ``file``, imported as module ``<prefix>_<stem>`` (kept in sys.modules so that
     torch, pickle and DataLoader workers find the classes it defines). The file sees ``sys.argv`` = its own
     path, and a ``sys.exit()`` or an error at its top level is a TrtpruneError, not the end of trtprune.
@@ -39,9 +39,10 @@ def user_function(file: str, fn: str, prefix: str, noun: str, role: str):
         raise TrtpruneError(f"importing '{file}' failed: {type(e).__name__}: {e}", fix="fix the file") from e
     finally:
         sys.argv = argv
-    if not callable(getattr(module, fn, None)):
+    found = getattr(module, fn, None)
+    if found is None or need_callable and not callable(found):
         raise TrtpruneError(
-            f"'{file}' has no function '{fn}'",
+            f"'{file}' has no {'function' if need_callable else 'object'} '{fn}'",
             why=f"it defines: {', '.join(n for n in vars(module) if not n.startswith('_')) or 'nothing public'}",
             fix=f"name {role} after ':'",
         )

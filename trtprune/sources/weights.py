@@ -204,6 +204,8 @@ def resolve_weights(model_name: str, weights: str | None, data: str | None) -> P
             f"model '{model_name}' has no published weights",
             fix="train it first and pass the state dict with --weights",
         )
-    # --data file.py:loaders names the user's loaders, not a folder: the published weights come from the cache
-    root, may_download = fetch.data_root(None if is_loaders_spec(data) else data)
+    # --data file.py:loaders (or a task's loaders) names the user's loaders, not a folder: the published weights
+    # come from the cache
+    folder = isinstance(data, (str, os.PathLike)) and not is_loaders_spec(data)
+    root, may_download = fetch.data_root(data if folder else None)
     return fetch.ensure_resource(spec.pretrained, root, may_download)

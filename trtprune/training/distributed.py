@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.utils._pytree as pytree
 from torch import nn
 
 from trtprune import log as logsetup
@@ -186,6 +187,30 @@ def top1(model: nn.Module, images, mean, std) -> float:
     share = images.take(lo, hi)
     correct = round(top1_torch(model, share, mean, std, desc="eval") * (hi - lo) / 100) if hi > lo else 0
     return 100.0 * all_sum(correct)[0] / len(images)
+
+
+def evaluate(model: nn.Module, images, mean, std, task) -> dict[str, float]:
+    """The task's figures of ``model`` on ``images``: top-1 shared out among the processes for classification;
+    any other task evaluated whole by every process (the same weights give the same figures)."""
+    if getattr(task, "metric_key", "top1") == "top1" and getattr(task, "images_metric", True):
+        return {"top1": top1(model, images, mean, std)}
+    return task.evaluate(model, images, mean, std)
+
+
+def shard_targets(targets, rank: int, size: int, n: int):
+    """This process's slice of a global batch's targets (tensors with one row per image, in any structure); targets
+    that cannot be sliced by image (a detector's flat box list) are an error with several processes."""
+    if size == 1:
+        return targets
+    leaves = pytree.tree_leaves(targets)
+    if not leaves or not all(isinstance(v, torch.Tensor) and v.dim() and len(v) == n for v in leaves):
+        raise TrtpruneError(
+            "the targets of a batch cannot be split among the processes",
+            why="each process trains on its slice of the global batch, and its targets must be sliced alike: tensors "
+            f"with one row per image ({n} here); these are {type(targets).__name__} of other shapes",
+            fix="fine-tune in one process (--nproc 1), or give targets with one row per image",
+        )
+    return pytree.tree_map(lambda v: shard(v, rank, size), targets)
 
 
 # -- BatchNorm over the global batch ----------------------------------------------------------------

@@ -30,16 +30,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trtprune.config import FinetuneConfig
 from trtprune.errors import TrtpruneError
 from trtprune.log import progress
-from trtprune.metrics import check_outputs
+from trtprune.outputs import count, output_leaves, to_device, to_float
 from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_state, read_checkpoint, save_pruned
+from trtprune.tasks import Classification, Task
+from trtprune.tasks.base import kl_distillation
 from trtprune.training import distributed as DI
 from trtprune.training.proxy import recalibrate_bn
 from trtprune.training.speed import Setting, fastest_setting
@@ -55,13 +56,9 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int = 0) -> float:
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton et al. 2015: KL between softened distributions, scaled by T^2 to keep gradients comparable."""
-    t = temperature
-    return (
-        F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), log_target=True, reduction="batchmean")
-        * t
-        * t
-    )
+    """Hinton et al. 2015: KL between softened distributions, scaled by T^2 to keep gradients comparable (the
+    classification task's distillation; see :mod:`trtprune.tasks`)."""
+    return kl_distillation(student, teacher, temperature)
 
 
 # Settings that shape the optimisation trajectory: a resumed run must use the same ones.
@@ -164,17 +161,23 @@ def _stop_diverged(loss: float, step: int, epoch: int, cfg: FinetuneConfig, chec
     )
 
 
-def _check_head(model, train, mean, std, device) -> None:
-    """A head with fewer outputs than the data has classes fails later in cross_entropy, unclearly: say it now."""
-    xb, _ = next(iter(train.take(0, 2).batches(2, mean, std)))
+def _check_head(model, train, mean, std, device, task: Task) -> None:
+    """Outputs that do not fit the targets (a head with fewer outputs than the data has classes) fail later inside
+    the loss, unclearly: say it now, on the first training batch."""
+    first = next(iter(train.take(0, 2).batches(2, mean, std)), None)
+    if first is None:
+        raise TrtpruneError(
+            "the training data holds no images", fix="give a training set (or loader) with at least one batch"
+        )
+    xb, yb = first
     was = model.training
     with torch.no_grad():
         out = model.eval()(xb.to(device))
     model.train(was)
-    check_outputs(tuple(out.shape), "the model", train.num_classes or out.shape[-1])
+    task.check(out, to_device(yb, device), train)
 
 
-def _setting(model, teacher, train, mean, std, cfg: FinetuneConfig, device, size: int) -> Setting:
+def _setting(model, teacher, train, mean, std, cfg: FinetuneConfig, device, size: int, task: Task) -> Setting:
     """Memory layout and arithmetic: the ones asked for, or where left to ``auto`` the fastest of the choices
     timed on the first training batch (:mod:`trtprune.training.speed`). A process group, or ``--compile``
     (whose first steps compile), takes channels-last and the native arithmetic without timing."""
@@ -187,16 +190,17 @@ def _setting(model, teacher, train, mean, std, cfg: FinetuneConfig, device, size
     if len(candidates) == 1:
         return candidates[0]
     xb, yb = next(iter(train.batches(cfg.batch_size, mean, std, shuffle=True, augment=True, seed=cfg.seed)))
-    return fastest_setting(model, teacher, xb, yb, candidates, device)[0]
+    return fastest_setting(model, teacher, xb, yb, candidates, device, loss_fn=task.loss)[0]
 
 
-def _recover(model, train, test, mean, std, cfg: FinetuneConfig, device, fmt) -> dict:
-    """Before the first step: top-1 of the pruned model as it is, then after re-estimating its BatchNorm
-    statistics on ``cfg.recalibrate`` training images (the same images in every process of a group, so every
-    process holds the same statistics). Kept in the checkpoint as ``recovery``."""
+def _recover(model, train, test, mean, std, cfg: FinetuneConfig, device, fmt, task: Task) -> dict:
+    """Before the first step: the task's metric (top-1) of the pruned model as it is, then after re-estimating its
+    BatchNorm statistics on ``cfg.recalibrate`` training images (the same images in every process of a group, so
+    every process holds the same statistics). Kept in the checkpoint as ``recovery``."""
+    key, scored = task.metric_key, test is not None or not task.images_metric
     record: dict = {"recalibrated_images": 0}
-    if test is not None:
-        record["top1_pruned"] = DI.top1(model, test, mean, std)
+    if scored:
+        record[f"{key}_pruned"] = DI.evaluate(model, test, mean, std, task)[key]
     if cfg.recalibrate > 0 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         images = train.take(0, min(cfg.recalibrate, len(train)))
         batch = min(100, len(images))
@@ -204,12 +208,15 @@ def _recover(model, train, test, mean, std, cfg: FinetuneConfig, device, fmt) ->
             recalibrate_bn(model, images, mean, std, batches=-(-len(images) // batch), batch_size=batch, seed=cfg.seed,
                            device=device, memory_format=fmt)  # fmt: skip
         record["recalibrated_images"] = len(images)
-    if test is not None:
-        record["top1"] = DI.top1(model, test, mean, std) if record["recalibrated_images"] else record["top1_pruned"]
+    if scored:
+        record[key] = (
+            DI.evaluate(model, test, mean, std, task)[key] if record["recalibrated_images"] else record[f"{key}_pruned"]
+        )
         log.info(
-            "recovery | top-1 %.2f %% as pruned, %.2f %% after re-estimating BatchNorm on %d training images",
-            record["top1_pruned"],
-            record["top1"],
+            "recovery | %s %.2f as pruned, %.2f after re-estimating BatchNorm on %d training images",
+            task.metric_name,
+            record[f"{key}_pruned"],
+            record[key],
             record["recalibrated_images"],
         )
     return record
@@ -228,8 +235,11 @@ def finetune(
     history: list,
     teacher: nn.Module | None = None,
     resume: bool = True,
+    task: Task | None = None,
 ) -> list[dict]:
-    """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, top-1, seconds).
+    """Train ``model`` in place; returns one record per epoch, resumed ones included (loss, the task's metric -
+    ``top1`` for classification - and seconds). ``task`` (:mod:`trtprune.tasks`; None: classification) gives the
+    loss, the distillation and the metric.
     Before the first step the BatchNorm statistics are re-estimated (``cfg.recalibrate``); the top-1 before and
     after that is logged and kept in the checkpoint (``recovery``).
 
@@ -240,6 +250,7 @@ def finetune(
     In a process group of N processes (see the module's docstring) every process calls this with the same
     arguments; each returns the same records, and only rank 0 writes ``checkpoint``.
     """
+    task = task or Classification()
     rank, size = DI.world()
     DI.check_processes(size, cfg.batch_size, source=f"a process group of {size}")
     train = as_images(train).limit(cfg.train_limit)
@@ -250,8 +261,8 @@ def finetune(
     if cfg.distill > 0:
         assert teacher is not None, "distillation needs a teacher"
         teacher.eval().to(device=device)
-    _check_head(model, train, mean, std, device)  # before anything computes a loss or a top-1 with it
-    setting = _setting(model, teacher if cfg.distill > 0 else None, train, mean, std, cfg, device, size)
+    _check_head(model, train, mean, std, device, task)  # before anything computes a loss or a metric with it
+    setting = _setting(model, teacher if cfg.distill > 0 else None, train, mean, std, cfg, device, size, task)
     fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
     model.to(memory_format=fmt)  # before the optimizer: its state follows the parameters
     opt = torch.optim.SGD(
@@ -273,7 +284,7 @@ def finetune(
         f"the checkpoint at '{checkpoint}' to resume",
         fix="put -o on a filesystem that every node reads, so that all processes resume from the same checkpoint",
     )
-    recovery = ckpt.get("recovery") if start_epoch else _recover(model, train, test, mean, std, cfg, device, fmt)
+    recovery = ckpt.get("recovery") if start_epoch else _recover(model, train, test, mean, std, cfg, device, fmt, task)
     amp = setting.amp
     log.info(
         "training on %s, %s autocast" if amp else "training on %s, %s",
@@ -315,24 +326,25 @@ def finetune(
                     g["lr"] = lr
                 # this process's slice; its mean loss is weighted by its share of the global batch (times N, as
                 # DDP averages N gradients), so that every image of an uneven last batch counts alike
-                n_global = len(yb)
-                xb, yb = DI.shard(xb, rank, size), DI.shard(yb, rank, size)
+                n_global = count(xb)
+                xb, yb = DI.shard(xb, rank, size), DI.shard_targets(yb, rank, size, n_global)
+                n = count(xb)
                 xb = xb.to(device, non_blocking=True).contiguous(memory_format=fmt)
-                yb = yb.to(device, non_blocking=True)
+                yb = to_device(yb, device, non_blocking=True)
                 with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-                    out = net(xb).float()  # losses in fp32
+                    out = to_float(net(xb))  # losses in fp32
                     if cfg.distill > 0:
                         with torch.no_grad():
-                            soft = soft_targets(xb).float()
-                if step == first_step:  # a model with fewer outputs than classes fails in cross_entropy, unclearly
-                    check_outputs(tuple(out.shape), "the model", train.num_classes or out.shape[-1])
-                if len(yb):
-                    loss = F.cross_entropy(out, yb)
+                            soft = to_float(soft_targets(xb))
+                if step == first_step:  # outputs that do not fit the targets fail inside the loss, unclearly
+                    task.check(out, yb, train)
+                if n:
+                    loss = task.loss(out, yb)
                     if cfg.distill > 0:
-                        loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(out, soft, cfg.temperature)
-                    objective = loss if size == 1 else loss * (len(yb) * size / n_global)
+                        loss = (1 - cfg.distill) * loss + cfg.distill * task.distill(out, soft, cfg.temperature)
+                    objective = loss if size == 1 else loss * (n * size / n_global)
                 else:  # a last batch with fewer images than processes: this one has none, but takes part
-                    loss = objective = out.sum() * 0.0
+                    loss = objective = sum(t.sum() for _, t in output_leaves(out)) * 0.0
                 loss_value = float(loss.detach())
                 diverged = not math.isfinite(loss_value)
                 if size > 1:  # every process stops together (one alone would leave the others waiting in DDP)
@@ -343,14 +355,14 @@ def finetune(
                 objective.backward()
                 opt.step()
                 step += 1
-                loss_sum += loss_value * len(yb)
-                seen += len(yb)
+                loss_sum += loss_value * n
+                seen += n
                 bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}", lr=f"{lr:.4f}")
             loss_sum, seen = DI.all_sum(loss_sum, seen)
             model.eval()
             record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
-            if test is not None:
-                record["top1"] = DI.top1(model, test, mean, std)
+            if test is not None or not task.images_metric:  # a user's metric reads its own validation data
+                record.update(DI.evaluate(model, test, mean, std, task))
             records.append(record)
             if rank == 0:
                 save_pruned(
@@ -365,13 +377,15 @@ def finetune(
                     records=records,
                     recovery=recovery,
                     setting=setting.name,
+                    task=task.to_dict(),
                 )
             log.info(
-                "epoch %d/%d | loss %.4f | top-1 %s | %.0f s",
+                "epoch %d/%d | loss %.4f | %s %s | %.0f s",
                 epoch + 1,
                 cfg.epochs,
                 record["loss"],
-                f"{record['top1']:.2f} %" if "top1" in record else "-",
+                task.metric_name,
+                f"{record[task.metric_key]:.2f}" if task.metric_key in record else "-",
                 record["train_s"],
             )
     model.to(device="cpu", memory_format=torch.contiguous_format).eval()

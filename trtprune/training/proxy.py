@@ -1,4 +1,4 @@
-"""Fast accuracy proxies for searchers: a sub-net's accuracy without fine-tuning it.
+"""Fast accuracy proxies for searchers: a sub-net's accuracy (or its task's metric) without fine-tuning it.
 
 ``adaptive_bn_top1`` is EagleEye's (Li et al., ECCV 2020): pruning leaves BN running statistics that
 belong to the unpruned network, so they are re-estimated on a few training batches (train-mode
@@ -57,6 +57,32 @@ def recalibrate_bn(
         model.eval()
 
 
+def adaptive_bn_metric(
+    model: nn.Module,
+    train,
+    mean,
+    std,
+    task=None,
+    held_out_n: int = HELD_OUT,
+    limit: int | None = None,
+    batches: int = CALIBRATION_BATCHES,
+) -> float:
+    """The task's metric (top-1 % for classification) after BN recalibration (model changed in place): on the
+    held-out training slice (its first ``limit`` images; None: all) after recalibrating on ``batches`` batches of
+    the rest; for a task that holds its own validation data (a user's ``metric(model)``), after recalibrating on
+    ``batches`` batches of the training images."""
+    if task is None or task.images_metric:
+        calibration, validation = held_out(train, held_out_n)
+        if limit is not None:
+            validation = validation.take(0, limit)
+        recalibrate_bn(model, calibration, mean, std, batches=batches)
+        if task is None:
+            return top1_torch(model, validation, mean, std, desc="proxy")
+        return task.metric(model, validation, mean, std)
+    recalibrate_bn(model, train, mean, std, batches=batches)
+    return task.metric(model, None, mean, std)
+
+
 def adaptive_bn_top1(
     model: nn.Module,
     train,
@@ -68,8 +94,4 @@ def adaptive_bn_top1(
 ) -> float:
     """Top-1 (%) on the held-out training slice (its first ``limit`` images; None: all) after BN recalibration on
     ``batches`` batches of the rest (model changed in place)."""
-    calibration, validation = held_out(train, held_out_n)
-    if limit is not None:
-        validation = validation.take(0, limit)
-    recalibrate_bn(model, calibration, mean, std, batches=batches)
-    return top1_torch(model, validation, mean, std, desc="proxy")
+    return adaptive_bn_metric(model, train, mean, std, None, held_out_n, limit, batches)

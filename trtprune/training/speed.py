@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trtprune.outputs import to_device, to_float
+
 log = logging.getLogger(__name__)
 
 ROUNDS = 3  # timed steps per candidate, after one untimed warm-up step each
@@ -37,7 +39,7 @@ class Setting:
         return f"{'NHWC' if self.channels_last else 'NCHW'} {'bf16' if self.amp else 'fp32'}"
 
 
-def _step(model, teacher, x, y, setting: Setting, device) -> float:
+def _step(model, teacher, x, y, setting: Setting, device, loss_fn) -> float:
     fmt = torch.channels_last if setting.channels_last else torch.contiguous_format
     xb = x.contiguous(memory_format=fmt)
     t0 = time.perf_counter()
@@ -45,7 +47,7 @@ def _step(model, teacher, x, y, setting: Setting, device) -> float:
         if teacher is not None:  # distillation runs the teacher on every batch: part of the step's cost
             with torch.no_grad():
                 teacher(xb)
-        loss = F.cross_entropy(model(xb).float(), y)
+        loss = loss_fn(to_float(model(xb)), y)
     loss.backward()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -62,12 +64,15 @@ def fastest_setting(
     candidates: list[Setting],
     device: torch.device,
     rounds: int = ROUNDS,
+    loss_fn=None,
 ) -> tuple[Setting, dict[str, float]]:
-    """The candidate with the lowest median step on the batch ``(x, y)``; and every candidate's ms per step."""
+    """The candidate with the lowest median step on the batch ``(x, y)`` (``loss_fn(outputs, y)``: the task's loss,
+    cross-entropy by default); and every candidate's ms per step."""
+    loss_fn = loss_fn or F.cross_entropy
     if len(candidates) == 1:
         return candidates[0], {}
     saved = copy.deepcopy(model.state_dict())  # train-mode passes move BatchNorm's running statistics
-    x, y = x.to(device), y.to(device)
+    x, y = x.to(device), to_device(y, device)
     times: dict[Setting, list[float]] = {c: [] for c in candidates}
     model.train()
     try:
@@ -77,7 +82,7 @@ def fastest_setting(
                 model.to(memory_format=fmt)
                 if teacher is not None:
                     teacher.to(memory_format=fmt)
-                elapsed = _step(model, teacher, x, y, c, device)
+                elapsed = _step(model, teacher, x, y, c, device, loss_fn)
                 if r > 0:  # round 0 warms every candidate up (one-off allocations, kernel selection)
                     times[c].append(elapsed)
     finally:
