@@ -90,3 +90,41 @@ def test_each_export_gets_its_own_copy_of_the_once_built_registry(exported, tmp_
     model = build_model("resnet20")
     again = onnx_from_torch(model, tmp_path / "again.onnx", (3, 32, 32), batch=4)
     assert again.nodes == exported.nodes and again.max_abs_diff < 1e-4
+
+
+def test_parity_accepts_float32_rounding_the_model_amplifies_and_nothing_more(tmp_path, monkeypatch):
+    """Off torch by more than the plain tolerance, ONNX Runtime passes when it is as close to the float64 result
+    as torch's float32 is (YOLOv8n's pixel boxes: 0.2 px off), and fails when it is farther."""
+    from trtprune.deploy import export as E
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        t32, t64 = model(x), model.double()(x.double()).float()
+        model.float()
+    error = float((t32 - t64).abs().max())
+    assert error > 0
+
+    class Session:
+        def __init__(self, out):
+            self.out = out
+
+        def get_inputs(self):
+            return [SimpleNamespace(name="input")]
+
+        def get_outputs(self):
+            return [SimpleNamespace(name="logits")]
+
+        def run(self, names, feed):
+            return [self.out]
+
+    near = (t64.double() + 3 * (t32.double() - t64.double())).float().numpy()  # 3x torch's own rounding
+    monkeypatch.setattr(E, "ort_session", lambda path, threads: Session(near))
+    assert E._parity("m.onnx", x, [("logits", t32)], 0.0, 0.0, model) > 0
+    far = (t64 + 50 * error * torch.sign(torch.randn_like(t64))).numpy()  # well beyond it
+    monkeypatch.setattr(E, "ort_session", lambda path, threads: Session(far))
+    with pytest.raises(TrtpruneError, match="farther from the float64 result than torch's float32 is"):
+        E._parity("m.onnx", x, [("logits", t32)], 0.0, 0.0, model)
+    with pytest.raises(TrtpruneError, match="differs from torch"):  # no model to compute float64 with
+        E._parity("m.onnx", x, [("logits", t32)], 0.0, 0.0, None)

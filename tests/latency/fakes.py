@@ -88,8 +88,10 @@ if "--exportOutput" in args:  # run the ONNX model the "engine" was built from, 
     name, raw = args["--loadInputs"].split(":", 1)
     assert name == inp.name, (name, inp.name)
     x = np.fromfile(raw, dtype=np.float32).reshape(inp.shape)
-    y = sess.run(None, {name: x})[0] * (1.2 if mode == "skew" else 1.0)
-    out = [{"name": "logits", "dimensions": "x".join(map(str, y.shape)), "values": y.ravel().tolist()}]
+    ys = sess.run(None, {name: x})
+    out = [{"name": o.name, "dimensions": "x".join(map(str, y.shape)),
+            "values": (y * (1.2 if mode == "skew" else 1.0)).ravel().tolist()}
+           for o, y in zip(sess.get_outputs(), ys)]  # fmt: skip
     Path(args["--exportOutput"]).write_text(json.dumps(out))
 if os.environ.get("FAKE_LAYER_PROFILE") == "model" and "--exportProfile" in args:
     # the engine's own layers: each Conv fused with the Add / Relu after it as TensorRT names fusions, the tail

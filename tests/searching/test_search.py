@@ -218,3 +218,33 @@ def test_lap_proposes_the_episode_the_accuracy_proxy_prefers(space):
     assert lap.proxy_scores == [float(s[last]) for s in scored]
     assert ranked.predict([plan])[0] <= target
     assert space.accuracy is None  # the variant's proxy is its own
+
+
+def test_a_search_that_proposes_a_plan_again_stops_instead_of_cycling():
+    """A one-parameter family with a stair between two plans (uniform with --round-to 8 on YOLO11n measured 0.466x and
+    0.534x for 0.5x, eight rounds in turn): the search stops when a plan comes back, keeping the one that met."""
+    from trtprune.searching.base import Searcher
+
+    under, over = {"g": 4}, {"g": 6}
+    ratios = {4: 0.46, 6: 0.54}
+
+    class Space:
+        baseline_ms, evaluations, candidates, full = 1.0, 0, {"g": [1, 4, 6, 8]}, {"g": 8}
+
+        def predict(self, plans):
+            return [0.1 * p["g"] for p in plans]
+
+        def confirm(self, keep, tag):
+            return 1.0, ratios[keep["g"]]
+
+        def total_cost(self, keep):
+            return 8 - keep["g"]
+
+    class Alternating(Searcher):
+        name = "alternating"
+
+        def propose(self, space, target_ms, start):
+            return dict(under) if start == over else dict(over)  # over, under, over ...
+
+    result = Alternating().search(Space(), Budget(fraction=0.5), max_rounds=8)
+    assert len(result["rounds"]) == 2 and result["keep_channels"] == under and result["met"]

@@ -194,7 +194,7 @@ def onnx_from_torch(
         ) from e
     with atomic_path(path) as tmp:
         onnx.save(proto, tmp)
-        diff = _parity(tmp, example, expected, atol, rtol)
+        diff = _parity(tmp, example, expected, atol, rtol, model)
     log.info(
         "exported %s | %d nodes | %d output(s) | max |ort - torch| = %.2e",
         path,
@@ -205,13 +205,19 @@ def onnx_from_torch(
     return Export(Path(path), diff, len(proto.graph.node), tuple(names))
 
 
-def _parity(path, example: torch.Tensor, expected: list[tuple[str, torch.Tensor]], atol: float, rtol: float) -> float:
-    """The largest |ONNX Runtime - torch| over every output; an error naming the output outside its tolerance
-    (``atol + rtol * max |torch output|``), or one whose name or shape differ."""
+def _parity(
+    path, example: torch.Tensor, expected: list[tuple[str, torch.Tensor]], atol: float, rtol: float, model=None
+) -> float:
+    """The largest |ONNX Runtime - torch| over every output; an error naming the output outside its tolerance, or
+    one whose name or shape differ. An output is within tolerance when ``|ort - torch| <= atol + rtol * max|torch|``,
+    or else when ONNX Runtime is about as close to the exact result as torch's own float32 is: both compared with
+    ``model`` run in float64, ``|ort - exact| <= FP32_SLACK x max(|torch - exact|, that tolerance)`` (a detector's
+    box decoding multiplies float32 rounding by the stride: YOLOv8n's pixel boxes differ by 0.2 px)."""
     sess = ort_session(path, 1)
     got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: example.numpy()})))
+    exact = None
     worst = 0.0
-    for name, tensor in expected:
+    for i, (name, tensor) in enumerate(expected):
         ref = tensor.detach().float().numpy()
         if name not in got or got[name].shape != ref.shape:
             raise TrtpruneError(
@@ -223,14 +229,40 @@ def _parity(path, example: torch.Tensor, expected: list[tuple[str, torch.Tensor]
         diff = float(np.abs(got[name].astype(np.float64) - ref).max()) if ref.size else 0.0
         tolerance = atol + rtol * (float(np.abs(ref).max()) if ref.size else 0.0)
         if not diff <= tolerance:
-            raise TrtpruneError(
-                f"the ONNX export of the model differs from torch by {diff:.3g} on output '{name}' "
-                f"(tolerance {tolerance:.3g})",
-                why="ONNX Runtime computes something other than the PyTorch model",
-                fix="report the model; run with -v to see the exported graph",
-            )
+            exact = exact if exact is not None else _float64_outputs(model, example)
+            if exact is None or not _as_close_as_torch(got[name], ref, exact[i], tolerance):
+                raise TrtpruneError(
+                    f"the ONNX export of the model differs from torch by {diff:.3g} on output '{name}' "
+                    f"(tolerance {tolerance:.3g})",
+                    why="ONNX Runtime computes something other than the PyTorch model"
+                    + ("" if exact is None else ", farther from the float64 result than torch's float32 is"),
+                    fix="report the model; run with -v to see the exported graph",
+                )
+            log.debug("parity    | %s: %.3g off torch, as close to float64 as torch's float32 is", name, diff)
         worst = max(worst, diff)
     return worst
+
+
+FP32_SLACK = 10  # ONNX Runtime may be this many times farther from float64 than torch's float32 is
+
+
+def _float64_outputs(model, example: torch.Tensor) -> list[np.ndarray] | None:
+    """Every output of ``model`` computed in float64 (a copy), or None where it cannot run so."""
+    if model is None:
+        return None
+    import copy
+
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(model).double().eval()(example.double())
+        return [t.numpy() for _, t in output_leaves(out)]
+    except Exception:  # custom kernels, float32-only code: the plain tolerance decides
+        return None
+
+
+def _as_close_as_torch(ort: np.ndarray, ref: np.ndarray, exact: np.ndarray, tolerance: float) -> bool:
+    torch_error = float(np.abs(ref.astype(np.float64) - exact).max())
+    return float(np.abs(ort.astype(np.float64) - exact).max()) <= FP32_SLACK * max(torch_error, tolerance)
 
 
 def run_onnx(path: str | Path, x: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -101,8 +101,8 @@ class Backend(abc.ABC):
         """Build the deployable engine of ``model`` at ``out`` (backends with ``builds_engines``)."""
         raise NotImplementedError(f"{self.name} builds no engines")
 
-    def outputs(self, model: Path, x: np.ndarray) -> np.ndarray:
-        """``model``'s outputs for the batch ``x`` computed by the engine (backends with ``runs_outputs``)."""
+    def outputs(self, model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+        """``model``'s outputs by name for the batch ``x`` computed by the engine (backends with ``runs_outputs``)."""
         raise NotImplementedError(f"{self.name} does not run models for their outputs")
 
     def measure(self, model: Path | bytes, **options) -> Timing:

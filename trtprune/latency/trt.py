@@ -282,8 +282,8 @@ class TrtBackend(Backend):
         layer_times, engine_layers = self.profile_layers(model, iterations)
         return group_times(layer_times, engine_layers, onnx.load(str(model), load_external_data=False), groups)
 
-    def outputs(self, model: Path, x: np.ndarray) -> np.ndarray:
-        """The engine's first output for the input ``x`` (one batch of the static shape): for parity checks
+    def outputs(self, model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The engine's outputs, by name, for the input ``x`` (one batch of the static shape): for parity checks
         against ONNX Runtime. trtexec reads raw float32 (``--loadInputs``) and writes JSON (``--exportOutput``)."""
         import onnx
 
@@ -296,9 +296,11 @@ class TrtBackend(Backend):
             argv = outputs_argv(self.device, self.version, engine, name, remote_in, remote_out)
             self._call(argv, f"running {Path(model).name} on one batch")
             exported = json.loads(self.runner.get(remote_out, Path(tmp) / "out.json").read_text())
-        first = exported[0]
-        dims = [int(d) for d in str(first["dimensions"]).split("x") if d]
-        return np.asarray(first["values"], dtype=np.float32).reshape(dims)
+        out = {}
+        for entry in exported:
+            dims = [int(d) for d in str(entry["dimensions"]).split("x") if d]
+            out[entry["name"]] = np.asarray(entry["values"], dtype=np.float32).reshape(dims)
+        return out
 
     def info(self) -> dict:
         out = super().info()

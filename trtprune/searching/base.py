@@ -41,9 +41,15 @@ class Searcher(abc.ABC):
         t0 = time.perf_counter()
         target = budget.target_ms(space.baseline_ms)
         self._check_reachable(space, target)
-        keep, history, best = space.full, [], None
+        keep, history, best, measured = space.full, [], None, []
         for rnd in range(max_rounds):
             keep = self.propose(space, target, keep)
+            if keep in measured:  # a plan of a family (uniform, flops) between two stairs: the rounds would cycle
+                log.info(
+                    "%s round %d | proposes the plan of round %d again: stop", self.name, rnd, measured.index(keep)
+                )
+                break
+            measured.append(dict(keep))
             predicted = space.predict([keep])[0]
             base_ms, sub_ms = space.confirm(keep, f"{self.name}-round{rnd}")
             wanted = budget.target_ms(base_ms)  # the baseline of this run: drift between runs cancels
@@ -84,13 +90,13 @@ class Searcher(abc.ABC):
                 break
             target *= wanted / sub_ms
             self._check_reachable(space, target)
-        if best is None:
+        if best is None:  # none met: the last plan measured
             best = {
-                "keep_channels": keep,
+                "keep_channels": measured[-1],
                 "predicted_ms": predicted,
                 "measured_ms": sub_ms,
                 "baseline_ms": base_ms,
-                "cost": space.total_cost(keep),
+                "cost": space.total_cost(measured[-1]),
                 "target_ms": target,
             }
         return {

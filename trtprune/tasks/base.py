@@ -34,9 +34,40 @@ def kl_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 
 
 def mse_distillation(student, teacher, temperature: float = 1.0) -> torch.Tensor:
-    """The mean squared difference of every output tensor, summed over the outputs (regressions, feature maps)."""
-    pairs = zip(output_leaves(student, "the pruned model"), output_leaves(teacher, "the dense model"))
-    return sum(F.mse_loss(s.float(), t.float()) for (_, s), (_, t) in pairs)
+    """The mean squared difference of every output tensor of the student and the teacher's output of the same name,
+    summed over the outputs (regressions, feature maps). The teacher runs in eval mode, the student trains: a model
+    whose eval outputs wrap its training ones (ultralytics' YOLO returns ``(predictions, training outputs)``) is
+    paired by the key path that ends alike."""
+    pairs = paired_outputs(student, teacher)
+    return sum(F.mse_loss(s.float(), t.float()) for s, t in pairs)
+
+
+def paired_outputs(student, teacher) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each student output with the teacher's output of the same key path, or of the path that ends with it."""
+    import torch.utils._pytree as pytree
+
+    output_leaves(student, "the pruned model")
+    output_leaves(teacher, "the dense model")
+    s_flat = pytree.tree_flatten_with_path(student)[0]
+    t_flat = pytree.tree_flatten_with_path(teacher)[0]
+    by_path = {tuple(p): v for p, v in t_flat}
+    pairs = []
+    for path, s in s_flat:
+        path = tuple(path)
+        t = by_path.get(path)
+        if t is None or t.shape != s.shape:
+            t = next((v for p, v in t_flat if tuple(p)[len(p) - len(path) :] == path and v.shape == s.shape), None)
+        if t is None:
+            raise TrtpruneError(
+                f"no output of the dense model matches the pruned model's output{pytree.keystr(path)} "
+                f"of shape {list(s.shape)}",
+                why="distillation compares each output of the model being trained with the dense model's output of "
+                "the same name and shape (the dense model runs in eval mode, which may return other outputs)",
+                fix="give the task a distill(student_outputs, teacher_outputs) function, or fine-tune without "
+                "distillation (--distill 0)",
+            )
+        pairs.append((s, t))
+    return pairs
 
 
 class Task:
