@@ -12,6 +12,7 @@ SEARCH_ARGS ?=
 INT8_ARGS ?=
 INT8_PLAN_ARGS ?=
 IMPORTANCE_ARGS ?=
+DETECT_ARGS ?=
 ROWS ?= resnet20:cpu:0.5x:locp:30 resnet20:cpu:0.5x:locp-nodepth:30 resnet20:cpu:0.5x:knapsack:30 resnet20:cpu:0.5x:lap:30 resnet20:cpu:0.5x:uniform-r8:30 resnet20:cpu:0.5x:flops-r1:30 resnet20:cpu:0.5x:flops-r8:30 resnet20:cpu:0.5x:flops-r16:30
 # PyTorch's CPU wheels: pip prefers 2.13.0+cpu from here over PyPI's CUDA build (several GB)
 # (one retry: offline, with the wheel in a local index, each of 5 default retries per package cost seconds)
@@ -22,7 +23,7 @@ TORCH_VERSION ?= 2.13.0
 TRTPRUNE_DATA ?= $(if $(wildcard ../shared/data/cifar10),$(abspath ../shared/data),)
 export TRTPRUNE_DATA
 
-.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes bench-importance bench-rows bench-int8-stairs
+.PHONY: help setup engine test test-fast test-reliability lint format clean bench-profile bench-lut bench-search bench-int8 bench-fleet bench-confirm bench-finetune bench-shapes bench-importance bench-rows bench-int8-stairs bench-detect
 .DEFAULT_GOAL := help
 
 help:
@@ -40,6 +41,7 @@ help:
 	@echo "make bench-int8-stairs [MODEL=resnet56]          fp32 and INT8 stairs of every group on this CPU, side by side"
 	@echo "make bench-importance [IMPORTANCE_ARGS=--floors 0.1,0.25]  importance criteria (and floors) on the accuracy proxy"
 	@echo "make bench-rows [ROWS=\"resnet56:cpu:0.5x:locp:40 ...\"]   accuracy-at-budget rows, each committed when done (resumable)"
+	@echo "make bench-detect [DETECT_ARGS=\"--dense-epochs 40 --epochs 10\"]  YOLOv8n pruned at 0.5x on cpu: mAP50-95 by method"
 	@echo "make lint | format | clean"
 
 $(BIN)/.installed: pyproject.toml
@@ -80,6 +82,9 @@ bench-shapes: setup
 
 bench-rows: setup
 	$(BIN)/python bench/bench_rows.py $(ROWS) --commit
+
+bench-detect: setup
+	$(BIN)/python bench/bench_detect.py $(DETECT_ARGS) --commit
 
 bench-importance: setup
 	$(BIN)/python bench/bench_importance.py --device $(DEVICE) $(IMPORTANCE_ARGS)

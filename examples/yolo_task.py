@@ -89,8 +89,11 @@ class YoloTask:
                 root = ensure_cifar10(*fetch.data_root(os.environ.get("TRTPRUNE_DATA")))
                 train, val = load_cifar10(root, "train"), load_cifar10(root, "test")
             sets = [PastedObjects(*photos, n, self.size, seed) for photos, n, seed in zip((train, val), self.n, (0, 1))]
-            self._loaders = tuple(
-                DataLoader(s, batch_size=self.batch, shuffle=False, collate_fn=collate, num_workers=0) for s in sets
+            train_set, val_set = sets  # training canvases in a seeded random order, validation in their own
+            order = torch.Generator().manual_seed(0)
+            self._loaders = (
+                DataLoader(train_set, self.batch, shuffle=True, generator=order, collate_fn=collate),
+                DataLoader(val_set, self.batch, shuffle=False, collate_fn=collate),
             )
         return self._loaders
 

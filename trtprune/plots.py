@@ -67,8 +67,9 @@ def pareto_plot(
     series: dict[str, list[tuple[float, float]]],
     baseline: tuple[float, float] | None = None,
     xlabel: str = "latency (ms, measured in one interleaved run)",
+    ylabel: str = "top-1 (%)",
 ) -> None:
-    """Top-1 against measured latency, one marker per method; the baseline as a star."""
+    """Top-1 (or another metric) against measured latency, one marker per method; the baseline as a star."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for i, (name, points) in enumerate(sorted(series.items())):
@@ -77,7 +78,7 @@ def pareto_plot(
     if baseline:
         ax.plot([baseline[0]], [baseline[1]], marker="*", ms=12, color="black", ls="none", label="unpruned")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

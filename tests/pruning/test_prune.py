@@ -270,3 +270,20 @@ def test_fisher_importance_is_the_squared_gradient_of_a_channel_mask():
             squares.append(grad.double() ** 2)
         expected = (torch.stack(squares).mean(0) * 32 / 2).numpy()
         np.testing.assert_allclose(scores[name], expected, rtol=1e-3, atol=1e-9)
+
+
+def test_data_driven_scores_skip_frozen_layers():
+    """ultralytics' DFL conv has fixed weights (requires_grad False): fisher, taylor and dynamic score around it."""
+    import torch
+    from torch import nn
+
+    from trtprune.pruning.prune import GroupPruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model[2].weight.requires_grad_(False)
+    batches = [(torch.randn(4, 3, 8, 8), torch.randn(4, 4, 4, 4)) for _ in range(2)]
+    pruner = GroupPruner(model, (3, 8, 8))
+    for criterion in ("fisher", "taylor", "dynamic"):
+        scores = pruner.scores(criterion, batches, loss=lambda out, y: ((out - y) ** 2).mean())
+        assert set(scores) == {"0", "2"} and all(len(v) == 8 for v in scores.values())

@@ -210,7 +210,11 @@ def batch_gradients(model, batches, loss=None) -> list[dict]:
     from torch import nn
 
     loss = _loss(loss)
-    weights = {f"{n}.weight": m.weight for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    weights = {  # frozen layers (ultralytics' DFL conv) have no gradient: they read no channel by the loss
+        f"{n}.weight": m.weight
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.requires_grad
+    }
     model.eval()
     out = []
     with torch.enable_grad():
@@ -243,6 +247,8 @@ class FisherImportance:
             if isinstance(layer, nn.Conv2d) and layer.groups > 1:
                 continue  # depthwise: the layer after it reads the channel
             key, w = f"{self.names[layer]}.weight", layer.weight.detach()
+            if key not in self.grads[0]:  # a frozen layer: no gradient of the loss through its weights
+                continue
             at = torch.tensor(root, dtype=torch.long)
             for b, g in enumerate(self.grads):
                 per_channel = (w * g[key]).transpose(0, 1).flatten(1)[idxs].sum(1)
@@ -263,3 +269,6 @@ def accumulate_gradients(model, batches, loss=None) -> None:
     with torch.enable_grad():
         for xb, yb in batches:
             (loss(model(xb), yb) * count(xb)).backward()
+    for p in model.parameters():  # frozen weights: no gradient, so no first-order change of the loss through them
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
