@@ -131,10 +131,10 @@ def main() -> None:
         if any(r["key"] == key for r in record["rows"]):
             print(f"{key}: done already, kept")
             continue
-        searcher, round_to = METHODS[method]
+        searcher, round_to = METHODS[method.removesuffix("-nodepth")]  # locp-nodepth: channels only
         cfg = RunConfig(
             model=MODEL, weights=str(weights), device="cpu", method=searcher, budget=a.budget, round_to=round_to,
-            importance=a.importance, input_shape="3x128x128", task=TASK,
+            importance=a.importance, input_shape="3x128x128", task=TASK, depth=not method.endswith("-nodepth"),
             finetune=FinetuneConfig(epochs=a.epochs, lr=a.lr, distill=0.0, batch_size=32, recalibrate=512),
         )  # fmt: skip
         t0 = time.perf_counter()
