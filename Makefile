@@ -109,12 +109,12 @@ test-reliability: setup
 	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_properties.py
 
 lint: setup
-	$(BIN)/ruff check trtprune tests bench
-	$(BIN)/ruff format --check trtprune tests bench
+	$(BIN)/ruff check trtprune tests bench examples
+	$(BIN)/ruff format --check trtprune tests bench examples
 
 format: setup
-	$(BIN)/ruff format trtprune tests bench
-	$(BIN)/ruff check --fix trtprune tests bench
+	$(BIN)/ruff format trtprune tests bench examples
+	$(BIN)/ruff check --fix trtprune tests bench examples
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
