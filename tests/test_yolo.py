@@ -69,11 +69,12 @@ def test_yolo_groups_search_prune_export_measure(yaml, tmp_path, monkeypatch):
     assert len(timings) == 2 and all(t.n > 0 for t in timings)
 
 
-def test_trtprune_run_with_the_yolo_task_file(tmp_path):
+@pytest.mark.parametrize("name", ["yolov8n", "yolo11n"])
+def test_trtprune_run_with_the_yolo_task_file(name, tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "dense.pt"
-    torch.save(DetectionModel("yolov8n.yaml", nc=10, verbose=False).state_dict(), weights)
-    args = ["run", "--model", f"{ROOT / 'examples' / 'yolo_task.py'}:yolov8n", "--weights", str(weights),
+    torch.save(DetectionModel(f"{name}.yaml", nc=10, verbose=False).state_dict(), weights)
+    args = ["run", "--model", f"{ROOT / 'examples' / 'yolo_task.py'}:{name}", "--weights", str(weights),
             "--input-shape", "3x320x320", "--task", f"{ROOT / 'tests' / 'yolo_files.py'}:task", "--budget", "none",
             "--ratio", "0.5", "--importance", "l1", "--epochs", "1", "--batch-size", "8", "--recalibrate", "8",
             "--runs-dir", str(tmp_path / "runs"), "--engines-dir", str(tmp_path / "engines"),
