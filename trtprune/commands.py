@@ -161,7 +161,7 @@ def cmd_measure(a) -> dict:
 
 def _task(a):
     """The task of --task (classification by default) and the data it reads: --data, else the task's loaders."""
-    task = get_task(getattr(a, "task", None))
+    task = get_task(a.task)
     return task, task_data(task, a.data)
 
 
@@ -296,10 +296,11 @@ def cmd_finetune(a) -> dict:
         with DI.from_env():
             records = _finetune_job(a, cfg)
     if os.environ.get("RANK", "0") in ("", "0"):
-        last, task = records[-1], get_task(a.task)
+        last, task = records[-1], read_checkpoint(a.output).get("task", {})  # the task file is not imported twice
+        key, name = task.get("metric_key", "top1"), task.get("metric", "top-1 (%)")
         print(
-            f"wrote {a.output}: {task.metric_name} {last[task.metric_key]:.2f} after {last['epoch']} epochs"
-            if task.metric_key in last
+            f"wrote {a.output}: {name} {last[key]:.2f} after {last['epoch']} epochs"
+            if key in last
             else f"wrote {a.output} after {last['epoch']} epochs"
         )
     return {"checkpoint": str(a.output), "records": records}

@@ -53,14 +53,6 @@ def output_leaves(out, what: str = "the model") -> list[tuple[str, torch.Tensor]
     return list(zip(names, [v for _, v in flat]))
 
 
-def output_names(out) -> list[str]:
-    return [n for n, _ in output_leaves(out)]
-
-
-def output_shapes(out) -> list[tuple[str, tuple[int, ...]]]:
-    return [(n, tuple(t.shape)) for n, t in output_leaves(out)]
-
-
 def to_device(obj, device, non_blocking: bool = False):
     """``obj`` (a tensor, or tensors in tuples, lists and dicts; anything else as it is) on ``device``."""
     return pytree.tree_map(lambda v: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v, obj)

@@ -152,10 +152,11 @@ def _check_indices(module: nn.Module, name: str, out: bool, idxs) -> None:
         width = module.out_features if out else module.in_features
     else:
         width = getattr(module, "out_channels" if out else "in_channels", None)
-    if width is not None and len(idxs) and max(int(i) for i in idxs) >= width:
+    top = max((int(i) for i in idxs), default=-1)
+    if width is not None and top >= width:
         raise _Unsupported(
-            f"Torch-Pruning maps this group to {'output' if out else 'input'} channel {max(int(i) for i in idxs)} of "
-            f"'{name}', which has {width}"
+            f"Torch-Pruning maps this group to {'output' if out else 'input'} channel {top} of '{name}', which has "
+            f"{width}"
         )
 
 

@@ -192,7 +192,7 @@ def top1(model: nn.Module, images, mean, std) -> float:
 def evaluate(model: nn.Module, images, mean, std, task) -> dict[str, float]:
     """The task's figures of ``model`` on ``images``: top-1 shared out among the processes for classification;
     any other task evaluated whole by every process (the same weights give the same figures)."""
-    if getattr(task, "metric_key", "top1") == "top1" and getattr(task, "images_metric", True):
+    if task.metric_key == "top1" and task.images_metric:
         return {"top1": top1(model, images, mean, std)}
     return task.evaluate(model, images, mean, std)
 

@@ -193,11 +193,11 @@ def _setting(model, teacher, train, mean, std, cfg: FinetuneConfig, device, size
     return fastest_setting(model, teacher, xb, yb, candidates, device, loss_fn=task.loss)[0]
 
 
-def _recover(model, train, test, mean, std, cfg: FinetuneConfig, device, fmt, task: Task) -> dict:
+def _recover(model, train, test, mean, std, cfg: FinetuneConfig, device, fmt, task: Task, scored: bool) -> dict:
     """Before the first step: the task's metric (top-1) of the pruned model as it is, then after re-estimating its
     BatchNorm statistics on ``cfg.recalibrate`` training images (the same images in every process of a group, so
     every process holds the same statistics). Kept in the checkpoint as ``recovery``."""
-    key, scored = task.metric_key, test is not None or not task.images_metric
+    key = task.metric_key
     record: dict = {"recalibrated_images": 0}
     if scored:
         record[f"{key}_pruned"] = DI.evaluate(model, test, mean, std, task)[key]
@@ -251,6 +251,7 @@ def finetune(
     arguments; each returns the same records, and only rank 0 writes ``checkpoint``.
     """
     task = task or Classification()
+    scored = test is not None or not task.images_metric  # a user's metric reads its own validation data
     rank, size = DI.world()
     DI.check_processes(size, cfg.batch_size, source=f"a process group of {size}")
     train = as_images(train).limit(cfg.train_limit)
@@ -284,7 +285,9 @@ def finetune(
         f"the checkpoint at '{checkpoint}' to resume",
         fix="put -o on a filesystem that every node reads, so that all processes resume from the same checkpoint",
     )
-    recovery = ckpt.get("recovery") if start_epoch else _recover(model, train, test, mean, std, cfg, device, fmt, task)
+    recovery = (
+        ckpt.get("recovery") if start_epoch else _recover(model, train, test, mean, std, cfg, device, fmt, task, scored)
+    )
     amp = setting.amp
     log.info(
         "training on %s, %s autocast" if amp else "training on %s, %s",
@@ -361,7 +364,7 @@ def finetune(
             loss_sum, seen = DI.all_sum(loss_sum, seen)
             model.eval()
             record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_s": time.perf_counter() - t0}
-            if test is not None or not task.images_metric:  # a user's metric reads its own validation data
+            if scored:
                 record.update(DI.evaluate(model, test, mean, std, task))
             records.append(record)
             if rank == 0:
