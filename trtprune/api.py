@@ -237,7 +237,7 @@ def prune(
         model, shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore, task=task, loss=loss
     )
     pruner = GroupPruner(model, shape, ignore)
-    pruner.prune_to(keep, scores=channel_scores)
+    pruner.prune_to(keep, scores=channel_scores, complete=isinstance(plan, Plan))
     model.trtprune_history = getattr(model, "trtprune_history", []) + pruner.history()
     return model
 

@@ -19,6 +19,7 @@ from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
 from trtprune.fsutil import write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, all_devices, get_device
+from trtprune.latency.trt_onnx import has_qdq
 from trtprune.log import progress
 from trtprune.metrics import accuracy_onnx
 from trtprune.plots import stairs_plot
@@ -144,9 +145,18 @@ def cmd_quantize(a) -> dict:
 
 def cmd_measure(a) -> dict:
 
+    device = get_device(a.device)
     for m in a.onnx:
-        read_onnx(m)
-    with get_backend(get_device(a.device)) as backend:
+        proto = read_onnx(m)
+        if device.precision == "int8" and not has_qdq(proto):
+            raise TrtpruneError(
+                f"'{m}' has no INT8 (QuantizeLinear) nodes, and device '{device.name}' runs INT8 models",
+                why="an int8 device times the calibrated Q/DQ model it would run; a float model timed there would be "
+                "recorded as INT8 latency",
+                fix=f"quantize it first (trtprune quantize {m} --target {device.int8_form} --calib <images> -o "
+                f"{Path(m).stem}-int8.onnx), or measure it on a float device (--device cpu)",
+            )
+    with get_backend(device) as backend:
         timings = backend.compare(a.onnx, rounds=a.rounds)
         info = backend.info()
     print(f"device {info['device']}: {info['key']} (one interleaved run, {a.rounds} rounds)")
@@ -376,6 +386,8 @@ def cmd_run(a) -> dict:
     groups = GroupPruner(build_model(spec), spec.input_shape, a.ignore).groups()
     if budget is None or a.method in ("uniform", "flops"):
         check_round_to(groups, a.round_to)
+    if get_device(a.device).int8_form:  # the calibration images are read at the end: a bad --calib fails here
+        calibration(a.calib, a.data, spec, a.calib_images)
     cfg = RunConfig(
         model=a.model,
         input_shape=a.input_shape,

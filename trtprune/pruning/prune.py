@@ -160,20 +160,31 @@ def _check_indices(module: nn.Module, name: str, out: bool, idxs) -> None:
         )
 
 
-def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Module], list[tuple[str, tuple]]]:
-    """The output layers and the shape of every output (:func:`trtprune.outputs.output_leaves`).
+def _trace_outputs(
+    model: nn.Module, example: torch.Tensor, carriers: Iterable[nn.Module] = ()
+) -> tuple[list[nn.Module], list[tuple[str, tuple]], dict[nn.Module, list[nn.Module]]]:
+    """The output layers, the shape of every output (:func:`trtprune.outputs.output_leaves`), and for each of
+    ``carriers`` (modules without a conv or linear of their own: a BatchNorm, a ReLU, a pooling) the layers whose
+    channels it carries (None where it did not run on a tensor).
 
     The output layers are the convs and linears from which a model output is reached with no other conv or linear
     in between: their output channels are what the model returns (a classifier's classes, a detector's box and
     class channels, a segmenter's per-pixel classes), so they are kept. Found by walking autograd's graph back from
-    every output until such a layer's result; the example input requires a gradient, so frozen layers count too."""
+    every output until such a layer's result; the example input requires a gradient, so frozen layers count too.
+    A carrier's layers are found the same way, from its output."""
     made: dict = {}  # the autograd node of a layer's output -> the layer
+    ends: dict = {}  # a carrier -> the autograd node of its (first) output
+    carriers = list(carriers)
 
     def hook(m, inputs, output):
         if isinstance(output, torch.Tensor) and output.grad_fn is not None:
             made.setdefault(output.grad_fn, m)
 
+    def end(m, inputs, output):  # a carrier returning the model's input itself (an Identity first) has no node
+        ends.setdefault(m, output.grad_fn if isinstance(output, torch.Tensor) else None)
+
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    hooks += [m.register_forward_hook(end) for m in carriers]
     try:
         with torch.enable_grad():
             out = model.eval()(example.clone().requires_grad_(True))
@@ -181,8 +192,14 @@ def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Mod
         for h in hooks:
             h.remove()
     leaves = output_leaves(out)
+    carried = {m: (_layers_behind([ends[m]], made) if ends[m] else []) if m in ends else None for m in carriers}
+    return _layers_behind([t.grad_fn for _, t in leaves], made), [(n, tuple(t.shape)) for n, t in leaves], carried
+
+
+def _layers_behind(fns, made: dict) -> list[nn.Module]:
+    """The layers of ``made`` (autograd node -> layer) reached first walking back from ``fns``."""
     found: list[nn.Module] = []
-    stack, seen = [t.grad_fn for _, t in leaves], set()
+    stack, seen = list(fns), set()
     while stack:
         fn = stack.pop()
         if fn is None or fn in seen:
@@ -193,7 +210,7 @@ def _trace_outputs(model: nn.Module, example: torch.Tensor) -> tuple[list[nn.Mod
                 found.append(made[fn])
             continue
         stack.extend(f for f, _ in fn.next_functions)
-    return found, [(n, tuple(t.shape)) for n, t in leaves]
+    return found
 
 
 class GroupPruner:
@@ -205,14 +222,16 @@ class GroupPruner:
         self.model = model
         self._example = torch.zeros(1, *input_shape)
         example = self._example
+        layers, carriers = _modules_named(model, ignore)
         try:
-            self._outputs, self._out_shapes = _trace_outputs(model, example)
+            self._outputs, self._out_shapes, carried = _trace_outputs(model, example, carriers.values())
         except TrtpruneError:
             raise
         except Exception as e:
             raise model_failed(model, e, example.shape) from e
         self._ignored = list(self._outputs)
-        self._ignored += _modules_named(model, ignore)
+        self._ignored += layers
+        self._ignored += _carried(model, carriers, carried)
         self._kept_whole: set[str] = set()  # groups already logged as unprunable
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TP warns about every op it treats as element-wise
@@ -345,9 +364,32 @@ class GroupPruner:
         criterion.done(self.model)
         return out
 
-    def prune_to(self, plan: Mapping[str, int], importance: str = "l1", scores: Mapping | None = None) -> None:
+    def check_plan(self, plan: Mapping[str, int], complete: bool = False) -> None:
+        """That ``plan`` names only groups of the model and, if ``complete``, every one of them."""
+        current = {g.name: g for g in self.groups()}
+        unknown = sorted(set(plan) - set(current))
+        if unknown:
+            raise TrtpruneError(
+                f"the plan names groups the model does not have: {', '.join(unknown[:5])}",
+                why=f"the model's groups are {', '.join(list(current)[:8])}{' ...' if len(current) > 8 else ''}",
+                fix="make the plan for this model (trtprune groups lists them)",
+            )
+        absent = [name for name in current if name not in plan]
+        if complete and absent:
+            raise TrtpruneError(
+                f"the plan gives no channel count for group(s) of the model: {', '.join(absent[:5])}"
+                + (f" and {len(absent) - 5} more" if len(absent) > 5 else ""),
+                why="a plan names every group of the model it was made for; a group left out would be kept whole "
+                "without a word",
+                fix="make the plan for this model (trtprune search), or give the group its full count to keep it",
+            )
+
+    def prune_to(
+        self, plan: Mapping[str, int], importance: str = "l1", scores: Mapping | None = None, complete: bool = False
+    ) -> None:
         """Keep ``plan[name]`` channels of each named group, dropping the least important ones (by
-        ``scores`` from :meth:`scores` if given, else by the ``importance`` criterion)."""
+        ``scores`` from :meth:`scores` if given, else by the ``importance`` criterion). A group the plan does not
+        name keeps its channels, unless ``complete`` (a :class:`Plan`: it names every group): then it is an error."""
         scorer = None
         if scores is None:
             criterion = get_criterion(importance)
@@ -355,14 +397,7 @@ class GroupPruner:
                 raise TrtpruneError(f"importance '{importance}' needs training batches: pass scores=pruner.scores(...)")
             scorer = criterion.scorer(self.model, None)
         todo = dict(plan)
-        current = {g.name: g for g in self.groups()}
-        unknown = sorted(set(todo) - set(current))
-        if unknown:
-            raise TrtpruneError(
-                f"the plan names groups the model does not have: {', '.join(unknown[:5])}",
-                why=f"the model's groups are {', '.join(list(current)[:8])}{' ...' if len(current) > 8 else ''}",
-                fix="make the plan for this model (trtprune groups lists them)",
-            )
+        self.check_plan(todo, complete)
         for tp_group, info in self._tp_groups():  # lazily, as each prune changes the graph
             if info.name not in todo:
                 continue
@@ -392,7 +427,7 @@ class GroupPruner:
                 ) from e
             log.debug("%-24s | %4d -> %4d ch", info.name, info.channels, keep)
         assert not todo, f"groups left unpruned: {todo}"
-        _, out_shapes = _trace_outputs(self.model, self._example)
+        _, out_shapes, _ = _trace_outputs(self.model, self._example)
         changed = [f"{n} {list(a)} -> {list(b)}" for (n, a), (_, b) in zip(self._out_shapes, out_shapes) if a != b]
         if changed or len(out_shapes) != len(self._out_shapes):
             raise TrtpruneError(
@@ -434,10 +469,12 @@ def _drop(scores: torch.Tensor, n: int, blocks: int = 1) -> list[int]:
     return sorted(int(b * width + p) for b in range(blocks) for p in positions.tolist())
 
 
-def _modules_named(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
-    """The convs and linears named (or inside a container named) in ``names``; an unknown name is an error."""
+def _modules_named(model: nn.Module, names: Iterable[str]) -> tuple[list[nn.Module], dict[str, nn.Module]]:
+    """The convs and linears named (or inside a container named) in ``names``, and the named modules that hold no
+    conv or linear (a BatchNorm, a ReLU: the channels they carry are kept, see :func:`_carried`) by name; an
+    unknown name is an error."""
     modules = dict(model.named_modules())
-    out = []
+    out, carriers = [], {}
     for name in names:
         if name not in modules:
             prunable = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -447,7 +484,41 @@ def _modules_named(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
                 fix="give module names as in model.named_modules() (a container ignores every layer in it)",
             )
         found = [m for m in modules[name].modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        if not found:
+            carriers[name] = modules[name]
         out += [m for m in found if m not in out]
+    return out, carriers
+
+
+_SAID: set[str] = set()
+
+
+def _carried(model: nn.Module, carriers: Mapping[str, nn.Module], carried: Mapping) -> list[nn.Module]:
+    """The convs and linears whose output channels the ignored ``carriers`` carry (found by
+    :func:`_trace_outputs`), said once each; a carrier that does not run, or that no such layer feeds, is an
+    error: ignoring it would keep nothing."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for name, module in carriers.items():
+        layers = carried.get(module)
+        kind = type(module).__name__
+        if layers is None:
+            raise TrtpruneError(
+                f"--ignore names '{name}' (a {kind}), which does not run in the model's forward pass",
+                why="--ignore keeps the channels that pass through a module; none pass through this one",
+                fix="name a convolution or linear layer, a container of them, or a BatchNorm/activation after one",
+            )
+        if not layers:
+            raise TrtpruneError(
+                f"--ignore names '{name}' (a {kind}), which no convolution or linear layer feeds",
+                why="it reads the model's input directly: it carries no channels trtprune prunes",
+                fix="leave it out of --ignore",
+            )
+        said = f"--ignore {name} (a {kind}): keeps the output channels of {', '.join(names[m] for m in layers)}"
+        if said not in _SAID:  # once: the model is traced again by every stage
+            _SAID.add(said)
+            log.info("%s", said)
+        out += [m for m in layers if m not in out]
     return out
 
 

@@ -40,6 +40,7 @@ class Searcher(abc.ABC):
         the budget (least importance removed), and the record of every round."""
         t0 = time.perf_counter()
         target = budget.target_ms(space.baseline_ms)
+        self._check_below_baseline(space, target)
         self._check_reachable(space, target)
         keep, history, best, measured = space.full, [], None, []
         for rnd in range(max_rounds):
@@ -150,6 +151,17 @@ class Searcher(abc.ABC):
             "chosen": spaces[chosen].label,
             "ranked_s": time.perf_counter() - t0,
         }
+
+    @staticmethod
+    def _check_below_baseline(space: SearchSpace, target_ms: float) -> None:
+        if target_ms >= space.baseline_ms:
+            raise TrtpruneError(
+                f"the budget ({target_ms:.3f} ms) is not below the unpruned model's latency ({space.baseline_ms:.3f} "
+                "ms, measured on this device)",
+                why="the unpruned model already meets it: a plan would keep every channel",
+                fix=f"ask for less than {space.baseline_ms:.3f} ms (e.g. --budget-ms {space.baseline_ms / 2:.3g}), "
+                "or a fraction of the baseline (--budget 0.5x)",
+            )
 
     @staticmethod
     def _check_reachable(space: SearchSpace, target_ms: float) -> None:

@@ -141,6 +141,17 @@ class Plan:
                 "list of module names",
                 fix="make it again with trtprune search",
             )
+        missing = [g for g in plan.channels if g not in plan.keep_channels]
+        if missing:
+            raise TrtpruneError(
+                f"plan '{path}' gives no channel count for group(s) {', '.join(missing[:5])}"
+                + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""),
+                why="keep_channels must name every group of channels (what the model has); a group left out would be "
+                "kept whole without a word",
+                fix="put the group back in keep_channels (its full count keeps it whole: "
+                + ", ".join(f'"{g}": {plan.channels[g]}' for g in missing[:3])
+                + "), or make the plan again with trtprune search",
+            )
         bad = {
             g: k
             for g, k in plan.keep_channels.items()

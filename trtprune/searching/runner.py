@@ -60,10 +60,14 @@ def prune_with_data(
 ) -> None:
     """Prune ``model`` in place to ``plan``, dropping the channels least important by ``importance`` on the
     dataset ``data`` (the first training batches): the prune stage of the command line and of ``trtprune run``
-    (the API's :func:`trtprune.prune` on loaders). The history is left in ``model.trtprune_history``."""
+    (the API's :func:`trtprune.prune` on loaders). The history is left in ``model.trtprune_history``. ``ignore``:
+    by default the modules the plan was searched with kept whole."""
+    ignore = tuple(ignore) or tuple(plan.meta.get("ignore", ()))
     removed = remove_blocks(model, plan.remove_blocks)
     pruner = GroupPruner(model, spec.input_shape, ignore)
-    pruner.prune_to(plan.keep_channels, scores=channel_scores(model, spec, importance, data, ignore, task))
+    pruner.check_plan(plan.keep_channels, complete=True)  # before the data is read
+    scores = channel_scores(model, spec, importance, data, ignore, task)
+    pruner.prune_to(plan.keep_channels, scores=scores, complete=True)
     model.trtprune_history = getattr(model, "trtprune_history", []) + removed + pruner.history()
 
 
@@ -101,6 +105,8 @@ def search(
     t0 = time.perf_counter()
     model, spec = (module, model_name) if module is not None else load_model(model_name, weights)
     vs_fp32 = None
+    if budget.ms is not None:
+        check_below_dense(model, spec.input_shape, device, budget, Path(workdir) / "dense")
     if budget.fraction is not None and device.int8_form == "ort":
         budget, vs_fp32 = int8_budget(budget, model, spec.input_shape, device, Path(workdir) / "int8")
     dense, depth, asked = model, None, budget
@@ -169,6 +175,22 @@ def search(
         plan.meta["budget_vs_fp32"] = vs_fp32
     plan.meta["wall_s"] = time.perf_counter() - t0  # the whole search; search_s is the channel searcher's last loop
     return plan
+
+
+def check_below_dense(model: nn.Module, input_shape, device, budget: Budget, workdir: Path) -> None:
+    """A budget in milliseconds must be below the unpruned model's latency, measured here before any work (a budget
+    above it would search and confirm a plan that keeps every channel)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with get_backend(device) as backend:
+        dense_ms = backend.measure(export_timed(model, workdir / "dense.onnx", input_shape, backend)).median_ms
+    if budget.ms >= dense_ms:
+        raise TrtpruneError(
+            f"the budget {budget} is not below the unpruned model's latency ({dense_ms:.3f} ms, measured on "
+            f"{device.name})",
+            why="the unpruned model already meets it: a plan would keep every channel",
+            fix=f"ask for less than {dense_ms:.3f} ms (e.g. --budget-ms {dense_ms / 2:.3g}), or a fraction of the "
+            "baseline (--budget 0.5x)",
+        )
 
 
 def int8_budget(budget: Budget, dense: nn.Module, input_shape, device, workdir: Path) -> tuple[Budget, dict]:
