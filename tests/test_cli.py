@@ -152,6 +152,7 @@ def test_a_run_resumes_with_compile_toggled_but_not_with_another_recipe(tmp_path
     (tmp_path / "r" / "config.json").write_text(json.dumps(saved))
     with Run(tmp_path / "r", RunConfig()):
         pass
+    (tmp_path / "r" / "baseline.onnx").write_bytes(b"made")  # a stage made a file: the settings are the run's
     other = RunConfig(finetune=dataclasses.replace(FinetuneConfig(), lr=0.1))
     with pytest.raises(TrtpruneError, match=r"other settings \(finetune\)"), Run(tmp_path / "r", other):
         pass

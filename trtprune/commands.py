@@ -380,14 +380,16 @@ def cmd_run(a) -> dict:
 
     name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
-    # before any file is made: the model runs at its input shape, --ignore names its modules, and (where it is
-    # used) --round-to prunes something
-    spec = _spec(a)
-    groups = GroupPruner(build_model(spec), spec.input_shape, a.ignore).groups()
+    # before any file is made: the weights load into the model, it runs at its input shape, --ignore names its
+    # modules, (where it is used) --round-to prunes something, and an int8 device's calibration images (read at the
+    # end) can be read
+    task, data = _task(a)
+    model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, data))
+    groups = GroupPruner(model, spec.input_shape, a.ignore).groups()
     if budget is None or a.method in ("uniform", "flops"):
         check_round_to(groups, a.round_to)
-    if get_device(a.device).int8_form:  # the calibration images are read at the end: a bad --calib fails here
-        calibration(a.calib, a.data, spec, a.calib_images)
+    if get_device(a.device).int8_form:
+        calibration(a.calib, data, spec, a.calib_images)
     cfg = RunConfig(
         model=a.model,
         input_shape=a.input_shape,
@@ -411,7 +413,6 @@ def cmd_run(a) -> dict:
         eval_limit=a.eval_limit,
         task=a.task,
     )
-    task = get_task(a.task)
     with Run(Path(a.runs_dir) / name, cfg, a.data, a.engines_dir, fresh=a.fresh, lut=a.lut, task=task) as run:
         report = run_all(run)
     b, p, key = report["baseline"], report["pruned"], task.metric_key

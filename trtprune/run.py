@@ -161,6 +161,13 @@ class Run:
         wanted = _outcome(wanted)
         if found != wanted:
             diff = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            made = [n for n in self.FILES[1:] if self.path(n).exists()] + ["search"] * (self.dir / "search").exists()
+            if not made:  # a run that stopped before its first stage made anything: its settings may change
+                log.info(
+                    "run       | nothing was made with the earlier settings (%s): these replace them", ", ".join(diff)
+                )
+                write_json(path, self.cfg.to_dict())
+                return
             raise TrtpruneError(
                 f"run directory '{self.dir}' was made with other settings ({', '.join(diff)})",
                 fix="use another --name, or --fresh to start this run over",

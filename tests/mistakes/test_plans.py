@@ -172,3 +172,26 @@ def test_run_on_an_int8_device_checks_calib_before_the_first_stage(tiny_data, tm
     user_error(capsys, "run", "--model", "resnet20", "--weights", tiny_data / WEIGHTS, "--data", tiny_data,
                "--device", "cpu-int8", "--budget", "none", "--calib", tmp_path / "missing_dir", "--runs-dir", runs,
                "--engines-dir", engines, message="calibration", absent=[runs, engines])  # fmt: skip
+
+
+# -- run: inputs checked before the first stage; a run that made nothing takes new settings --------------------------
+def test_run_with_missing_weights_fails_before_any_file_is_made(tmp_path, capsys):
+    runs, engines = tmp_path / "runs", tmp_path / "engines"
+    missing = tmp_path / "missing.pt"
+    message = f"weights file '{missing}' does not exist"
+    user_error(capsys, "run", "--model", "resnet20", "--weights", missing, "--budget", "none", "--runs-dir", runs,
+               "--engines-dir", engines, message=message, absent=[runs, engines])  # fmt: skip
+
+
+def test_a_run_that_made_nothing_takes_new_settings_and_one_that_made_a_file_refuses_them(tmp_path, caplog):
+    from trtprune.config import RunConfig
+    from trtprune.run import Run
+
+    with Run(tmp_path / "r", RunConfig(weights="old.pt")):
+        pass  # stopped before its first stage: config.json only
+    with caplog.at_level(logging.INFO, logger="trtprune"), Run(tmp_path / "r", RunConfig(weights="new.pt")) as run:
+        run.path("baseline.onnx").write_bytes(b"made")
+    assert "nothing was made with the earlier settings (weights): these replace them" in caplog.text
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["weights"] == "new.pt"
+    with pytest.raises(TrtpruneError, match=r"was made with other settings \(weights\)"):
+        Run(tmp_path / "r", RunConfig(weights="old.pt")).__enter__()
