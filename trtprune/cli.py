@@ -177,7 +177,7 @@ def _ignore(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="NAME",
         help="modules whose output channels are kept whole (names as in model.named_modules(); a container "
-        "keeps every conv and linear in it)",
+        "keeps every conv and linear in it; a BatchNorm, activation or pooling keeps the channels passing through it)",
     )
 
 
