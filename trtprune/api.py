@@ -24,6 +24,8 @@ proxy (BatchNorm re-estimated on training batches, then the metric), evaluation.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -51,7 +53,7 @@ from trtprune.searching import runner
 from trtprune.searching.plan import Budget, Plan
 from trtprune.searching.runner import SCORE_BATCH_SIZE, SCORE_BATCHES
 from trtprune.sources.images import as_images
-from trtprune.sources.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from trtprune.sources.models import FLOAT32_WHY, IMAGENET_MEAN, IMAGENET_STD, ModelSpec, other_floats, parse_shape
 from trtprune.tasks import Task, get_task
 from trtprune.training.finetune import finetune as _finetune
 
@@ -67,26 +69,110 @@ def _as_device(name: str | Device) -> Device:
 
 
 def _shape(input_shape) -> Shape:
-    """``input_shape`` checked at the door: (C, H, W) positive integers."""
+    """``input_shape`` checked at the door: (C, H, W) positive integers, or the command line's "3x224x224"."""
+    if isinstance(input_shape, str):
+        try:
+            return parse_shape(input_shape)
+        except TrtpruneError:
+            pass
     if isinstance(input_shape, str) or not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3:
         raise TrtpruneError(
             f"input_shape={input_shape!r} is not (C, H, W)",
-            why="the API takes one image's shape as a tuple of three integers, without the batch",
-            fix="e.g. input_shape=(3, 224, 224)"
-            + (" (the command line's 3x224x224 form is for --input-shape)" if isinstance(input_shape, str) else ""),
+            why="the API takes one image's shape, without the batch: a tuple of three integers, or text like "
+            "'3x224x224'",
+            fix="e.g. input_shape=(3, 224, 224)",
         )
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in input_shape):
         raise TrtpruneError(f"input_shape={tuple(input_shape)} holds a size that is not a positive integer")
-    return tuple(input_shape)
+    return tuple(int(d) for d in input_shape)
 
 
-def _model(model) -> nn.Module:
+def _model(model, what: str = "model") -> nn.Module:
+    """``model`` checked at the door: a torch module in float32 (converting it here would change the caller's
+    object; the command line converts the models it builds, see :func:`trtprune.sources.models.float32_model`)."""
     if not isinstance(model, nn.Module):
         raise TrtpruneError(
-            f"model is a {type(model).__name__}, not a torch.nn.Module",
+            f"{what} is a {type(model).__name__}, not a torch.nn.Module",
             fix="pass the model object (a path to a checkpoint is for the command line's --weights)",
         )
+    dtypes = other_floats(model)
+    if dtypes:
+        raise TrtpruneError(
+            f"{what} has {' and '.join(dtypes)} weights, not float32",
+            why=FLOAT32_WHY,
+            fix=f"pass {what}.float() (it converts the model in place)",
+        )
     return model
+
+
+def _numbers(values, what: str) -> tuple[float, ...]:
+    """``mean``/``std`` checked at the door: one finite number per channel (their count is checked against the
+    images' channels where they are normalised)."""
+    ok = isinstance(values, (tuple, list, np.ndarray)) and len(values) > 0
+    ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    if not ok or (what == "std" and min(values) <= 0):
+        raise TrtpruneError(
+            f"{what}={values!r} is not one {'positive ' if what == 'std' else ''}number per channel",
+            why="images are normalised as (pixels / 255 - mean) / std, channel by channel",
+            fix=f"e.g. {what}={IMAGENET_MEAN if what == 'mean' else IMAGENET_STD} (ImageNet's)",
+        )
+    return tuple(float(v) for v in values)
+
+
+def _norm(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return _numbers(mean, "mean"), _numbers(std, "std")
+
+
+# FinetuneConfig's settings as the command line bounds them: (test, what a good value is)
+_SETTING_RANGES = {
+    "epochs": (lambda v, cfg: v >= 1, "1 or more"),
+    "batch_size": (lambda v, cfg: v >= 1, "1 or more"),
+    "lr": (lambda v, cfg: 0 < v < math.inf, "above 0 and finite"),
+    "momentum": (lambda v, cfg: 0 <= v < math.inf, "0 or more"),
+    "weight_decay": (lambda v, cfg: 0 <= v < math.inf, "0 or more"),
+    "distill": (lambda v, cfg: 0 <= v <= 1, "between 0 and 1 (0: off)"),
+    "temperature": (lambda v, cfg: 0 < v < math.inf, "above 0 and finite"),
+    "train_limit": (lambda v, cfg: v >= 0, "0 or more (0: all the images)"),
+    "recalibrate": (lambda v, cfg: v >= 0, "0 or more (0: off)"),
+    "warmup": (lambda v, cfg: 0 <= v <= cfg["epochs"], "between 0 and epochs"),
+}
+_SETTING_TYPES = {  # a FinetuneConfig field's annotation: the types it takes, and how to say them
+    "int": ((numbers.Integral,), "an integer"),
+    "float": ((numbers.Real,), "a number"),
+    "bool": ((bool,), "True or False"),
+    "bool | None": ((bool, type(None)), "True, False or None"),
+    "str": ((str,), "a string"),
+}
+
+
+def _setting_type_ok(value, types: tuple) -> bool:
+    if isinstance(value, bool):
+        return bool in types
+    return isinstance(value, types)
+
+
+def _finetune_config(epochs, settings: dict) -> FinetuneConfig:
+    """``finetune()``'s ``epochs`` and ``settings`` checked at the door (names, types, ranges): one error naming the
+    first wrong one."""
+    fields = {f.name: f.type for f in dataclasses.fields(FinetuneConfig)}
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise TrtpruneError(
+            f"finetune() got unknown settings: {', '.join(unknown)}",
+            fix=f"settings are FinetuneConfig fields: {', '.join(fields)}",
+        )
+    values = {**settings, "epochs": epochs}
+    for name, value in values.items():
+        types, kind = _SETTING_TYPES[fields[name]]
+        if not _setting_type_ok(value, types):
+            raise TrtpruneError(
+                f"finetune(): {name}={value!r} is a {type(value).__name__}, not {kind}",
+                fix=f"give {name} as {kind}",
+            )
+    for name, (fits, good) in _SETTING_RANGES.items():
+        if name in values and not fits(values[name], values):
+            raise TrtpruneError(f"finetune(): {name}={values[name]!r} is out of range", fix=f"give {name} {good}")
+    return FinetuneConfig(**values)
 
 
 def task(task=None, *, loss=None, metric=None, metric_name: str | None = None, distill=None) -> Task:
@@ -126,13 +212,14 @@ def scores(
     """One importance score per channel of every group (``trtprune list`` names the criteria); criteria that
     need data (``taylor``, ``fisher``, ``dynamic``) read the first 8 batches of 64 images of ``data``, through the
     task's loss."""
+    model, shape, (mean, std) = _model(model), _shape(input_shape), _norm(mean, std)
     batches = None
     if needs_data(importance):
         if data is None:
             raise TrtpruneError(f"importance '{importance}' needs training data", fix="pass data=, or use l1/l2/bn")
         batches = list(as_images(data).limit(SCORE_BATCHES * SCORE_BATCH_SIZE).batches(SCORE_BATCH_SIZE, mean, std))
     scoring = get_task(task, loss=loss)
-    return GroupPruner(_model(model), _shape(input_shape), ignore).scores(importance, batches, scoring.loss)
+    return GroupPruner(model, shape, ignore).scores(importance, batches, scoring.loss)
 
 
 def profile(
@@ -149,7 +236,7 @@ def profile(
     table ``lut``, the user cache's by default): the counts worth keeping are ``stairs.edges``."""
     import onnx
 
-    dev = _as_device(device)
+    model, input_shape, dev = _model(model), _shape(input_shape), _as_device(device)
     found = GroupPruner(model, input_shape, ignore).groups()
     with tempfile.TemporaryDirectory(prefix="trtprune-profile-") as tmp, get_backend(dev) as backend, LUT(lut) as table:
         onnx_from_torch(model, Path(tmp) / "model.onnx", input_shape, dev.batch)
@@ -185,7 +272,7 @@ def search(
     left as it is. ``method``: locp, knapsack, lap, uniform or flops. With training ``data``, the latency-aware
     methods first remove whole residual blocks (``depth``; scored by the accuracy proxy: BatchNorm re-estimated on
     training batches, then the task's metric), as the command line does; lap's reward is that proxy too."""
-    model, shape, dev = _model(model), _shape(input_shape), _as_device(device)
+    model, shape, dev, (mean, std) = _model(model), _shape(input_shape), _as_device(device), _norm(mean, std)
     budget = budget if isinstance(budget, Budget) else Budget.from_text(budget)
     if needs_data(importance) and data is None:
         raise TrtpruneError(f"importance '{importance}' needs training data", fix="pass data=, or use l1/l2/bn")
@@ -228,7 +315,7 @@ def prune(
     """Remove the plan's residual blocks (a :class:`Plan` from ``trtprune search``), then channels from ``model`` in
     place until every group has the plan's count, the least important first (``importance`` on ``data``, through
     the task's loss); returns the model. The pruning history is ``model.trtprune_history``."""
-    model, shape = _model(model), _shape(input_shape)
+    model, shape, (mean, std) = _model(model), _shape(input_shape), _norm(mean, std)
     keep = plan.keep_channels if isinstance(plan, Plan) else dict(plan)
     if isinstance(plan, Plan):
         ignore = tuple(ignore) or tuple(plan.meta.get("ignore", ()))
@@ -265,18 +352,11 @@ def finetune(
     metric - ``top1``, or ``metric`` for your own - and seconds). ``settings`` are :class:`FinetuneConfig` fields
     (lr, batch_size, distill, precision, ...); ``checkpoint`` (None: a temporary file) is written after every epoch
     and resumed from."""
-    model = _model(model)
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise TrtpruneError(f"epochs={epochs!r} is not a number of epochs", fix="give an integer of 1 or more")
+    model, (mean, std) = _model(model), _norm(mean, std)
+    teacher = _model(teacher, "teacher") if teacher is not None else None
     if teacher is not None:
         settings.setdefault("distill", 0.5)
-    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(FinetuneConfig)})
-    if unknown:
-        raise TrtpruneError(
-            f"finetune() got unknown settings: {', '.join(unknown)}",
-            fix=f"settings are FinetuneConfig fields: {', '.join(f.name for f in dataclasses.fields(FinetuneConfig))}",
-        )
-    cfg = FinetuneConfig(epochs=epochs, **settings)
+    cfg = _finetune_config(epochs, settings)
     scoring = get_task(task, loss=loss, metric=metric, metric_name=metric_name, distill=distill)
     with tempfile.TemporaryDirectory(prefix="trtprune-finetune-") as tmp:
         return _finetune(
@@ -296,7 +376,9 @@ def finetune(
 
 def export(model: nn.Module, path: str | Path, input_shape: Shape, *, batch: int = 1) -> Export:
     """ONNX with a static batch, simplified, checked against torch (``max_abs_diff``)."""
-    return onnx_from_torch(model, path, input_shape, batch)
+    if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
+        raise TrtpruneError(f"batch={batch!r} is not a batch size", fix="give an integer of 1 or more")
+    return onnx_from_torch(_model(model), path, _shape(input_shape), int(batch))
 
 
 def build(
@@ -304,7 +386,7 @@ def build(
 ) -> Engine:
     """The deployable model for the device at ``out``: ONNX for ONNX Runtime, a TensorRT ``.plan`` built on the
     device (``calib=`` normalised float32 NCHW images for INT8 devices)."""
-    return engine_from_model(model, tuple(input_shape), _as_device(device), out, kw.get("calib"))
+    return engine_from_model(_model(model), _shape(input_shape), _as_device(device), out, kw.get("calib"))
 
 
 def measure(
@@ -334,10 +416,11 @@ def evaluate(
     called as a module returning what ``like`` (the torch model it was exported from) returns - a dict stays a dict
     - or, without ``like``, one tensor or a tuple of its outputs in order."""
     scoring = get_task(task, metric=metric, metric_name=metric_name)
+    mean, std = _norm(mean, std)
     if scoring.images_metric and data is None:
         raise TrtpruneError(f"evaluating {scoring.metric_name} needs data", fix="pass data=, or metric=")
     if isinstance(model, nn.Module):
-        return scoring.evaluate(model, data, mean, std)
+        return scoring.evaluate(_model(model), data, mean, std)
     if not isinstance(model, (str, Path)):
         raise TrtpruneError(
             f"model is a {type(model).__name__}", fix="give a torch.nn.Module or the path of an ONNX file"

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from trtprune.errors import TrtpruneError
-from trtprune.latency.ort import ort_session
+from trtprune.latency.ort import image_dtype, ort_session
 from trtprune.log import progress
+from trtprune.outputs import first_outputs, logits_of
 from trtprune.sources.images import Images, as_images
 
 log = logging.getLogger(__name__)
@@ -97,14 +98,25 @@ def accuracy_torch(model: nn.Module, images, mean, std, batch_size: int = 500, d
     """``{"top1": %, ["top5": %]}`` of ``model`` on ``images`` (see :func:`trtprune.sources.images.as_images`)."""
     images = as_images(images)
     model.eval()
-    device = next(model.parameters()).device  # where the model is (a GPU while fine-tuning on one)
+    device = model_device(model)
     counter = _Counter(images, "the model")
     with torch.no_grad():
         for xb, yb in progress(
             images.batches(batch_size, mean, std), total=-(-len(images) // batch_size), desc=desc, unit="batch"
         ):
-            counter.add(model(xb.to(device)).float().cpu(), yb)
+            xb = xb.to(device)
+            out = first_outputs(model, xb) if counter.n == 0 else model(xb)
+            counter.add(logits_of(out).float().cpu(), yb)
     return counter.result()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model is (a GPU while fine-tuning on one): its first parameter's or buffer's device; the CPU for a
+    model without either (nn.Flatten, an ONNX model behind a module)."""
+    first = next(iter(model.parameters()), None)
+    if first is None:
+        first = next(iter(model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def top1_torch(model: nn.Module, images, mean, std, batch_size: int = 500, desc: str = "eval") -> float:
@@ -123,7 +135,16 @@ def accuracy_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval")
             why="trtprune evaluates image classifiers: one input of shape (batch, C, H, W)",
             fix="evaluate the ONNX export of a model with one image input (trtprune export --model ...)",
         )
-    inp = inputs[0]
+    inp, outputs = inputs[0], sess.get_outputs()
+    dtype = image_dtype(inp, path)
+    if len(outputs) != 1:
+        raise TrtpruneError(
+            f"'{path}' gives {len(outputs)} outputs ({', '.join(o.name for o in outputs)}), not one row of class "
+            "scores per image",
+            why="top-1 compares a classifier's logits (its one output) with the labels",
+            fix="evaluate the ONNX export of a classifier; for other models, their task (--task file.py:task, API "
+            "metric=)",
+        )
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
     counter = _Counter(images, f"'{path}'")
     for xb, yb in progress(images.batches(batch, mean, std), total=-(-len(images) // batch), desc=desc, unit="batch"):
@@ -136,7 +157,8 @@ def accuracy_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval")
         n = len(xb)
         if n < batch:
             xb = torch.cat([xb, xb.new_zeros(batch - n, *xb.shape[1:])])
-        counter.add(torch.from_numpy(sess.run(None, {inp.name: xb.numpy()})[0][:n]), yb)
+        logits = sess.run(None, {inp.name: xb.numpy().astype(dtype, copy=False)})[0][:n]
+        counter.add(torch.from_numpy(logits).float(), yb)
     return counter.result()
 
 

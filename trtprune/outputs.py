@@ -53,6 +53,20 @@ def output_leaves(out, what: str = "the model") -> list[tuple[str, torch.Tensor]
     return list(zip(names, [v for _, v in flat]))
 
 
+def logits_of(outputs, what: str = "the model") -> torch.Tensor:
+    """A classifier's one tensor of logits (alone, or the only tensor of a tuple, list or dict); a model returning
+    several is not one."""
+    leaves = output_leaves(outputs, what)
+    if len(leaves) != 1:
+        raise TrtpruneError(
+            f"{what} returns {len(leaves)} tensors ({', '.join(n for n, _ in leaves)}), not one row of class scores "
+            "per image",
+            why="the classification task (the default) compares the model's logits with integer labels",
+            fix="give the task of your model (--task file.py:task, API loss=/metric=), or a model returning logits",
+        )
+    return leaves[0][1]
+
+
 def to_device(obj, device, non_blocking: bool = False):
     """``obj`` (a tensor, or tensors in tuples, lists and dicts; anything else as it is) on ``device``."""
     return pytree.tree_map(lambda v: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v, obj)
@@ -76,9 +90,11 @@ _SHAPE_ERRORS = re.compile(
 )
 
 
-def model_failed(model: torch.nn.Module, error: Exception, shape, what: str = "the model") -> TrtpruneError:
-    """The error to raise when ``model`` fails on a zeros input of ``shape`` (batch first), with the advice that fits
-    what it raised: its dtype, the input shape, or its own code."""
+def model_failed(
+    model: torch.nn.Module, error: Exception, shape, what: str = "the model", zeros: bool = True
+) -> TrtpruneError:
+    """The error to raise when ``model`` fails on an input of ``shape`` (batch first: zeros, or with ``zeros=False``
+    a batch of the data), with the advice that fits what it raised: its dtype, the input shape, or its own code."""
     first = (str(error).strip().splitlines() or [""])[0]
     found = f"{what} fails on an input of shape {tuple(shape)}: {type(error).__name__}: {first}"
     dtypes = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters()} - {"float32"})
@@ -104,8 +120,25 @@ def model_failed(model: torch.nn.Module, error: Exception, shape, what: str = "t
             fix="give the image shape the model takes with --input-shape CxHxW (API: input_shape=(C, H, W)), e.g. "
             "3x224x224, or check --model",
         )
+    if not zeros:
+        return TrtpruneError(
+            found,
+            why="forward() raised on the first batch of the images",
+            fix="run the model on a batch of your data yourself and fix what it raises; run with -v for the traceback",
+        )
     return TrtpruneError(
         found,
         why="forward() raised on a batch of one image of zeros",
         fix=f"run model(torch.zeros{tuple(shape)}) yourself and fix what it raises; run with -v for the traceback",
     )
+
+
+def first_outputs(model: torch.nn.Module, xb: torch.Tensor, what: str = "the model"):
+    """``model(xb)`` on the first batch of the data: what it raises becomes :func:`model_failed`'s error (a user
+    error with advice, not a traceback from inside the model)."""
+    try:
+        return model(xb)
+    except TrtpruneError:
+        raise
+    except Exception as e:
+        raise model_failed(model, e, xb.shape, what, zeros=False) from e

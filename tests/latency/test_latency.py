@@ -71,7 +71,7 @@ class _FakeSession:
 
     def get_inputs(self):
         class Input:
-            name, shape = "input", [1, 3, 8, 8]
+            name, shape, type = "input", [1, 3, 8, 8], "tensor(float)"
 
         return [Input()]
 

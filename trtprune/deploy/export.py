@@ -326,6 +326,25 @@ def _check_external_data(proto, path: Path) -> None:
             )
 
 
+def _check_input_type(inp, path: Path) -> None:
+    """An input trtprune can feed: a tensor of numbers (not strings, sequences or maps)."""
+    import onnx
+
+    tensor = inp.type.HasField("tensor_type")
+    if tensor and inp.type.tensor_type.elem_type not in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return
+    if tensor:
+        found = "a tensor of strings" if inp.type.tensor_type.elem_type == onnx.TensorProto.STRING else "untyped"
+    else:
+        found = f"a {(inp.type.WhichOneof('value') or 'value').removesuffix('_type')}"
+    raise TrtpruneError(
+        f"input '{inp.name}' of '{path}' is {found}",
+        why="trtprune times and scores models of numeric tensors (a batch of images), fed with made-up or image "
+        "data; it cannot make up strings or sequences",
+        fix="export the model with a numeric input (e.g. float32 images) and do the rest outside it",
+    )
+
+
 def read_onnx(path: str | Path):
     """Load and check an ONNX file given by the user; clear errors for missing, corrupt or dynamic."""
     import onnx
@@ -351,6 +370,7 @@ def read_onnx(path: str | Path):
     except Exception as e:
         raise invalid(e) from e
     for inp in proto.graph.input:
+        _check_input_type(inp, path)
         dims = inp.type.tensor_type.shape.dim
         if any(not d.HasField("dim_value") for d in dims):
             shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]

@@ -17,7 +17,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 from trtprune.errors import TrtpruneError
-from trtprune.latency.ort import ort_session
+from trtprune.latency.ort import image_dtype, ort_session
 
 
 def structure_of(model: nn.Module, input_shape: tuple[int, ...]):
@@ -41,6 +41,7 @@ class OnnxModule(nn.Module):
                 fix="score the ONNX export of a model with one image input (trtprune export --model ...)",
             )
         self.input, self.batch = inputs[0], inputs[0].shape[0]
+        self.dtype = image_dtype(self.input, self.path)
         # nothing to train; a parameter so that next(model.parameters()).device works in the user's metric
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
@@ -53,10 +54,10 @@ class OnnxModule(nn.Module):
             )
         parts = []
         for start in range(0, len(x), self.batch):
-            xb = x[start : start + self.batch].numpy()
+            xb = x[start : start + self.batch].numpy().astype(self.dtype, copy=False)
             n = len(xb)
             if n < self.batch:
-                xb = np.concatenate([xb, np.zeros((self.batch - n, *xb.shape[1:]), np.float32)])
+                xb = np.concatenate([xb, np.zeros((self.batch - n, *xb.shape[1:]), self.dtype)])
             parts.append([o[:n] for o in self.session.run(None, {self.input.name: np.ascontiguousarray(xb)})])
         flat = [torch.from_numpy(np.concatenate([p[i] for p in parts])) for i in range(len(parts[0]))]
         if self.structure is not None:

@@ -76,6 +76,49 @@ def ort_session(model: str | Path | bytes, threads: int = 1, quiet_pool: bool = 
         ) from e
 
 
+# ONNX Runtime's input types and the numpy arrays that feed them (strings cannot be made up)
+INPUT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+}
+IMAGE_DTYPES = ("tensor(float)", "tensor(float16)", "tensor(double)")
+
+
+def input_dtype(inp, path) -> type:
+    """The numpy type of ONNX Runtime input ``inp`` of the model at ``path``; a string (or other) input is an error."""
+    if inp.type not in INPUT_DTYPES:
+        raise TrtpruneError(
+            f"'{path}' takes input '{inp.name}' of type {inp.type}",
+            why="trtprune times and scores models of numeric tensors (a batch of images), fed with made-up or "
+            "image data; it cannot make up strings or sequences",
+            fix="export the model with a numeric input (e.g. float32 images) and do the rest outside it",
+        )
+    return INPUT_DTYPES[inp.type]
+
+
+def image_dtype(inp, path) -> type:
+    """The numpy type a batch of images is fed to input ``inp`` in: float32, float16 or float64; an integer input
+    (token ids, raw pixels) is an error: trtprune feeds normalised float images."""
+    dtype = input_dtype(inp, path)
+    if inp.type not in IMAGE_DTYPES:
+        raise TrtpruneError(
+            f"'{path}' takes input '{inp.name}' of type {inp.type}, not float images",
+            why="trtprune scores a model on a batch of images normalised with mean and std, as floats",
+            fix="evaluate the ONNX export of a model that takes float images (trtprune export --model ...)",
+        )
+    return dtype
+
+
 # The heavy ops of an optimised graph: run by quantized kernels, or in floating point
 INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat"}
 FLOAT_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose"}
@@ -147,8 +190,8 @@ class OrtBackend(Backend):
         d = self.device
         return f"ort-{_ort_version()}|cpu|{model}|{isa}|t{d.threads}|b{d.batch}|{d.precision}"
 
-    def _feed(self, sess) -> dict:
-        """Random inputs of the model's static shapes; the batch must be the device's."""
+    def _feed(self, sess, model) -> dict:
+        """Random inputs of the model's static shapes and types; the batch must be the device's."""
         feed, rng = {}, np.random.default_rng(0)
         for inp in sess.get_inputs():
             shape = inp.shape
@@ -162,7 +205,11 @@ class OrtBackend(Backend):
                     f"model batch is {shape[0]} but device '{self.device.name}' times batch {self.device.batch}",
                     fix=f"export with --batch {self.device.batch}",
                 )
-            feed[inp.name] = rng.standard_normal(shape).astype(np.float32)
+            dtype = input_dtype(inp, "the serialised model" if isinstance(model, bytes) else model)
+            if np.issubdtype(dtype, np.floating):
+                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+            else:  # indices, counts, flags: zeros are valid for every one of them
+                feed[inp.name] = np.zeros(shape, dtype)
         return feed
 
     def bursts(
@@ -195,7 +242,7 @@ class OrtBackend(Backend):
         sessions, feeds, runs = [], [], []
         for m in models:
             sess = ort_session(m, threads, quiet_pool=quiet)
-            feed = self._feed(sess)
+            feed = self._feed(sess, m)
             per_run_ms = float(np.median(_timed_runs(sess, feed, warmup)))  # first runs are slow: median
             runs.append(max(1, min(max_runs, int(round_ms / max(per_run_ms, 1e-3)))))
             feeds.append(feed)

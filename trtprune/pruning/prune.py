@@ -357,6 +357,11 @@ class GroupPruner:
             raise TrtpruneError(
                 f"importance '{importance}' needs training data", fix="give the data (--data), or use l1, l2 or bn"
             )
+        if criterion.needs_data and not batches:
+            raise TrtpruneError(
+                f"importance '{importance}' needs training data, and the training data holds no images",
+                fix="give a training set (or loader) with at least one batch, or use l1, l2 or bn",
+            )
         scorer = criterion.scorer(self.model, batches, loss)
         out = {}
         for tp_group, info in self._tp_groups():

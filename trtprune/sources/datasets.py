@@ -203,6 +203,14 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def normalize(xb: torch.Tensor, mean, std) -> torch.Tensor:
+    """``(pixels / 255 - mean) / std`` per channel of a uint8 (or 0..255 float) NCHW batch."""
+    channels = xb.shape[1]
+    if len(mean) not in (1, channels) or len(std) not in (1, channels):
+        raise TrtpruneError(
+            f"normalisation mean {tuple(mean)} / std {tuple(std)} does not fit {channels}-channel images",
+            why="images are normalised channel by channel: one mean and one std per channel (or one for all)",
+            fix=f"give {channels} values to mean and std (--mean and --std), or images of {len(mean)} channels",
+        )
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return (xb.float() / 255.0 - m) / s

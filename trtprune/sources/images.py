@@ -21,6 +21,7 @@ draws the same global batch.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -36,6 +37,8 @@ from trtprune.errors import TrtpruneError
 from trtprune.sources import datasets as D
 from trtprune.sources import fetch
 from trtprune.sources.userfile import user_function
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, then the centre crop (ImageNet practice)
@@ -227,8 +230,16 @@ class LoaderImages(Images):
     """The user's loader (any iterable of ``(x, y)`` batches), used as given: ``mean``/``std``/``shuffle``/
     ``augment``/``seed`` do not apply, its own transforms do."""
 
-    def __init__(self, loader: Iterable, num_classes: int | None = None, start: int = 0, stop: int | None = None):
+    def __init__(
+        self,
+        loader: Iterable,
+        num_classes: int | None = None,
+        start: int = 0,
+        stop: int | None = None,
+        _read: dict | None = None,
+    ):
         self.loader, self.start, self.stop = loader, start, stop
+        self._read = {"batches": False} if _read is None else _read  # shared with its parts: has it given a batch?
         dataset = getattr(loader, "dataset", None)
         classes = getattr(dataset, "classes", None)
         self.num_classes = num_classes or (len(classes) if classes is not None else None)
@@ -250,11 +261,12 @@ class LoaderImages(Images):
         b = None if stop is None else self.start + stop
         if self.stop is not None:
             b = self.stop if b is None else min(b, self.stop)
-        return LoaderImages(self.loader, self.num_classes, a, b)
+        return LoaderImages(self.loader, self.num_classes, a, b, self._read)
 
     def batches(self, batch_size, mean, std, *, shuffle=False, augment=False, seed=0):
-        seen = 0
+        seen, read_before = 0, self._read["batches"]
         for batch in self.loader:
+            self._read["batches"] = True
             if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
                 raise TrtpruneError(
                     f"the loader yields {type(batch).__name__}, not (inputs, targets) batches",
@@ -262,6 +274,8 @@ class LoaderImages(Images):
                     "(int labels for classification; any tensors, lists or dicts for your own task's loss)",
                 )
             xb, yb = torch.as_tensor(batch[0]), _targets(batch[1])
+            if seen == 0:
+                _check_loader_inputs(xb, self.name)
             n = len(xb)
             lo, hi = max(self.start - seen, 0), n if self.stop is None else min(n, self.stop - seen)
             seen += n
@@ -273,6 +287,39 @@ class LoaderImages(Images):
                     yield xb.float(), yb
             if self.stop is not None and seen >= self.stop:
                 return
+        if seen == 0 and read_before:
+            raise TrtpruneError(
+                f"the loader {self.name} gave no batches when read again",
+                why="trtprune reads the training data several times (a check of the first batch, timing, every "
+                "epoch): a loader that can be read only once (a generator, an iterator) is empty after its first pass",
+                fix="give a DataLoader, a list of batches, or any iterable whose iter() starts over",
+            )
+
+
+def _check_loader_inputs(xb: torch.Tensor, name: str) -> None:
+    """A loader's first batch of inputs: images channels last cannot go to the model (an error); integer pixels
+    reach it unnormalised (a warning: right only for a model that normalises its input itself)."""
+    shape = list(xb.shape)
+    if xb.dim() == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3):
+        raise TrtpruneError(
+            f"the loader yields inputs of shape {shape}: images channels last (N, H, W, C)",
+            why="a loader's batches go to the model as they are, and the model takes images channels first "
+            "(N, C, H, W)",
+            fix="make it yield x.permute(0, 3, 1, 2), float and normalised as the model expects (torchvision's "
+            "ToTensor() and Normalize(mean, std) do both)",
+        )
+    if not xb.is_floating_point() and ("loader", name) not in _warned:
+        _warned.add(("loader", name))
+        log.warning(
+            "the loader %s yields %s inputs: they reach the model as floats of the same values (0..255 for pixels), "
+            "not normalised (trtprune uses a loader's batches as they are); right only if the model normalises its "
+            "input itself, else make the loader yield float tensors normalised as the model expects",
+            name,
+            str(xb.dtype).removeprefix("torch."),
+        )
+
+
+_warned: set[tuple[str, str]] = set()
 
 
 def _targets(y):
@@ -301,17 +348,86 @@ def _rows(y, lo: int, hi: int, n: int):
 
 
 def as_images(data, num_classes: int | None = None) -> Images:
-    """``data`` as :class:`Images`: Images as they are, ``(x, y)`` uint8 NHWC arrays, or a loader of batches."""
+    """``data`` as :class:`Images`: Images as they are, ``(x, y)`` uint8 NHWC arrays (numpy or torch), or a loader of
+    batches."""
     if isinstance(data, Images):
         return data
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], np.ndarray):
-        return ArrayImages(data[0], data[1], num_classes)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (np.ndarray, torch.Tensor)):
+        x, y = (v.numpy(force=True) if isinstance(v, torch.Tensor) else v for v in data)
+        return ArrayImages(_pixels(x), _labels(y, len(x)), num_classes)
     if isinstance(data, Iterable):
         return LoaderImages(data, num_classes)
     raise TrtpruneError(
         f"cannot read images from a {type(data).__name__}",
         fix="give a DataLoader of (x, y) batches, or (x, y) uint8 NHWC numpy arrays",
     )
+
+
+ARRAYS_WHY = "(x, y) arrays are images as they are stored: uint8 pixels (N, H, W, C), and one integer label per image"
+
+
+def _pixels(x: np.ndarray) -> np.ndarray:
+    """The API's ``x`` checked at the door: pixels 0..255 (uint8, or integers or floats in that range) of shape
+    (N, H, W, C); anything else is an error saying what it looks like."""
+    shape = tuple(x.shape)
+    if x.ndim != 4:
+        raise TrtpruneError(
+            f"x of shape {shape} is not a batch of images (N, H, W, C)",
+            why=ARRAYS_WHY,
+            fix="give x of shape (N, H, W, C), e.g. CIFAR-10's (50000, 32, 32, 3)",
+        )
+    if shape[3] not in (1, 3, 4) and shape[1] in (1, 3, 4):
+        raise TrtpruneError(
+            f"x of shape {shape} holds images channels first (N, C, H, W)",
+            why=ARRAYS_WHY,
+            fix="pass x.transpose(0, 2, 3, 1); or, for images already normalised, a DataLoader of (x, y) batches",
+        )
+    if x.dtype == np.uint8:
+        return x
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise TrtpruneError(f"x holds {x.dtype} values, not pixels", why=ARRAYS_WHY, fix="give uint8 pixels")
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if lo < 0 or hi > 255 or not math.isfinite(lo + hi):
+        raise TrtpruneError(
+            f"x holds {x.dtype} values from {lo:g} to {hi:g}, not pixels 0..255",
+            why=ARRAYS_WHY + "; they are normalised here with mean and std (images already normalised would be "
+            "normalised twice)",
+            fix="give the uint8 pixels; or, for images already normalised, a DataLoader of (x, y) batches",
+        )
+    if np.issubdtype(x.dtype, np.floating) and 0 < hi <= 1:
+        raise TrtpruneError(
+            f"x holds {x.dtype} values from {lo:g} to {hi:g}: pixels scaled to 0..1",
+            why=ARRAYS_WHY + "; they are divided by 255 here, so 0..1 values would be read as black images",
+            fix="pass (x * 255).round().astype(np.uint8)",
+        )
+    return x
+
+
+def _labels(y, n: int) -> np.ndarray:
+    """The API's ``y``: one integer label (0 or more) per image of ``x``."""
+    y = np.asarray(y)
+    if y.ndim == 2 and len(y) == n and y.shape[1] > 1:
+        raise TrtpruneError(
+            f"y of shape {tuple(y.shape)} holds a row per image (one-hot or scores), not one label per image",
+            why=ARRAYS_WHY,
+            fix="pass y.argmax(1)",
+        )
+    if y.ndim != 1 or len(y) != n:
+        raise TrtpruneError(
+            f"y of shape {tuple(y.shape)} does not hold one label per image of x ({n})",
+            why=ARRAYS_WHY,
+            fix="give y of shape (N,) with the labels of x's images, in order",
+        )
+    integral = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and bool(np.all(np.isfinite(y)) and np.all(y == np.round(y)))
+    )
+    if not integral or (len(y) and y.min() < 0):
+        raise TrtpruneError(
+            f"y holds {y.dtype} values that are not class labels 0, 1, 2 ...",
+            why=ARRAYS_WHY,
+            fix="give each image's class index (0 ... classes - 1)",
+        )
+    return y
 
 
 # -- finding a dataset -------------------------------------------------------------------------------

@@ -5,23 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from trtprune.errors import TrtpruneError
 from trtprune.metrics import accuracy_torch, check_outputs
-from trtprune.outputs import output_leaves
+from trtprune.outputs import logits_of
 from trtprune.tasks.base import Task, kl_distillation
-
-
-def logits_of(outputs, what: str = "the model") -> torch.Tensor:
-    """A classifier's one tensor of logits; a model returning several is not one."""
-    leaves = output_leaves(outputs, what)
-    if len(leaves) != 1:
-        raise TrtpruneError(
-            f"{what} returns {len(leaves)} tensors ({', '.join(n for n, _ in leaves)}), not one row of class scores "
-            "per image",
-            why="the classification task (the default) compares the model's logits with integer labels",
-            fix="give the task of your model (--task file.py:task, API loss=/metric=), or a model returning logits",
-        )
-    return leaves[0][1]
 
 
 class Classification(Task):

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from trtprune.errors import TrtpruneError
 from trtprune.log import progress
-from trtprune.outputs import to_device
+from trtprune.metrics import model_device
+from trtprune.outputs import first_outputs, to_device
 from trtprune.sources.images import as_images
 from trtprune.tasks.base import Task, kl_distillation
 from trtprune.tasks.classification import logits_of
@@ -77,12 +78,13 @@ class Segmentation(Task):
 
     def evaluate(self, model, images, mean, std, batch_size: int = 64) -> dict[str, float]:
         images = as_images(images)
-        device = next(model.parameters()).device
+        device = model_device(model)
         model.eval()
         matrix = None
         with torch.no_grad():
             for xb, yb in progress(images.batches(batch_size, mean, std), desc="mIoU", unit="batch"):
-                scores = _scores(model(xb.to(device))).float().cpu()
+                xb = xb.to(device)
+                scores = _scores(first_outputs(model, xb) if matrix is None else model(xb)).float().cpu()
                 if matrix is None:
                     self.check(scores, yb, images)
                     matrix = torch.zeros(scores.shape[1], scores.shape[1], dtype=torch.long)

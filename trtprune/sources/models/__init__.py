@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
 from trtprune.sources.userfile import user_function
+
+log = logging.getLogger(__name__)
 
 # The shared CIFAR ResNet checkpoints were trained on pixels/255 normalised with ImageNet statistics;
 # with them the published accuracies reproduce exactly. Built-ins trained here use the same.
@@ -157,4 +160,31 @@ def build_model(spec: ModelSpec | str):
             f"factory '{spec.factory_path}' returned {type(model).__name__}, not a torch.nn.Module",
             fix="return the model instance from the factory",
         )
-    return model.eval()
+    return float32_model(model, spec.factory_path).eval()
+
+
+FLOAT32_WHY = (
+    "trtprune runs, prunes, fine-tunes and exports models in float32; the deployed precision is the device's: its "
+    "fp16 and int8 engines are built from the float32 model"
+)
+_converted: set[str] = set()
+
+
+def other_floats(model) -> list[str]:
+    """The floating-point dtypes other than float32 of ``model``'s parameters and buffers ("float16", ...)."""
+    import itertools
+
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return sorted({str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()} - {"float32"})
+
+
+def float32_model(model, name: str):
+    """``model`` (built by the command line from the factory ``name``) in float32: a factory returning
+    ``model.half()`` or ``.double()`` is converted, saying so once, instead of failing on float32 images."""
+    dtypes = other_floats(model)
+    if dtypes:
+        if name not in _converted:
+            _converted.add(name)
+            log.warning("model '%s' has %s weights: converted to float32; %s", name, " and ".join(dtypes), FLOAT32_WHY)
+        model.float()
+    return model
