@@ -76,6 +76,17 @@ _SHAPE_ERRORS = re.compile(
 )
 
 
+def run_on(model: torch.nn.Module, xb: torch.Tensor, what: str = "the model"):
+    """``model(xb)``; where the model cannot take the images' shape (a head fixed to another size, other channels),
+    the error of :func:`model_failed` instead of its traceback."""
+    try:
+        return model(xb)
+    except RuntimeError as e:
+        if _SHAPE_ERRORS.search(str(e)):
+            raise model_failed(model, e, tuple(xb.shape), what) from e
+        raise
+
+
 def model_failed(model: torch.nn.Module, error: Exception, shape, what: str = "the model") -> TrtpruneError:
     """The error to raise when ``model`` fails on a zeros input of ``shape`` (batch first), with the advice that fits
     what it raised: its dtype, the input shape, or its own code."""
