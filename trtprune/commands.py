@@ -195,7 +195,8 @@ def cmd_eval(a) -> dict:
     else:
         model, spec = load_model(spec, resolve_weights(a.model, a.weights, data))
         shape, what = spec.input_shape, f"{spec.name} ({a.weights or 'published weights'})"
-    images = open_images(data, a.split, shape, a.limit) if task.images_metric else None
+    # an ONNX file's shape is checked against the images by its evaluation, which names the file
+    images = open_images(data, a.split, shape, a.limit, check=not a.onnx) if task.images_metric else None
     if a.onnx and task.metric_key == "top1":
         result = accuracy_onnx(a.onnx, images, spec.mean, spec.std)
     elif a.onnx:  # the task's metric on the file, called as the model (--model gives the structure of its outputs)

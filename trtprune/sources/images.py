@@ -514,12 +514,19 @@ def is_loaders_spec(data: str | os.PathLike | None) -> bool:
 
 
 def open_images(
-    data: str | os.PathLike | None, split: str, input_shape: tuple[int, int, int] = (3, 32, 32), limit: int = 0
+    data: str | os.PathLike | None,
+    split: str,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    limit: int = 0,
+    *,
+    check: bool = True,
 ) -> Images:
     """The ``split`` ("train" or "test") of the dataset named by ``data``: a ``file.py:loaders`` function, an
     image folder (``train/``, ``val/`` or ``test/``), or CIFAR-10 in any of its forms (see datasets); None
     means TRTPRUNE_DATA or the user cache. Image-folder images are read at ``input_shape``'s H x W. Data already
-    opened is taken as it is: :class:`Images`, or a ``(train, val)`` pair of loaders (a task's)."""
+    opened is taken as it is: :class:`Images`, or a ``(train, val)`` pair of loaders (a task's). Arrays of another
+    shape are an error (:func:`check_arrays`) unless ``check`` is False (the caller checks them: an ONNX file's
+    evaluation names the file)."""
     if split not in D.SPLITS:
         raise TrtpruneError(f"unknown split '{split}'", fix="use 'train' or 'test'")
     if isinstance(data, Images):  # already opened (the Python API's data, a task's loader)
@@ -542,7 +549,8 @@ def open_images(
     source = D.find_cifar10(root, split)
     x, y = D.load_cifar10(D.ensure_cifar10(root, may_download), split)
     name = f"CIFAR-10 {split}"
-    check_arrays(x, input_shape, f"the {name} images in '{source or root}'")
+    if check:
+        check_arrays(x, input_shape, f"the {name} images in '{source or root}'")
     return ArrayImages(x, y, len(D.CLASSES), name=name).limit(limit)
 
 
