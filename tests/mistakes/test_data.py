@@ -210,7 +210,7 @@ def test_an_unreadable_image_is_skipped_with_a_warning_naming_it(d, tmp_path, ca
     assert code == 0 and "Traceback" not in err, err
     bad = str(d["dir"] / "corrupt" / "val" / "a" / "bad.png")
     assert [line for line in err.splitlines() if f"skipped an unreadable image '{bad}'" in line], err
-    assert "on 5 test images" in out or "test images" in out
+    assert "top-1" in out
 
 
 def test_a_folder_of_no_readable_image_is_one_message(d, tmp_path, capsys):
