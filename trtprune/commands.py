@@ -38,7 +38,7 @@ from trtprune.searching import SEARCHERS, Budget, Plan, runner
 from trtprune.searching.runner import prune_with_data
 from trtprune.sources import fetch
 from trtprune.sources.datasets import ensure_cifar10
-from trtprune.sources.images import open_images
+from trtprune.sources.images import check_images, open_images
 from trtprune.sources.models import BUILTIN, build_model, model_argument, model_spec
 from trtprune.sources.weights import load_model, read_checkpoint, resolve_weights, save_pruned, unsafe_pickle
 from trtprune.tasks import get_task, task_data
@@ -130,9 +130,30 @@ def cmd_export(a) -> dict:
     return {"onnx": str(e.path), "batch": batch, "nodes": e.nodes, "max_abs_diff": e.max_abs_diff}
 
 
+def _onnx_shape(path) -> tuple[int, ...] | None:
+    """The (C, H, W) an ONNX model's first input takes, or None where it is not a static image batch."""
+    model = read_onnx(path)
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
+    return tuple(dims[1:]) if len(dims) == 4 and all(dims[1:]) else None
+
+
+def _onnx_spec(a):
+    """The spec for an ONNX file: its input shape is the file's (what --input-shape, if given, must agree with)."""
+    spec, shape = _spec(a), _onnx_shape(a.onnx)
+    if shape is None or shape == spec.input_shape:
+        return spec
+    if a.input_shape is not None:
+        given = "x".join(map(str, spec.input_shape))
+        raise TrtpruneError(
+            f"--input-shape {given} does not match '{a.onnx}', which takes {'x'.join(map(str, shape))} images",
+            fix="leave --input-shape out (the file's own shape is used), or export the model again at that shape",
+        )
+    return dataclasses.replace(spec, input_shape=shape)
+
+
 def cmd_quantize(a) -> dict:
 
-    spec = _spec(a)
+    spec = _onnx_spec(a)
     calib = calibration(a.calib, a.data, spec, a.images)
     out = qdq_from_onnx(a.onnx, a.output, calib, method=a.method, target=a.target)
     s = qdq_summary(out)
@@ -180,14 +201,12 @@ def cmd_eval(a) -> dict:
     task, data = _task(a)
     spec = _spec(a)
     if a.onnx:
-        model = read_onnx(a.onnx)
-        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] if model.graph.input else []
-        shape = tuple(dims[1:]) if len(dims) == 4 and all(dims[1:]) else spec.input_shape
-        what = a.onnx
+        shape, what = _onnx_shape(a.onnx) or spec.input_shape, a.onnx
     else:
         model, spec = load_model(spec, resolve_weights(a.model, a.weights, data))
         shape, what = spec.input_shape, f"{spec.name} ({a.weights or 'published weights'})"
-    images = open_images(data, a.split, shape, a.limit) if task.images_metric else None
+    # an ONNX file's shape is checked against the images by its evaluation, which names the file
+    images = open_images(data, a.split, shape, a.limit, check=not a.onnx) if task.images_metric else None
     if a.onnx and task.metric_key == "top1":
         result = accuracy_onnx(a.onnx, images, spec.mean, spec.std)
     elif a.onnx:  # the task's metric on the file, called as the model (--model gives the structure of its outputs)
@@ -380,11 +399,14 @@ def cmd_run(a) -> dict:
 
     name = run_name(a.name, a.model, a.device)
     budget = _budget(a)
-    # before any file is made: the weights load into the model, it runs at its input shape, --ignore names its
-    # modules, (where it is used) --round-to prunes something, and an int8 device's calibration images (read at the
-    # end) can be read
+    # before any file is made: the data fits the input shape, the weights load into the model, it runs at its input
+    # shape, --ignore names its modules, (where it is used) --round-to prunes something, and an int8 device's
+    # calibration images (read at the end) can be read
     task, data = _task(a)
-    model, spec = load_model(_spec(a), resolve_weights(a.model, a.weights, data))
+    spec = _spec(a)
+    if task.images_metric:
+        check_images(data, "test", spec.input_shape)
+    model, spec = load_model(spec, resolve_weights(a.model, a.weights, data))
     groups = GroupPruner(model, spec.input_shape, a.ignore).groups()
     if budget is None or a.method in ("uniform", "flops"):
         check_round_to(groups, a.round_to)

@@ -10,7 +10,7 @@ from torch import nn
 from trtprune.errors import TrtpruneError
 from trtprune.latency.ort import image_dtype, ort_session
 from trtprune.log import progress
-from trtprune.outputs import first_outputs, logits_of
+from trtprune.outputs import logits_of, run_on
 from trtprune.sources.images import Images, as_images
 
 log = logging.getLogger(__name__)
@@ -45,29 +45,50 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 _warned: set[tuple[str, int]] = set()
 
 
-def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10) -> None:
+def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10, images: Images | None = None) -> None:
     """A model scored on ``classes`` classes must give at least that many logits per image: fewer is an error (labels
-    beyond them can never be predicted); more is a warning (a model made for another dataset scores near 0 %)."""
+    beyond them can never be predicted); more is a warning (a model made for another dataset scores near 0 %).
+    ``images`` says where the classes come from (an image folder's class folders)."""
+    about, relabel = images.about_classes() if hasattr(images, "about_classes") else ("", "")
     n = outputs[-1] if len(outputs) == 2 else None
     if n is None or n < classes:
         raise TrtpruneError(
             f"{what} gives outputs of shape {list(outputs)}, not one row of class scores per image"
             if n is None
             else f"{what} gives {n} class scores per image, but the dataset has {classes} classes",
-            why=f"top-1 compares the largest of the model's {classes} class scores (logits, one row per image) with "
-            "the label",
-            fix=f"give a model whose last layer has {classes} outputs (e.g. nn.Linear(..., {classes}))",
+            why=(f"{about}; " if about else "")
+            + "top-1 compares the largest of the model's class scores (logits, one row per image) with the label",
+            fix=f"give a model whose last layer has {classes} outputs (e.g. nn.Linear(..., {classes}))"
+            + (f", or {relabel}" if relabel else ""),
         )
     if n > classes and (what, n) not in _warned:
         _warned.add((what, n))
         log.warning(
-            "%s gives %d class scores per image but the dataset has %d classes: it was made for another dataset, "
+            "%s gives %d class scores per image but the dataset has %d classes%s: it was made for another dataset, "
             "so its accuracy here is meaningless (near 0 %%); give it a last layer of %d outputs and train it",
             what,
             n,
             classes,
+            f" ({about})" if about else "",
             classes,
         )
+
+
+def check_labels(labels: torch.Tensor, outputs: int, what: str, images: Images | None = None) -> None:
+    """Every label must name one of the model's ``outputs`` class scores (0..outputs-1): a label beyond them can never
+    be predicted (top-1 counts it wrong; the loss fails)."""
+    if labels.dtype.is_floating_point or labels.dim() != 1 or not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low >= 0 and high < outputs:
+        return
+    source = f" of '{images.name}'" if images is not None else ""
+    raise TrtpruneError(
+        f"a batch{source} has labels {low}..{high}, but {what} gives {outputs} class scores per image",
+        why=f"a label is the index of its class's score: labels must be 0..{outputs - 1} for {outputs} scores",
+        fix=f"give a model whose last layer has one output per class of the dataset (at least {high + 1}: "
+        f"nn.Linear(..., {high + 1}) or more), or data labelled 0..{outputs - 1}",
+    )
 
 
 class _Counter:
@@ -78,7 +99,8 @@ class _Counter:
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if self.n == 0:  # the first batch: the head fits the data
-            check_outputs(tuple(logits.shape), self.what, self.images.num_classes or logits.shape[-1])
+            check_outputs(tuple(logits.shape), self.what, self.images.num_classes or logits.shape[-1], self.images)
+        check_labels(labels, logits.shape[-1], self.what, self.images)  # every batch: a loader's labels are unknown
         for k in self.correct:
             if k <= logits.shape[1]:
                 top = logits.topk(k, 1).indices
@@ -104,8 +126,7 @@ def accuracy_torch(model: nn.Module, images, mean, std, batch_size: int = 500, d
         for xb, yb in progress(
             images.batches(batch_size, mean, std), total=-(-len(images) // batch_size), desc=desc, unit="batch"
         ):
-            xb = xb.to(device)
-            out = first_outputs(model, xb) if counter.n == 0 else model(xb)
+            out = run_on(model, xb.to(device), first=counter.n == 0)
             counter.add(logits_of(out).float().cpu(), yb)
     return counter.result()
 

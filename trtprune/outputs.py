@@ -133,12 +133,15 @@ def model_failed(
     )
 
 
-def first_outputs(model: torch.nn.Module, xb: torch.Tensor, what: str = "the model"):
-    """``model(xb)`` on the first batch of the data: what it raises becomes :func:`model_failed`'s error (a user
-    error with advice, not a traceback from inside the model)."""
+def run_on(model: torch.nn.Module, xb: torch.Tensor, what: str = "the model", first: bool = False):
+    """``model(xb)`` on a batch of the data. What it raises on the ``first`` batch, and on any batch an error of
+    shapes (a head fixed to another size, other channels), becomes :func:`model_failed`'s error: a user error with
+    advice, not a traceback from inside the model."""
     try:
         return model(xb)
     except TrtpruneError:
         raise
     except Exception as e:
-        raise model_failed(model, e, xb.shape, what, zeros=False) from e
+        if first or (isinstance(e, RuntimeError) and _SHAPE_ERRORS.search(str(e))):
+            raise model_failed(model, e, tuple(xb.shape), what, zeros=False) from e
+        raise

@@ -35,7 +35,7 @@ drop the ReLUs) is a different model that TensorRT does not accept.
 
 Calibration images (``calib_images``) come in one of these forms:
 
-* a folder of images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``; subfolders, e.g. one per class, are searched
+* a folder of images (the suffixes of ``datasets.IMAGE_SUFFIXES``; subfolders, e.g. one per class, are searched
   too, in sorted path order). Each image must already have the model's input size (32x32 for the CIFAR
   models): nothing is resized or cropped, because the preprocessing is part of what the model was trained on;
   an image of another size is an error naming it. Images are converted to RGB (or grey for 1-channel models).
@@ -192,7 +192,9 @@ def _read_image_files(files: list[Path], spec) -> np.ndarray:
                         f"calibration image '{f}' is {im.size[0]}x{im.size[1]} (WxH), not {w}x{h}",
                         why=f"model '{spec.name}' takes {w}x{h} images and trtprune does not resize calibration "
                         "images: how an image is resized or cropped changes what the model sees",
-                        fix=f"resize or crop the images to {w}x{h} the way the model's training data was prepared",
+                        fix=f"resize or crop the images to {w}x{h} the way the model's training data was prepared; "
+                        f"if the model takes {im.size[0]}x{im.size[1]} images, say so with --input-shape "
+                        f"{c}x{im.size[1]}x{im.size[0]} (and export it at that shape)",
                     )
                 a = np.asarray(im.convert("RGB" if c == 3 else "L"))
         except TrtpruneError:
@@ -248,7 +250,7 @@ def calib_images(path_or_dir: str | Path, spec, n: int = 512) -> np.ndarray:
             f"calibration source '{path}' does not exist",
             fix="give a folder of images (e.g. calib/) or a .npy/.npz of uint8 (N, H, W, C) images",
         )
-    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in D._IMAGE_SUFFIXES)
+    images = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in D.IMAGE_SUFFIXES)
     if images:
         chosen = [images[i] for i in _evenly(len(images), n)]
         return calib_array(_read_image_files(chosen, spec), spec, n, f"images in '{path}'")
@@ -258,7 +260,7 @@ def calib_images(path_or_dir: str | Path, spec, n: int = 512) -> np.ndarray:
     raise TrtpruneError(
         f"calibration folder '{path}' holds "
         + (f"{len(found)} array files ({', '.join(p.name for p in found)})" if found else "no images"),
-        why="expected image files (.png, .jpg, .jpeg, .bmp, in subfolders too) or exactly one .npy/.npz of "
+        why=f"expected image files ({', '.join(D.IMAGE_SUFFIXES)}; in subfolders too) or exactly one .npy/.npz of "
         "uint8 (N, H, W, C) images",
         fix="put the calibration images there, or pass the one array file itself",
     )

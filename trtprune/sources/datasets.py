@@ -32,7 +32,8 @@ from trtprune.sources import fetch
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "test")
 _BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+# the image files every reader takes (data folders, calibration folders and lists): one list
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -119,13 +120,16 @@ def _read_image_folder(folder: Path):
     xs, ys = [], []
     for d in class_dirs:
         for f in sorted(d.iterdir()):
-            if f.suffix.lower() not in _IMAGE_SUFFIXES:
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             with Image.open(f) as im:
                 xs.append(np.asarray(im.convert("RGB")))
             ys.append(label_of[d.name])
     if not xs:
-        raise TrtpruneError(f"image folder '{folder}' has no images", why="expected <split>/<class>/*.png (or .jpg)")
+        raise TrtpruneError(
+            f"image folder '{folder}' has no images",
+            why=f"expected <split>/<class>/<image> with one of {', '.join(IMAGE_SUFFIXES)}",
+        )
     shapes = {x.shape for x in xs}
     if len(shapes) != 1:
         raise TrtpruneError(
@@ -182,7 +186,10 @@ def validate(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= len(CLASSES))):
         raise TrtpruneError(
             f"labels in '{source}' are not integers in 0..9",
-            why=f"found dtype {y.dtype}, range {y.min() if len(y) else '-'}..{y.max() if len(y) else '-'}",
+            why=f"found dtype {y.dtype}, range {y.min() if len(y) else '-'}..{y.max() if len(y) else '-'}; CIFAR-10's "
+            "files hold its 10 classes, labelled 0..9",
+            fix="for a dataset of other classes give an image folder (train/<class>/*.png, val/<class>/*.png) or your "
+            "own loaders (--data file.py:function)",
         )
     return x, y.astype(np.int64)
 

@@ -40,7 +40,7 @@ from trtprune.sources.userfile import user_function
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+IMAGE_SUFFIXES = D.IMAGE_SUFFIXES
 EVAL_CROP = 0.875  # evaluation: resize the shorter side to size / 0.875, then the centre crop (ImageNet practice)
 TRAIN_SCALE = (0.35, 1.0)  # training crops: this fraction of the image's area ...
 TRAIN_RATIO = (3 / 4, 4 / 3)  # ... at this aspect ratio, resized to the input size
@@ -71,6 +71,11 @@ class Images:
     def limit(self, n: int) -> Images:
         """The first ``n`` images (all of them for 0)."""
         return self.take(0, n) if n else self
+
+    def about_classes(self) -> tuple[str, str]:
+        """Where the number of classes comes from, and another way to fit a head to them (or ""), for messages about
+        a head that does not fit them."""
+        return "", ""
 
 
 class ArrayImages(Images):
@@ -120,20 +125,26 @@ def _eval_box(w: int, h: int, size: tuple[int, int]) -> tuple[int, int, int, int
 
 
 class _Decoded(torch.utils.data.Dataset):
-    """Files decoded to uint8 CHW tensors of ``size``; index ``(i, augment, seed)``."""
+    """Files decoded to uint8 CHW tensors of ``size`` with ``channels`` (3: RGB, 1: grey); index
+    ``(i, augment, seed)``; an item is ``(i, tensor, None)``, or ``(i, None, error)`` for a file that cannot be read."""
 
-    def __init__(self, files: Sequence[Path], size: tuple[int, int]):  # noqa: D107
-        self.files, self.size = files, size
+    def __init__(self, files: Sequence[Path], size: tuple[int, int], channels: int = 3):  # noqa: D107
+        self.files, self.size, self.channels = files, size, channels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, key):
+        try:
+            return key[0], self._decode(*key), None
+        except Exception as e:  # a damaged or non-image file: skipped by the caller, who names it
+            return key[0], None, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+
+    def _decode(self, i: int, augment: bool, seed: int) -> torch.Tensor:
         from PIL import Image
 
-        i, augment, seed = key
         with Image.open(self.files[i]) as im:
-            im = im.convert("RGB")
+            im = im.convert("RGB" if self.channels == 3 else "L")
             w, h = im.size
             th, tw = self.size
             gen = np.random.default_rng([seed, i]) if augment else None
@@ -147,15 +158,96 @@ class _Decoded(torch.utils.data.Dataset):
                 im = im.resize((tw, th), Image.BILINEAR, box=box)
             if augment and gen.random() < 0.5:
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
-            return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy())
+            a = np.asarray(im)
+            return torch.from_numpy((a[..., None] if a.ndim == 2 else a).transpose(2, 0, 1).copy())
+
+
+def _collate(items):
+    """A batch of decoded items: ``(indices, uint8 NCHW or None, [(index, error)] of the files skipped)``."""
+    good = [(i, x) for i, x, _ in items if x is not None]
+    bad = [(i, err) for i, x, err in items if x is None]
+    return [i for i, _ in good], torch.stack([x for _, x in good]) if good else None, bad
+
+
+MAX_NAMED = 5  # unreadable files named one by one (per process); beyond them, a count
+_named_bad: set[str] = set()
+
+
+def _warn_unreadable(file: Path, error: str) -> None:
+    if str(file) in _named_bad or len(_named_bad) > MAX_NAMED:
+        return
+    _named_bad.add(str(file))
+    if len(_named_bad) > MAX_NAMED:
+        log.warning("more unreadable images are skipped: their number is given at the end of each pass")
+    else:
+        log.warning("skipped an unreadable image '%s' (%s): remove or replace it", file, error)
 
 
 def _default_workers() -> int:
     return min(4, usable_cpus())
 
 
+_said: set[tuple[str, int, tuple[int, int]]] = set()
+
+
+def _say_resized(root: Path, first: Path, channels: int, size: tuple[int, int]) -> None:
+    """One line (per folder and shape, per process) when the folder's images are read at another size or with other
+    channels than they have: what they are (the first one's), what the model takes, and what is done."""
+    from PIL import Image
+
+    try:
+        with Image.open(first) as im:
+            (w, h), mode = im.size, im.mode
+    except Exception:  # a damaged first file: reading it later names it
+        return
+    th, tw = size
+    grey = mode in ("1", "L", "LA", "I", "I;16", "F")
+    changes = []
+    if (w, h) != (tw, th):
+        changes.append(
+            f"resized to {tw}x{th} (bilinear; evaluation takes the centre {EVAL_CROP:.1%} of the shorter side, "
+            "training random crops)"
+        )
+    if grey != (channels == 1):
+        changes.append("converted to grey" if channels == 1 else "converted to RGB")
+    key = (str(root), channels, size)
+    if changes and key not in _said:
+        _said.add(key)
+        log.info(
+            "images in '%s' are %dx%d %s (the first one), the model takes %dx%dx%d: %s; give --input-shape to read "
+            "them at another size",
+            root,
+            w,
+            h,
+            "grey" if grey else "colour",
+            channels,
+            th,
+            tw,
+            " and ".join(changes),
+        )
+
+
+def _classes_note(root: Path, classes: Sequence[str]) -> tuple[str, str]:
+    """How an image folder's classes are labelled, and how to relabel them, for a head that does not fit them."""
+    splits = [root / s for s in ("train", *SPLIT_FOLDERS["test"]) if (root / s).is_dir()]
+    found = sorted({d.name for s in splits for d in s.iterdir() if d.is_dir()} & set(classes))
+    names = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+    if list(classes) != list(D.CLASSES):
+        return f"the image folder '{root}' has {len(classes)} class folders ({names}), labelled in sorted order", ""
+    if len(found) == len(classes):
+        return "", ""  # CIFAR-10 as an image folder
+    labels = ", ".join(str(D.CLASSES.index(n)) for n in found[:6]) + (", ..." if len(found) > 6 else "")
+    return (
+        f"the image folder '{root}' has {len(found)} class folders ({names}), named as CIFAR-10's classes: they keep "
+        f"CIFAR-10's labels ({labels}) of its {len(classes)}",
+        f"rename the class folders to names that are not CIFAR-10's: they are then labelled 0..{len(found) - 1} in "
+        "sorted order",
+    )
+
+
 class FolderImages(Images):
-    """Image files with labels, decoded lazily to ``size`` (H, W) by ``workers`` processes (0: in this one)."""
+    """Image files with labels, decoded lazily to ``size`` (H, W) with ``channels`` (3 or 1) by ``workers`` processes
+    (0: in this one). Files that cannot be decoded are skipped with a warning naming them."""
 
     def __init__(
         self,
@@ -165,14 +257,28 @@ class FolderImages(Images):
         size: tuple[int, int],
         workers: int | None = None,
         name: str = "folder",
+        channels: int = 3,
+        note: tuple[str, str] = ("", ""),
     ):
         self.files, self.y, self.classes, self.size = list(files), np.asarray(labels, np.int64), list(classes), size
-        self.num_classes, self.name = len(self.classes), name
+        self.num_classes, self.name, self.channels, self.note = len(self.classes), name, channels, note
         self.workers = _default_workers() if workers is None else workers
 
+    def about_classes(self) -> tuple[str, str]:
+        return self.note
+
     @classmethod
-    def scan(cls, folder: Path, classes: Sequence[str], size: tuple[int, int], workers: int | None = None):
-        """Every image under ``folder/<class>/``; labels by position in ``classes``."""
+    def scan(cls, folder: Path, classes: Sequence[str], shape: tuple[int, ...], workers: int | None = None):
+        """Every image under ``folder/<class>/``; labels by position in ``classes``; read at ``shape`` (C, H, W) or
+        (H, W) (RGB)."""
+        channels, size = (shape[0], tuple(shape[1:])) if len(shape) == 3 else (3, tuple(shape))
+        if channels not in (1, 3):
+            raise TrtpruneError(
+                f"the model takes {channels}-channel images; the image folder '{folder.parent}' gives 3 (RGB) or "
+                "1 (grey)",
+                fix="give an input shape of 3 or 1 channels (--input-shape 3xHxW), or your own loaders for other "
+                "images (--data file.py:function)",
+            )
         index = {c: i for i, c in enumerate(classes)}
         files, labels = [], []
         for d in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -189,7 +295,11 @@ class FolderImages(Images):
         # in a fixed random order, not class by class: the first (or last) n images sample every class, as
         # CIFAR-10's own order does (importance scores, calibration and the proxy's held-out slice take them)
         order = np.random.default_rng(0).permutation(len(files))
-        return cls([files[i] for i in order], np.asarray(labels)[order], classes, size, workers, name=str(folder))
+        _say_resized(folder.parent, files[0], channels, size)
+        note = _classes_note(folder.parent, classes)
+        return cls(
+            [files[i] for i in order], np.asarray(labels)[order], classes, size, workers, str(folder), channels, note
+        )
 
     def __len__(self) -> int:
         return len(self.files)
@@ -200,30 +310,44 @@ class FolderImages(Images):
     def select(self, indices) -> FolderImages:
         indices = list(indices)
         return FolderImages(
-            [self.files[i] for i in indices], self.y[indices], self.classes, self.size, self.workers, self.name
+            [self.files[i] for i in indices],
+            self.y[indices],
+            self.classes,
+            self.size,
+            self.workers,
+            self.name,
+            self.channels,
+            self.note,
         )
 
     def batches(self, batch_size, mean, std, *, shuffle=False, augment=False, seed=0):
-        from PIL import UnidentifiedImageError
-
         gen = torch.Generator().manual_seed(seed)
         order = (torch.randperm(len(self), generator=gen) if shuffle else torch.arange(len(self))).tolist()
         keys = [[(i, augment, seed) for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
         loader = torch.utils.data.DataLoader(
-            _Decoded(self.files, self.size),
+            _Decoded(self.files, self.size, self.channels),
             batch_sampler=keys,
             num_workers=self.workers,
-            collate_fn=torch.stack,
+            collate_fn=_collate,
             persistent_workers=False,
         )
-        try:
-            for batch_keys, xb in zip(keys, loader):
-                yield D.normalize(xb, mean, std), torch.from_numpy(self.y[[k[0] for k in batch_keys]])
-        except (OSError, UnidentifiedImageError) as e:  # a worker re-raises the decoding error here
+        read, skipped = 0, []
+        for indices, xb, bad in loader:
+            for i, error in bad:
+                _warn_unreadable(self.files[i], error)
+            skipped += bad
+            if xb is not None:
+                read += len(indices)
+                yield D.normalize(xb, mean, std), torch.from_numpy(self.y[indices])
+        if skipped and not read:
+            i, error = skipped[0]
             raise TrtpruneError(
-                f"cannot read an image of '{self.name}': {e}",
-                fix="remove or replace the damaged file (every file under <class>/ must be an image)",
-            ) from e
+                f"no image of '{self.name}' can be read: '{self.files[i]}': {error}",
+                why=f"all {len(skipped)} files read are damaged or not images",
+                fix="point --data at a folder of images (train/<class>/*.png, val/<class>/*.png)",
+            )
+        if len(skipped) > MAX_NAMED:
+            log.warning("skipped %d unreadable images of '%s' in this pass", len(skipped), self.name)
 
 
 class LoaderImages(Images):
@@ -236,9 +360,10 @@ class LoaderImages(Images):
         num_classes: int | None = None,
         start: int = 0,
         stop: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
         _read: dict | None = None,
     ):
-        self.loader, self.start, self.stop = loader, start, stop
+        self.loader, self.start, self.stop, self.input_shape = loader, start, stop, input_shape
         self._read = {"batches": False} if _read is None else _read  # shared with its parts: has it given a batch?
         dataset = getattr(loader, "dataset", None)
         classes = getattr(dataset, "classes", None)
@@ -261,7 +386,7 @@ class LoaderImages(Images):
         b = None if stop is None else self.start + stop
         if self.stop is not None:
             b = self.stop if b is None else min(b, self.stop)
-        return LoaderImages(self.loader, self.num_classes, a, b, self._read)
+        return LoaderImages(self.loader, self.num_classes, a, b, self.input_shape, self._read)
 
     def batches(self, batch_size, mean, std, *, shuffle=False, augment=False, seed=0):
         seen, read_before = 0, self._read["batches"]
@@ -276,6 +401,7 @@ class LoaderImages(Images):
             xb, yb = torch.as_tensor(batch[0]), _targets(batch[1])
             if seen == 0:
                 _check_loader_inputs(xb, self.name)
+                self._check_shape(xb)
             n = len(xb)
             lo, hi = max(self.start - seen, 0), n if self.stop is None else min(n, self.stop - seen)
             seen += n
@@ -294,6 +420,19 @@ class LoaderImages(Images):
                 "epoch): a loader that can be read only once (a generator, an iterator) is empty after its first pass",
                 fix="give a DataLoader, a list of batches, or any iterable whose iter() starts over",
             )
+
+    def _check_shape(self, xb: torch.Tensor) -> None:
+        """Images (N, C, H, W) of another shape than the model's: the model would run at a size it is not measured,
+        pruned and exported at (or fail)."""
+        if self.input_shape is None or xb.dim() != 4 or tuple(xb.shape[1:]) == tuple(self.input_shape):
+            return
+        found, want = "x".join(map(str, xb.shape[1:])), "x".join(map(str, self.input_shape))
+        raise TrtpruneError(
+            f"the loader's images are {found} (C x H x W), but the model takes {want}",
+            why="trtprune measures, prunes and exports the model at its input shape: it must see images of that shape",
+            fix=f"give --input-shape {found} if the model takes them (API: input_shape=), or make the loader yield "
+            f"{want} images",
+        )
 
 
 def _check_loader_inputs(xb: torch.Tensor, name: str) -> None:
@@ -481,26 +620,100 @@ def is_loaders_spec(data: str | os.PathLike | None) -> bool:
 
 
 def open_images(
-    data: str | os.PathLike | None, split: str, input_shape: tuple[int, int, int] = (3, 32, 32), limit: int = 0
+    data: str | os.PathLike | None,
+    split: str,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+    limit: int = 0,
+    *,
+    check: bool = True,
 ) -> Images:
     """The ``split`` ("train" or "test") of the dataset named by ``data``: a ``file.py:loaders`` function, an
     image folder (``train/``, ``val/`` or ``test/``), or CIFAR-10 in any of its forms (see datasets); None
     means TRTPRUNE_DATA or the user cache. Image-folder images are read at ``input_shape``'s H x W. Data already
-    opened is taken as it is: :class:`Images`, or a ``(train, val)`` pair of loaders (a task's)."""
+    opened is taken as it is: :class:`Images`, or a ``(train, val)`` pair of loaders (a task's). Arrays of another
+    shape are an error (:func:`check_arrays`) unless ``check`` is False (the caller checks them: an ONNX file's
+    evaluation names the file)."""
     if split not in D.SPLITS:
         raise TrtpruneError(f"unknown split '{split}'", fix="use 'train' or 'test'")
     if isinstance(data, Images):  # already opened (the Python API's data, a task's loader)
         return data.limit(limit)
     if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], np.ndarray):
-        return as_images(data[0] if split == "train" else data[1]).limit(limit)  # (train, val) loaders
+        images = as_images(data[0] if split == "train" else data[1])  # (train, val) loaders
+        if isinstance(images, LoaderImages):
+            images.input_shape = tuple(input_shape)
+        return images.limit(limit)
     if is_loaders_spec(data):
         train, val = user_loaders(str(data))
-        return LoaderImages(train if split == "train" else val).limit(limit)
+        return LoaderImages(train if split == "train" else val, input_shape=tuple(input_shape)).limit(limit)
     root, may_download = fetch.data_root(data)
     folders = image_folder(root)
     if folders is not None:
         classes = folder_classes(*folders)
         folder = folders[0] if split == "train" else folders[1]
-        return FolderImages.scan(folder, classes, tuple(input_shape[1:])).limit(limit)
+        return FolderImages.scan(folder, classes, tuple(input_shape)).limit(limit)
+    _check_layout(root, split)
+    source = D.find_cifar10(root, split)
     x, y = D.load_cifar10(D.ensure_cifar10(root, may_download), split)
-    return ArrayImages(x, y, len(D.CLASSES), name=f"CIFAR-10 {split}").limit(limit)
+    name = f"CIFAR-10 {split}"
+    if check:
+        check_arrays(x, input_shape, f"the {name} images in '{source or root}'")
+    return ArrayImages(x, y, len(D.CLASSES), name=name).limit(limit)
+
+
+def check_images(data, split: str, input_shape: tuple[int, int, int]) -> None:
+    """That the dataset named by ``data`` opens and fits ``input_shape``, before a long command starts: the checks
+    of :func:`open_images` (a user's loaders are only checked when they are read; a dataset still to be downloaded,
+    when it is)."""
+    if data is not None and not (isinstance(data, (str, os.PathLike)) and not is_loaders_spec(data)):
+        return
+    root, may_download = fetch.data_root(data)
+    if may_download and image_folder(root) is None and D.find_cifar10(root, split) is None:
+        return
+    open_images(data, split, input_shape, limit=1)
+
+
+def check_arrays(x: np.ndarray, input_shape: tuple[int, int, int], source: str) -> None:
+    """Arrays of images (N, H, W, C) are read as they are: not resized, nor converted to other channels. Images of
+    another shape than the model takes are an error: the model would be evaluated and trained at a size (or on
+    channels) other than the one it is measured, pruned and exported at."""
+    c, h, w = input_shape
+    ih, iw, ic = x.shape[1:]
+    if (ic, ih, iw) == (c, h, w):
+        return
+    raise TrtpruneError(
+        f"{source} are {ic}x{ih}x{iw} (C x H x W), but the model takes {c}x{h}x{w}",
+        why="trtprune reads CIFAR-10's arrays as they are (it does not resize them or change their channels), and "
+        "measures, prunes and exports the model at its input shape",
+        fix=f"give --input-shape {ic}x{ih}x{iw} if the model takes these images (an ONNX file: export it at that "
+        "shape); for {c}x{h}x{w} give an image "
+        "folder (--data with train/<class>/ and val/<class>/, read at the input shape) or your own loaders "
+        "(--data file.py:function)",
+    )
+
+
+def _check_layout(root: Path, split: str) -> None:
+    """A folder that looks like an image folder but is not a whole one (no val/, no class folders): say what the
+    layout is and what was found, rather than that CIFAR-10 is missing."""
+    if not root.is_dir() or D.find_cifar10(root, split) is not None:
+        return
+    train, tests = root / "train", [root / s for s in SPLIT_FOLDERS["test"]]
+    if not (train.is_dir() or any(t.is_dir() for t in tests)):
+        return
+    found = []
+    for d in (train, *tests):
+        if d.is_dir():
+            classes = [p for p in d.iterdir() if p.is_dir()]
+            loose = [p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            found.append(
+                f"{d.name}/ with {len(classes)} class folder(s)"
+                + (f" and {len(loose)} loose image(s)" if loose else "")
+            )
+    missing = [] if train.is_dir() else ["train/"]
+    missing += [] if any(t.is_dir() for t in tests) else ["val/"]
+    raise TrtpruneError(
+        f"'{root}' is not a whole image folder: it has {', '.join(found)}"
+        + (f"; no {' or '.join(missing)}" if missing else ""),
+        why="an image-folder dataset holds train/<class>/<image> and val/<class>/<image> (or test/<class>/): one "
+        "folder per class in each split, the images inside them",
+        fix="move the images into one folder per class under train/ and under val/ (a few of each class in val/)",
+    )

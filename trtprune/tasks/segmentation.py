@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from trtprune.errors import TrtpruneError
 from trtprune.log import progress
 from trtprune.metrics import model_device
-from trtprune.outputs import first_outputs, to_device
+from trtprune.outputs import run_on, to_device
 from trtprune.sources.images import as_images
 from trtprune.tasks.base import Task, kl_distillation
 from trtprune.tasks.classification import logits_of
@@ -84,7 +84,7 @@ class Segmentation(Task):
         with torch.no_grad():
             for xb, yb in progress(images.batches(batch_size, mean, std), desc="mIoU", unit="batch"):
                 xb = xb.to(device)
-                scores = _scores(first_outputs(model, xb) if matrix is None else model(xb)).float().cpu()
+                scores = _scores(run_on(model, xb, first=matrix is None)).float().cpu()
                 if matrix is None:
                     self.check(scores, yb, images)
                     matrix = torch.zeros(scores.shape[1], scores.shape[1], dtype=torch.long)

@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trtprune.config import FinetuneConfig
 from trtprune.errors import TrtpruneError
 from trtprune.log import progress
-from trtprune.outputs import count, first_outputs, output_leaves, to_device, to_float
+from trtprune.outputs import count, output_leaves, run_on, to_device, to_float
 from trtprune.sources.images import as_images
 from trtprune.sources.weights import load_state, read_checkpoint, save_pruned
 from trtprune.tasks import Classification, Task
@@ -172,7 +172,7 @@ def _check_head(model, train, mean, std, device, task: Task) -> None:
     xb, yb = first
     was = model.training
     with torch.no_grad():
-        out = first_outputs(model.eval(), xb.to(device))
+        out = run_on(model.eval(), xb.to(device), first=True)
     model.train(was)
     task.check(out, to_device(yb, device), train)
 

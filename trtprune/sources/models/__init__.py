@@ -102,6 +102,7 @@ def model_spec(
         if value is not None:
             changes[key] = parse_floats(value, key) if isinstance(value, str) else tuple(map(float, value))
     spec = dataclasses.replace(spec, **changes) if changes else spec
+    _check_units(spec.mean, spec.std)
     channels = spec.input_shape[0]
     if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels) or min(spec.std) <= 0:
         raise TrtpruneError(
@@ -109,6 +110,33 @@ def model_spec(
             fix=f"give one value per channel ({channels}) to --mean and --std, std above 0",
         )
     return spec
+
+
+_warned_std: set[tuple[float, ...]] = set()
+
+
+def _check_units(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """trtprune scales pixels to 0..1 before it normalises them: a mean or std above 1 is in 0..255 units, and would
+    feed the model near-constant inputs (a silently wrong accuracy). A mean above 1 cannot be right: an error; a std
+    above 1 alone is unusual but possible: a warning, once."""
+    if max(mean) <= 1:
+        if max(std) > 1 and std not in _warned_std:
+            _warned_std.add(std)
+            log.warning(
+                "normalisation std %s is above 1: trtprune scales pixels to 0..1 first, so this squeezes every input "
+                "towards the mean; if it is in 0..255 pixel units, divide it by 255",
+                ", ".join(f"{v:g}" for v in std),
+            )
+        return
+    scaled = [", ".join(f"{v / 255:.4g}" for v in values) for values in (mean, std)]
+    raise TrtpruneError(
+        f"normalisation mean {', '.join(f'{v:g}' for v in mean)} / std {', '.join(f'{v:g}' for v in std)} is in "
+        "0..255 pixel units",
+        why="trtprune scales pixels to 0..1 before subtracting the mean and dividing by the std, so both are in 0..1 "
+        "units (a mean above 1 cannot be the mean of any image)",
+        fix=f"divide them by 255: --mean {scaled[0].replace(' ', '')} --std {scaled[1].replace(' ', '')} (API: "
+        "mean=, std=); the result is the same normalisation",
+    )
 
 
 def _named(name: str) -> ModelSpec:
