@@ -148,12 +148,14 @@ def cut(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("name", ["pruned.onnx", "model.pt", "plan.json", "baseline.onnx"])
+@pytest.mark.parametrize("name", ["pruned.onnx", "model.pt", "plan.json", "baseline.onnx", "finetune.pt"])
 def test_a_resumed_run_makes_a_damaged_stage_file_again(copy, capsys, caplog, tiny_data, name):
     from trtprune.deploy.export import read_onnx
 
     run = copy / "runs" / "resnet20-fake-test"
     cut(run / name)
+    if name == "finetune.pt":  # the per-epoch checkpoint, read when fine-tuning resumes (stopped before model.pt)
+        (run / "model.pt").unlink()
     caplog.set_level("INFO")
     code, _, err = cli(capsys, *run_argv(tiny_data, copy))
     assert code == 0, err
