@@ -79,9 +79,11 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 
 def refuse_overwrite(outputs, inputs) -> None:
-    """Refuse, before any work, a command whose output is one of its inputs: ``outputs`` and ``inputs`` are
-    ``(option, path)`` pairs (None paths are skipped)."""
+    """Refuse, before any work, a command whose output is one of its inputs or a folder: ``outputs`` and ``inputs``
+    are ``(option, path)`` pairs (None paths are skipped)."""
     for out_label, out in outputs:
+        if out and Path(out).is_dir():  # atomic_path says the same, but only once the work is done
+            raise TrtpruneError(f"cannot write '{out}': it is a folder", fix=f"give {out_label} a file name")
         for in_label, given in inputs:
             if out and given and same_file(out, given):
                 raise TrtpruneError(

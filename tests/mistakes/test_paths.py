@@ -253,3 +253,20 @@ def test_trtprune_data_naming_a_python_file_says_it_takes_a_folder(files, capsys
     err = user_error(capsys, "eval", *R20, "--limit", "8",
                      message="data 'loaders.py' (from TRTPRUNE_DATA) is a Python file without ':function'")  # fmt: skip
     assert "--data loaders.py:loaders" in err and "TRTPRUNE_DATA names a dataset folder" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["measure", "m.onnx", "--json-file", "dir"], ["prune", *R20, "--importance", "l1", "-o", "dir"],
+     ["search", *R20, "--budget", "0.5x", "--importance", "l1", "-o", "dir"]],
+)  # fmt: skip
+def test_an_output_that_is_a_folder_is_refused_before_any_work(files, capsys, monkeypatch, tiny_data, argv):
+    from trtprune import commands
+
+    def work(*args, **kwargs):
+        raise AssertionError("work started before the output was checked")
+
+    for name in ("load_model", "get_backend", "resolve_weights"):  # loading the model or timing is work
+        monkeypatch.setattr(commands, name, work)
+    user_error(capsys, *argv, "--data", tiny_data, message="cannot write 'dir': it is a folder", roots=[files])
+    assert list(Path("dir").iterdir()) == []
