@@ -459,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     status = 0
     try:
+        C.check_outputs(args)  # before the log file is opened: --log-file may not be an input either
         logsetup.setup(args.verbose, args.quiet, args.log_file)
         scope = contextlib.nullcontext()
         if getattr(args, "unsafe_pickle", False):

@@ -16,7 +16,7 @@ from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.onnx_module import OnnxModule, structure_of
 from trtprune.deploy.quantize import calibration, qdq_from_onnx, qdq_summary
 from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
-from trtprune.fsutil import write_json, write_text
+from trtprune.fsutil import refuse_overwrite, same_file, write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, all_devices, get_device
 from trtprune.latency.trt_onnx import has_qdq
@@ -33,7 +33,7 @@ from trtprune.provenance import provenance
 from trtprune.pruning.importance import IMPORTANCE
 from trtprune.pruning.prune import GroupPruner, check_round_to, uniform_plan_of
 from trtprune.report import stage_report
-from trtprune.run import Run, RunConfig, read_config, run_all, run_name
+from trtprune.run import Run, RunConfig, check_finished, read_config, run_all, run_name
 from trtprune.searching import SEARCHERS, Budget, Plan, runner
 from trtprune.searching.runner import prune_with_data
 from trtprune.sources import fetch
@@ -81,6 +81,40 @@ def _ft_config(a):
         recalibrate=a.recalibrate,
         warmup=a.warmup,
     )
+
+
+def _py_file(spec) -> str | None:
+    """The Python file of ``file.py:name`` (--model, --task, --data), else None."""
+    file, sep, _ = str(spec or "").rpartition(":")
+    return file if sep and file.endswith(".py") else None
+
+
+def _inputs(a) -> list[tuple[str, str | None]]:
+    """The files a command reads, as (option, path) pairs."""
+    onnx = getattr(a, "onnx", None)
+    found = [(f"--{k}", getattr(a, k, None)) for k in ("weights", "teacher", "plan", "calib", "lut")]
+    onnx = [onnx] if isinstance(onnx, str) else onnx or []
+    found += [("--onnx" if a.command == "eval" else "input", p) for p in onnx]
+    return found + [(f"--{k}'s file", _py_file(getattr(a, k, None))) for k in ("model", "task", "data")]
+
+
+def _outputs(a) -> list[tuple[str, str | Path | None]]:
+    """The files a command writes, as (option, path) pairs: -o, --json-file and --log-file; prune's plan beside
+    its checkpoint; a run's files and its engine."""
+    found = [("-o", getattr(a, "output", None)), ("--json-file", getattr(a, "json_file", None))]
+    found.append(("--log-file", a.log_file))
+    if a.command == "prune" and a.output and not a.plan:
+        found.append(("the plan written beside -o", Path(a.output).with_suffix(".plan.json")))
+    if a.command == "run":
+        name = run_name(a.name, a.model, a.device)
+        found += [(f"the run's {f}", Path(a.runs_dir) / name / f) for f in Run.FILES]
+        found += [("the run's engine", Path(a.engines_dir) / f"{name}{s}") for s in (".onnx", ".plan")]
+    return found
+
+
+def check_outputs(a) -> None:
+    """Before any work: no output of the command is one of its inputs (prune -o w.th --weights w.th)."""
+    refuse_overwrite(_outputs(a), _inputs(a))
 
 
 def cmd_list(a) -> dict:
@@ -164,8 +198,22 @@ def cmd_quantize(a) -> dict:
     return {"onnx": str(out), "target": a.target, "method": a.method, "calibration_images": len(calib), **s}
 
 
+def _once(paths: list[str]) -> None:
+    """Each ONNX file once: the figures are keyed by file, so a file given twice would print a row the JSON lacks."""
+    for i, path in enumerate(paths):
+        twice = next((p for p in paths[:i] if same_file(p, path)), None)
+        if twice is not None:
+            raise TrtpruneError(
+                f"'{path}' is given twice" + (f" (also as '{twice}')" if twice != path else ""),
+                why="each model is timed once in the interleaved run and its figures are keyed by its file; a file "
+                "given twice would be two rows of one model, and one of them missing from the JSON",
+                fix="give each ONNX file once (a copy under another name is timed as a model of its own)",
+            )
+
+
 def cmd_measure(a) -> dict:
 
+    _once(a.onnx)
     device = get_device(a.device)
     for m in a.onnx:
         proto = read_onnx(m)
@@ -454,11 +502,7 @@ def cmd_report(a) -> dict:
         raise TrtpruneError(f"'{a.run_dir}' is not a run directory (no config.json)", fix="give runs/<name> of a run")
     cfg = RunConfig.from_dict(read_config(path), str(path))
     with Run(a.run_dir, cfg, a.data, a.engines_dir) as run:
-        for name in ("baseline.onnx", "model.pt", "pruned.onnx"):
-            if not run.path(name).is_file():
-                raise TrtpruneError(
-                    f"the run has no {name} yet", fix=f"finish it: trtprune run ... --name {run.dir.name}"
-                )
+        check_finished(run)
         report = stage_report(run)
     print(f"wrote {run.path('report.md')} and {run.path('report.json')}")
     return {**report, "exit_status": verdict(report, a.max_top1_drop)}

@@ -68,6 +68,37 @@ def atomic_path(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: the same file on disk (through links, '..' or './'), or, where one does
+    not exist yet, the same path once resolved."""
+    a, b = Path(a).expanduser(), Path(b).expanduser()
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwrite(outputs, inputs) -> None:
+    """Refuse, before any work, a command whose output is one of its inputs or a folder: ``outputs`` and ``inputs``
+    are ``(option, path)`` pairs (None paths are skipped)."""
+    for out_label, out in outputs:
+        if out and Path(out).is_dir():  # atomic_path says the same, but only once the work is done
+            raise TrtpruneError(f"cannot write '{out}': it is a folder", fix=f"give {out_label} a file name")
+        for in_label, given in inputs:
+            if out and given and same_file(out, given):
+                raise TrtpruneError(
+                    f"{out_label} '{out}' is the same file as {in_label} '{given}'",
+                    why="the command would write over a file it reads: the input would be lost (a dense checkpoint "
+                    "replaced by the pruned one, a model by its export)",
+                    fix=f"give {out_label} another path; the input is then kept as it is",
+                )
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` is one path component that stays where it is put: no separator, no '..', not '.'."""
+    return bool(name) and ".." not in name and name != "." and not any(c in name for c in ("/", "\\", os.sep, "\0"))
+
+
 def folder_writable(folder: str | os.PathLike) -> bool:
     """Whether a file can be created in ``folder`` (tried, not guessed from permission bits: root, read-only mounts)."""
     try:

@@ -12,16 +12,15 @@ import fcntl
 import functools
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
 
 from trtprune.config import RunConfig, parse_ranked
-from trtprune.deploy.export import onnx_from_torch
+from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.quantize import calibration, qdq_from_onnx
 from trtprune.errors import TrtpruneError
-from trtprune.fsutil import atomic_path, write_json
+from trtprune.fsutil import atomic_path, is_plain_name, write_json
 from trtprune.latency import get_backend
 from trtprune.latency.devices import get_device
 from trtprune.pruning.prune import GroupPruner, uniform_plan_of
@@ -43,7 +42,7 @@ def run_name(name: str | None, model: str, device: str) -> str:
     factory ``f.py:a`` gives ``f.a``, so two factories of one file get two runs). A name is one path component."""
     if name is None:
         return f"{model_spec(model).name}-{device}"
-    if not name or ".." in name or name == "." or any(c in name for c in ("/", "\\", os.sep, "\0")):
+    if not is_plain_name(name):
         raise TrtpruneError(
             f"run name '{name}' is not a plain name",
             why="the run goes to <runs-dir>/<name> and its engine to <engines-dir>/<name>.<onnx|plan>: a name with "
@@ -180,14 +179,95 @@ class Run:
         return self.engines_dir / f"{self.dir.name}{self.device.engine_suffix}"
 
 
+# What each file of a run is made from, in order: a damaged file is made again, and so is every file after it.
+CHAINS = (
+    ("baseline.onnx", "baseline.int8.onnx"),
+    ("plan.json", "pruned.pt", "finetune.pt", "model.pt", "pruned.onnx", "pruned.int8.onnx"),
+)
+
+
+def damaged(path: Path) -> str | None:
+    """Why a file a run wrote cannot be read back (cut short, emptied, edited since), or None when it can: ONNX
+    models are loaded and checked, checkpoints loaded, plans read; other files must not be empty."""
+    try:
+        if path.stat().st_size == 0:
+            return f"'{path}' is empty"
+        if path.suffix == ".onnx":
+            read_onnx(path)
+        elif path.suffix == ".pt":
+            read_checkpoint(path)
+        elif path.name == "plan.json":
+            Plan.load(path)
+    except TrtpruneError as e:
+        return e.what
+    return None
+
+
+def _made_from(name: str) -> tuple[str, ...]:
+    return next((chain[chain.index(name) + 1 :] for chain in CHAINS if name in chain), ())
+
+
+def reusable(run: Run, name: str, label: str) -> bool:
+    """Whether the run's file ``name`` is there to reuse. One that does not read back is removed, with the files
+    made from it, and a warning: the stage makes it again, so a damaged run resumes instead of delivering it."""
+    path = run.path(name)
+    if not path.exists():
+        return False
+    why = damaged(path)
+    if why is None:
+        return True
+    later = [n for n in _made_from(name) if run.path(n).exists()]
+    log.warning("%-9s | %s: making it again%s", label, why, f" (and {', '.join(later)})" if later else "")
+    for n in (name, *later):
+        run.path(n).unlink(missing_ok=True)
+    return False
+
+
+def rerun_command(run: Run) -> str:
+    """How to go on with the run in the messages: ``trtprune run ... --name <run>`` (and its --runs-dir)."""
+    where = "" if run.dir.parent == Path("runs") else f" --runs-dir {run.dir.parent}"
+    return f"trtprune run ...{where} --name {run.dir.name}"
+
+
+def check_finished(run: Run) -> None:
+    """Before the report times anything: the files of every stage are there and read back, and so does the
+    engine the report names."""
+    rerun = rerun_command(run)
+    for name in ("baseline.onnx", "plan.json", "model.pt", "pruned.onnx"):
+        path = run.path(name)
+        if not path.is_file():
+            raise TrtpruneError(
+                f"the run has no {name} yet",
+                why=f"the report reads the files a finished run leaves in '{run.dir}': baseline.onnx, plan.json, "
+                "model.pt and pruned.onnx; the run stopped before it wrote this one, or it was deleted",
+                fix=f"finish it: {rerun} (with the run's settings)",
+            )
+        why = damaged(path)
+        if why is not None:
+            raise TrtpruneError(
+                f"the run's {name} is damaged: {why}",
+                why="it was cut short or changed after the run wrote it",
+                fix=f"{rerun} with the run's settings: it makes {name} again (and what is made from it) and reports",
+            )
+    engine = run.engine_path
+    if not engine.is_file() or damaged(engine) is not None:
+        state = "does not exist" if not engine.is_file() else "is damaged"
+        raise TrtpruneError(
+            f"engine '{engine}' {state}",
+            why=f"the report names the run's deployable model, {engine.name} in --engines-dir '{run.engines_dir}'",
+            fix=f"give --engines-dir the folder the run delivered to (default: engines), or deliver it again: {rerun}",
+        )
+
+
 def stage(label: str, output: str):
-    """A pipeline stage that writes ``run.path(output)``: skipped when that file exists, timed otherwise."""
+    """A pipeline stage that writes ``run.path(output)``: skipped when that file exists and reads back, timed
+    otherwise (a damaged output is made again: :func:`reusable`)."""
 
     def wrap(fn):
         @functools.wraps(fn)
         def run_stage(run: Run) -> None:
             out = run.path(output)
-            if out.exists():
+            if reusable(run, output, label):
                 log.info("%-9s | done already: %s", label, out)
                 return
             t0 = time.perf_counter()
@@ -260,6 +340,7 @@ def stage_finetune(run: Run, out: Path) -> None:
     model, spec = load_model(run.spec, run.path("pruned.pt"))
     history = read_checkpoint(run.path("pruned.pt"))["history"]
     cfg = run.cfg.finetune
+    reusable(run, "finetune.pt", "finetune")  # a damaged per-epoch checkpoint: fine-tune from the start
     teacher = _load_base(run)[0] if cfg.distill > 0 else None
     train = open_images(run.data, "train", spec.input_shape)
     test = open_images(run.data, "test", spec.input_shape, run.cfg.eval_limit)
@@ -299,7 +380,7 @@ def device_onnx(run: Run, role: str) -> Path:
     if form is None:
         return src
     out = run.path(f"{role}.int8.onnx")
-    if not out.is_file() or out.stat().st_mtime < src.stat().st_mtime:
+    if not reusable(run, out.name, "calibrate") or out.stat().st_mtime < src.stat().st_mtime:
         calib = calibration(run.cfg.calib, run.data, run.spec, run.cfg.calib_images)
         qdq_from_onnx(src, out, calib, target=form)
     return out

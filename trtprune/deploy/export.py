@@ -345,11 +345,23 @@ def _check_input_type(inp, path: Path) -> None:
     )
 
 
+def _onnx_inside(folder: Path) -> str:
+    """``: it holds a.onnx, b.onnx`` for the message about a folder given as an ONNX file (the first few)."""
+    found = sorted(p.name for p in folder.glob("*.onnx"))
+    return f": it holds {', '.join(found[:4])}{', ...' if len(found) > 4 else ''}" if found else ""
+
+
 def read_onnx(path: str | Path):
     """Load and check an ONNX file given by the user; clear errors for missing, corrupt or dynamic."""
     import onnx
 
     path = Path(path)
+    if path.is_dir():
+        raise TrtpruneError(
+            f"ONNX file '{path}' is a folder",
+            why="an ONNX model is one .onnx file (e.g. runs/<name>/pruned.onnx, or one written by trtprune export)",
+            fix=f"give the .onnx file itself{_onnx_inside(path)}",
+        )
     if not path.is_file():
         raise TrtpruneError(f"ONNX file '{path}' does not exist", fix="check the path, or run 'trtprune export' first")
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
+from trtprune.fsutil import is_plain_name
 from trtprune.latency import BACKENDS
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
@@ -179,6 +180,13 @@ def load_devices(path: str | Path) -> dict[str, Device]:
     out = {}
     for name, table in doc.get("devices", {}).items():
         where = f"device '{name}' in '{path}'"
+        if not is_plain_name(name):
+            raise TrtpruneError(
+                f"{where} is not a plain name",
+                why="runs, engines and profiles are named after the device (runs/<model>-<device>, "
+                "engines/<model>-<device>.onnx): a name with a path separator or '..' would write outside them",
+                fix="rename its table without '/', '\\' or '..', e.g. [devices.lab-orin]",
+            )
         if not isinstance(table, dict):
             raise TrtpruneError(f"{where} is not a table", fix=f"write it as [devices.{name}]")
         unknown = set(table) - set(_FIELDS) - {"name"}

@@ -38,6 +38,16 @@ def default_path() -> Path:
     return cache_dir() / "lut.sqlite"
 
 
+def check_lut_path(path: str | Path | None) -> None:
+    """A --lut that is a folder, refused before any work (the table is opened only once the search times layers)."""
+    if path and Path(path).is_dir():
+        raise TrtpruneError(
+            f"the latency table '{path}' is a folder",
+            why="the table is one SQLite file (default: lut.sqlite in the user cache)",
+            fix="pass a file path with --lut, e.g. " + str(Path(path) / "lut.sqlite"),
+        )
+
+
 class LUT:
     """``with LUT(path) as lut: lut.get(key, sig, cin, cout)``. Keys and signatures are strings."""
 
@@ -54,8 +64,7 @@ class LUT:
                 f"cannot create the latency table '{self.path}': {e.strerror or e}",
                 fix="pass a --lut path whose folder can be created",
             ) from e
-        if self.path.is_dir():
-            raise TrtpruneError(f"the latency table '{self.path}' is a folder", fix="pass a file path with --lut")
+        check_lut_path(self.path)
         try:
             # one connection may serve several threads as long as they take turns (the profiler holds a lock)
             self.db = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None, check_same_thread=False)

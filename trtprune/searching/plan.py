@@ -116,6 +116,13 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
+        if path.is_dir():
+            raise TrtpruneError(
+                f"plan '{path}' is a folder",
+                why="a plan is one .json file, written by trtprune search (-o) or beside the checkpoint of trtprune "
+                "prune (<checkpoint>.plan.json), or a run's plan.json",
+                fix="give the plan file itself, e.g. runs/<name>/plan.json",
+            )
         if not path.is_file():
             raise TrtpruneError(f"plan '{path}' does not exist", fix="make one with trtprune search")
         try:

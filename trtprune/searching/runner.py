@@ -15,7 +15,7 @@ from torch import nn
 from trtprune.deploy.export import onnx_from_torch
 from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
-from trtprune.profiling.lut import LUT
+from trtprune.profiling.lut import LUT, check_lut_path
 from trtprune.profiling.predict import Predictor, device_form, export_timed
 from trtprune.pruning.blocks import remove_blocks
 from trtprune.pruning.importance import needs_data
@@ -102,6 +102,7 @@ def search(
     metric of the accuracy proxy. ``module``: a live model to search (the API's), described by ``model_name`` (then
     a ModelSpec) instead of loaded; ``proxy=False``: no training images to score plans by (lap ranks by importance)."""
     get_searcher(method, **_options(method, round_to))  # an unknown method fails before any work
+    check_lut_path(lut_path)
     t0 = time.perf_counter()
     model, spec = (module, model_name) if module is not None else load_model(model_name, weights)
     vs_fp32 = None

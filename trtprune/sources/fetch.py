@@ -87,6 +87,14 @@ def data_root(data: str | os.PathLike | None = None) -> tuple[Path, bool]:
     if given:
         root = Path(given).expanduser()
         source = "--data" if data else "TRTPRUNE_DATA"
+        if root.suffix == ".py" and not root.is_dir():
+            raise TrtpruneError(
+                f"data '{given}' (from {source}) is a Python file without ':function'",
+                why="a loaders file is given as --data path/file.py:function, the function returning "
+                "(train_loader, val_loader); without ':' it is read as a dataset folder",
+                fix=f"name the function after ':', e.g. --data {given}:loaders"
+                + ("" if data else f"; TRTPRUNE_DATA names a dataset folder ({LAYOUT_HELP})"),
+            )
         if root.exists() and not root.is_dir():
             raise TrtpruneError(
                 f"data folder '{root}' (from {source}) is a file, not a folder",

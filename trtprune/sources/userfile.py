@@ -9,15 +9,23 @@ from pathlib import Path
 from trtprune.errors import TrtpruneError
 
 
+def check_user_file(file: str, noun: str) -> Path:
+    """The path of the user's Python file ``file`` (before ':'), which must be a file."""
+    path = Path(file)
+    if path.is_dir():
+        raise TrtpruneError(f"{noun} '{file}' is a folder", fix="give the Python file itself before ':'")
+    if not path.is_file():
+        raise TrtpruneError(f"{noun} '{file}' does not exist", fix="check the path before ':'")
+    return path
+
+
 def user_function(file: str, fn: str, prefix: str, noun: str, role: str, need_callable: bool = True):
     """``fn`` of the Python file ``file``, imported as module ``<prefix>_<stem>`` (kept in sys.modules so that
     torch, pickle and DataLoader workers find the classes it defines). The file sees ``sys.argv`` = its own
     path, and a ``sys.exit()`` or an error at its top level is a TrtpruneError, not the end of trtprune.
     ``noun`` names the file and ``role`` the function in the messages ("model file", "the factory that returns
     the nn.Module")."""
-    path = Path(file)
-    if not path.is_file():
-        raise TrtpruneError(f"{noun} '{file}' does not exist", fix="check the path before ':'")
+    path = check_user_file(file, noun)
     name = f"trtprune_{prefix}_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

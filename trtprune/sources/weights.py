@@ -25,6 +25,7 @@ from trtprune.pruning.prune import replay
 from trtprune.sources import fetch
 from trtprune.sources.images import is_loaders_spec
 from trtprune.sources.models import build_model, model_argument, model_spec
+from trtprune.sources.userfile import check_user_file
 
 log = logging.getLogger(__name__)
 
@@ -197,8 +198,8 @@ def resolve_weights(model_name: str, weights: str | None, data: str | None) -> P
         return Path(weights)
     spec = model_spec(model_name)
     file = spec.factory_path.rsplit(":", 1)[0]
-    if file.endswith(".py") and not Path(file).is_file():  # say that first, not that it has no weights
-        raise TrtpruneError(f"model file '{file}' does not exist", fix="check the path before ':'")
+    if file.endswith(".py"):  # say that first, not that it has no weights
+        check_user_file(file, "model file")
     if spec.pretrained is None:
         raise TrtpruneError(
             f"model '{model_name}' has no published weights",

@@ -45,6 +45,12 @@ def is_task_file(text: str) -> bool:
 def task_from_file(spec: str) -> Task:
     """``file.py:name``: a Task, or an object (a class instance, a module-level namespace, a dict) holding
     ``loss``, ``metric`` (and optionally ``metric_name``, ``distill``, ``loaders``, ``name``, ``base``)."""
+    if spec.endswith(".py"):
+        raise TrtpruneError(
+            f"task '{spec}' is a Python file without ':object'",
+            why="a task file is given as path/file.py:task, naming the object that holds loss and metric",
+            fix=f"name the object after ':', e.g. --task {spec}:task",
+        )
     if not is_task_file(spec):
         raise TrtpruneError(
             f"unknown task '{spec}'",

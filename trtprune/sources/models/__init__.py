@@ -145,6 +145,12 @@ def _named(name: str) -> ModelSpec:
     if ":" in name and name.split(":", 1)[0].endswith(".py"):
         file, fn = name.rsplit(":", 1)
         return ModelSpec(Path(file).stem + "." + fn, f"{file}:{fn}")
+    if name.endswith(".py"):
+        raise TrtpruneError(
+            f"model '{name}' is a Python file without ':factory'",
+            why="a model file is given as path/file.py:factory, naming the function that returns the nn.Module",
+            fix=f"name the factory after ':', e.g. --model {name}:make_model",
+        )
     raise TrtpruneError(
         f"unknown model '{name}'",
         why=f"built-in models are {', '.join(BUILTIN)}",
