@@ -106,7 +106,7 @@ test-fast: setup
 	$(PYTEST_PARALLEL) -m "not slow"
 
 test-reliability: setup
-	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_properties.py
+	$(BIN)/python -m pytest -q tests/test_reliability.py tests/test_properties.py tests/mistakes
 
 lint: setup
 	$(BIN)/ruff check trtprune tests bench examples

@@ -101,7 +101,7 @@ finite = st.floats(0, 1e4, allow_nan=False, allow_infinity=False)
 @st.composite
 def plans(draw):
     channels = draw(st.dictionaries(st.text(min_size=1, max_size=16), st.integers(1, 4096), max_size=8))
-    kept = draw(st.lists(st.sampled_from(sorted(channels)), unique=True)) if channels else []
+    kept = sorted(channels)  # a plan gives a count for every group (one left out is refused: tests/mistakes)
     text = st.text(max_size=20)
     return Plan(
         draw(text),

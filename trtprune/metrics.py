@@ -10,7 +10,7 @@ from torch import nn
 from trtprune.errors import TrtpruneError
 from trtprune.latency.ort import image_dtype, ort_session
 from trtprune.log import progress
-from trtprune.outputs import logits_of, run_on
+from trtprune.outputs import logits_of, not_logits, run_on
 from trtprune.sources.images import Images, as_images
 
 log = logging.getLogger(__name__)
@@ -159,13 +159,7 @@ def accuracy_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval")
     inp, outputs = inputs[0], sess.get_outputs()
     dtype = image_dtype(inp, path)
     if len(outputs) != 1:
-        raise TrtpruneError(
-            f"'{path}' gives {len(outputs)} outputs ({', '.join(o.name for o in outputs)}), not one row of class "
-            "scores per image",
-            why="top-1 compares a classifier's logits (its one output) with the labels",
-            fix="evaluate the ONNX export of a classifier; for other models, their task (--task file.py:task, API "
-            "metric=)",
-        )
+        raise not_logits(f"'{path}' gives {len(outputs)} outputs", [o.name for o in outputs])
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
     counter = _Counter(images, f"'{path}'")
     for xb, yb in progress(images.batches(batch, mean, std), total=-(-len(images) // batch), desc=desc, unit="batch"):

@@ -58,13 +58,18 @@ def logits_of(outputs, what: str = "the model") -> torch.Tensor:
     several is not one."""
     leaves = output_leaves(outputs, what)
     if len(leaves) != 1:
-        raise TrtpruneError(
-            f"{what} returns {len(leaves)} tensors ({', '.join(n for n, _ in leaves)}), not one row of class scores "
-            "per image",
-            why="the classification task (the default) compares the model's logits with integer labels",
-            fix="give the task of your model (--task file.py:task, API loss=/metric=), or a model returning logits",
-        )
+        raise not_logits(f"{what} returns {len(leaves)} tensors", [n for n, _ in leaves])
     return leaves[0][1]
+
+
+def not_logits(found: str, names) -> TrtpruneError:
+    """The error for a model (or ONNX file) with several outputs where classification needs its one tensor of
+    logits: ``found`` says what it gives, ``names`` its outputs."""
+    return TrtpruneError(
+        f"{found} ({', '.join(names)}), not one row of class scores per image",
+        why="the classification task (the default) compares the model's logits (its one output) with integer labels",
+        fix="give the task of your model (--task file.py:task, API loss=/metric=), or a model returning logits",
+    )
 
 
 def to_device(obj, device, non_blocking: bool = False):
