@@ -47,7 +47,8 @@ _warned: set[tuple[str, int]] = set()
 
 def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10, images: Images | None = None) -> None:
     """A model scored on ``classes`` classes must give at least that many logits per image: fewer is an error (labels
-    beyond them can never be predicted); more is a warning (a model made for another dataset scores near 0 %).
+    beyond them can never be predicted); more is a warning (the extra scores are never the label: a prediction of
+    one counts as wrong).
     ``images`` says where the classes come from (an image folder's class folders)."""
     about, relabel = images.about_classes() if hasattr(images, "about_classes") else ("", "")
     n = outputs[-1] if len(outputs) == 2 else None
@@ -64,19 +65,28 @@ def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10, images
     if n > classes and (what, n) not in _warned:
         _warned.add((what, n))
         log.warning(
-            "%s gives %d class scores per image but the dataset has %d classes%s: it was made for another dataset, "
-            "so its accuracy here is meaningless (near 0 %%); give it a last layer of %d outputs and train it",
+            "%s gives %d class scores per image but the dataset has %d classes%s: its labels 0..%d are read as the "
+            "model's classes 0..%d, and a prediction of one of the model's other %d classes counts as wrong (top-1 "
+            "is the accuracy of a %d-way choice, not of a choice among the dataset's %d); right if the dataset's "
+            "classes are the model's first %d, else give the model a last layer of %d outputs and fine-tune it",
             what,
             n,
             classes,
             f" ({about})" if about else "",
+            classes - 1,
+            classes - 1,
+            n - classes,
+            n,
+            classes,
+            classes,
             classes,
         )
 
 
 def check_labels(labels: torch.Tensor, outputs: int, what: str, images: Images | None = None) -> None:
     """Every label must name one of the model's ``outputs`` class scores (0..outputs-1): a label beyond them can never
-    be predicted (top-1 counts it wrong; the loss fails)."""
+    be predicted (top-1 counts it wrong; the loss fails). Labels must be integer class indices, one per image."""
+    _check_label_form(labels, outputs, images)
     if labels.dtype.is_floating_point or labels.dim() != 1 or not len(labels):
         return
     low, high = int(labels.min()), int(labels.max())
@@ -89,6 +99,47 @@ def check_labels(labels: torch.Tensor, outputs: int, what: str, images: Images |
         fix=f"give a model whose last layer has one output per class of the dataset (at least {high + 1}: "
         f"nn.Linear(..., {high + 1}) or more), or data labelled 0..{outputs - 1}",
     )
+
+
+LABELS_WHY = (
+    "classification takes one integer class index per image (N,): top-1 compares it with the index of the highest "
+    "score, and the loss (cross-entropy) takes it as the index of the right class"
+)
+
+
+def _check_label_form(labels: torch.Tensor, outputs: int, images: Images | None) -> None:
+    """Labels as rows of scores (one-hot, probabilities) or as floats are refused, not converted: a loader's
+    batches are used as given, and float or row targets may mean something else (soft labels, a regression)."""
+    source = f" of '{images.name}'" if images is not None else ""
+    shape, dtype = tuple(labels.shape), str(labels.dtype).removeprefix("torch.")
+    if labels.dim() == 2 and labels.shape[1] > 1:
+        raise TrtpruneError(
+            f"a batch{source} has labels of shape {shape}: a row per image (one-hot or class probabilities), not "
+            "one class index per image",
+            why=LABELS_WHY,
+            fix="make the loader yield y.argmax(1) as the labels",
+        )
+    if labels.dim() == 2 and labels.shape[1] == 1 or labels.dim() > 2:
+        raise TrtpruneError(
+            f"a batch{source} has labels of shape {shape}, not one class index per image (N,)",
+            why=LABELS_WHY,
+            fix="make the loader yield y.reshape(-1) as the labels" if labels.dim() == 2 else "yield labels (N,)",
+        )
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        whole = labels.is_floating_point() and bool(torch.all(labels == labels.round()))
+        raise TrtpruneError(
+            f"a batch{source} has {dtype} labels" + (" (whole numbers)" if whole else ""),
+            why=LABELS_WHY + "; it must be an integer tensor",
+            fix="make the loader yield y.long() as the labels"
+            if whole
+            else f"make the loader yield each image's class index (0..{outputs - 1}) as an integer tensor",
+        )
+
+
+def _batches(images, batch_size: int) -> int | None:
+    """A progress bar's number of batches (None where the number of images is not known before reading them)."""
+    n = images.size_hint()
+    return None if n is None else -(-n // batch_size)
 
 
 class _Counter:
@@ -124,7 +175,7 @@ def accuracy_torch(model: nn.Module, images, mean, std, batch_size: int = 500, d
     counter = _Counter(images, "the model")
     with torch.no_grad():
         for xb, yb in progress(
-            images.batches(batch_size, mean, std), total=-(-len(images) // batch_size), desc=desc, unit="batch"
+            images.batches(batch_size, mean, std), total=_batches(images, batch_size), desc=desc, unit="batch"
         ):
             out = run_on(model, xb.to(device), first=counter.n == 0)
             counter.add(logits_of(out).float().cpu(), yb)
@@ -162,7 +213,7 @@ def accuracy_onnx(path, images, mean, std, threads: int = 2, desc: str = "eval")
         raise not_logits(f"'{path}' gives {len(outputs)} outputs", [o.name for o in outputs])
     batch = inp.shape[0] if isinstance(inp.shape[0], int) else 256
     counter = _Counter(images, f"'{path}'")
-    for xb, yb in progress(images.batches(batch, mean, std), total=-(-len(images) // batch), desc=desc, unit="batch"):
+    for xb, yb in progress(images.batches(batch, mean, std), total=_batches(images, batch), desc=desc, unit="batch"):
         if len(inp.shape) != 4 or tuple(inp.shape[1:]) != tuple(xb.shape[1:]):
             raise TrtpruneError(
                 f"'{path}' takes input '{inp.name}' of shape {list(inp.shape)}, but the images are "

@@ -66,7 +66,7 @@ from trtprune.deploy.export import read_onnx, run_onnx
 from trtprune.errors import TrtpruneError
 from trtprune.fsutil import atomic_path
 from trtprune.sources import datasets as D
-from trtprune.sources.images import open_images
+from trtprune.sources.images import depth_change, eight_bit, open_images
 from trtprune.sources.models import model_spec
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def _read_image_files(files: list[Path], spec) -> np.ndarray:
             f"model '{spec.name}' takes {c}-channel input; image files give 1 (grey) or 3 (RGB) channels",
             fix="give the calibration images as a .npy of uint8 (N, H, W, C) instead",
         )
-    out = []
+    out, scaled = [], ""
     for f in files:
         try:
             with Image.open(f) as im:
@@ -196,7 +196,10 @@ def _read_image_files(files: list[Path], spec) -> np.ndarray:
                         f"if the model takes {im.size[0]}x{im.size[1]} images, say so with --input-shape "
                         f"{c}x{im.size[1]}x{im.size[0]} (and export it at that shape)",
                     )
-                a = np.asarray(im.convert("RGB" if c == 3 else "L"))
+                if depth_change(im.mode) and not scaled:
+                    scaled = f"calibration images such as '{f}' (PIL mode {im.mode}): {depth_change(im.mode)}"
+                    log.info(scaled)
+                a = np.asarray(eight_bit(im, c))
         except TrtpruneError:
             raise
         except Exception as e:

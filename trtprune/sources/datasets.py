@@ -178,20 +178,65 @@ def validate(x: np.ndarray, y: np.ndarray, source: str) -> tuple[np.ndarray, np.
         raise TrtpruneError(
             f"images in '{source}' have shape {x.shape} and dtype {x.dtype}",
             why="expected uint8 (N, H, W, 3) RGB pixels 0..255",
+            fix=_pixels_fix(x),
         )
     if y.ndim != 1 or len(y) != len(x):
         raise TrtpruneError(
-            f"labels in '{source}' have shape {y.shape} for {len(x)} images", why="expected one label per image"
+            f"labels in '{source}' have shape {y.shape} for {len(x)} images",
+            why="expected one label per image",
+            fix="store y.ravel()"
+            if y.ndim == 2 and y.shape[1:] == (1,) and len(y) == len(x)
+            else "store y.argmax(1) (the class index of each row)"
+            if y.ndim == 2 and len(y) == len(x)
+            else "store one class index per image of x, in order",
         )
     if not np.issubdtype(y.dtype, np.integer) or (len(y) and (y.min() < 0 or y.max() >= len(CLASSES))):
+        low, high = (f"{y.min():g}", f"{y.max():g}") if len(y) else ("-", "-")
         raise TrtpruneError(
             f"labels in '{source}' are not integers in 0..9",
-            why=f"found dtype {y.dtype}, range {y.min() if len(y) else '-'}..{y.max() if len(y) else '-'}; CIFAR-10's "
-            "files hold its 10 classes, labelled 0..9",
-            fix="for a dataset of other classes give an image folder (train/<class>/*.png, val/<class>/*.png) or your "
-            "own loaders (--data file.py:function)",
+            why=f"found dtype {y.dtype}, range {low}..{high}; CIFAR-10's files hold its 10 classes, labelled 0..9 "
+            "(integers)",
+            fix=_labels_fix(y),
         )
     return x, y.astype(np.int64)
+
+
+def _labels_fix(y: np.ndarray) -> str:
+    """How to store labels (N,) that are not integers 0..9 as such."""
+    whole = np.issubdtype(y.dtype, np.integer) or bool(
+        np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    )
+    if not whole:
+        return "store each image's class index 0..9, as integers (np.uint8)"
+    if len(y) and y.min() < 0:
+        return "remove the images labelled below 0 (unlabelled?), or label them 0..9"
+    if len(y) and y.max() >= len(CLASSES):
+        return (
+            "for a dataset of other classes give an image folder (train/<class>/*.png, val/<class>/*.png) or your "
+            "own loaders (--data file.py:function)"
+        )
+    return "store the labels as integers (np.uint8): y.astype(np.uint8)"
+
+
+def _pixels_fix(x: np.ndarray) -> str:
+    """How to store images that are not uint8 (N, H, W, 3) as such."""
+    if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[-1] not in (1, 3):
+        return "store x.transpose(0, 2, 3, 1) (channels last: N, H, W, C)"
+    if x.ndim == 3 or (x.ndim == 4 and x.shape[-1] == 1):
+        return (
+            "store grey images as RGB: np.repeat(x.reshape(*x.shape[:3], 1), 3, axis=3); or, for a 1-channel model, "
+            "give an image folder of grey PNGs (--input-shape 1xHxW)"
+        )
+    if x.ndim != 4 or x.shape[-1] != 3:
+        return "store x as uint8 (N, H, W, 3): N RGB images of H x W pixels"
+    high = float(x.max()) if x.size else 0.0
+    if np.issubdtype(x.dtype, np.floating):
+        if high <= 1:
+            return "store (x * 255).round().astype(np.uint8) (pixels 0..1 scaled to 0..255)"
+        return "store x.round().clip(0, 255).astype(np.uint8)"
+    if np.issubdtype(x.dtype, np.integer) and high > 255:
+        return "store (x >> 8).astype(np.uint8) (16-bit pixels scaled to 8 bits)"
+    return "store x.astype(np.uint8)"
 
 
 def synthetic_cifar10(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

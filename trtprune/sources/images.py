@@ -68,6 +68,10 @@ class Images:
         """The images at ``indices``."""
         raise NotImplementedError
 
+    def size_hint(self) -> int | None:
+        """The number of images where it is known without reading them (a progress bar's total), else None."""
+        return len(self)
+
     def limit(self, n: int) -> Images:
         """The first ``n`` images (all of them for 0)."""
         return self.take(0, n) if n else self
@@ -144,7 +148,7 @@ class _Decoded(torch.utils.data.Dataset):
         from PIL import Image
 
         with Image.open(self.files[i]) as im:
-            im = im.convert("RGB" if self.channels == 3 else "L")
+            im = eight_bit(im, self.channels)
             w, h = im.size
             th, tw = self.size
             gen = np.random.default_rng([seed, i]) if augment else None
@@ -160,6 +164,34 @@ class _Decoded(torch.utils.data.Dataset):
                 im = im.transpose(Image.FLIP_LEFT_RIGHT)
             a = np.asarray(im)
             return torch.from_numpy((a[..., None] if a.ndim == 2 else a).transpose(2, 0, 1).copy())
+
+
+def depth_change(mode: str) -> str:
+    """How :func:`eight_bit` reads an image of PIL ``mode`` with more than 8 bits per pixel ("" for 8-bit modes)."""
+    if mode.startswith("I;16"):
+        return "scaled from 16 bits to 8 (value >> 8: 65535 is white)"
+    if mode == "I":
+        return "scaled from 16 (or 32) bits to 8 (value >> 8, or >> 24 where a value is above 65535)"
+    if mode == "F":
+        return "scaled from floats to 8 bits (x 255 where the values are 0..1, else clipped to 0..255)"
+    return ""
+
+
+def eight_bit(im, channels: int):
+    """A decoded PIL image as 8-bit RGB (``channels`` 3) or grey (1). 16-bit, 32-bit and float grey images are
+    scaled to 0..255 by their own range first: PIL's ``convert`` clips them (every 16-bit pixel above 255 white)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im)
+        if im.mode == "F":
+            a = a * 255.0 if a.size and float(np.nanmax(a)) <= 1 else a
+            a = np.nan_to_num(a).clip(0, 255).round()
+        else:
+            a = np.asarray(a, np.int64).clip(0, None)
+            a = a >> (24 if im.mode == "I" and a.size and a.max() > 65535 else 8)
+        im = Image.fromarray(a.astype(np.uint8), "L")
+    return im.convert("RGB" if channels == 3 else "L")
 
 
 def _collate(items):
@@ -201,13 +233,15 @@ def _say_resized(root: Path, first: Path, channels: int, size: tuple[int, int]) 
     except Exception:  # a damaged first file: reading it later names it
         return
     th, tw = size
-    grey = mode in ("1", "L", "LA", "I", "I;16", "F")
+    grey = mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16")
     changes = []
     if (w, h) != (tw, th):
         changes.append(
             f"resized to {tw}x{th} (bilinear; evaluation takes the centre {EVAL_CROP:.1%} of the shorter side, "
             "training random crops)"
         )
+    if depth_change(mode):
+        changes.append(depth_change(mode))
     if grey != (channels == 1):
         changes.append("converted to grey" if channels == 1 else "converted to RGB")
     key = (str(root), channels, size)
@@ -219,7 +253,7 @@ def _say_resized(root: Path, first: Path, channels: int, size: tuple[int, int]) 
             root,
             w,
             h,
-            "grey" if grey else "colour",
+            ("16-bit grey" if mode.startswith("I;16") else "grey") if grey else "colour",
             channels,
             th,
             tw,
@@ -370,13 +404,31 @@ class LoaderImages(Images):
         self.num_classes = num_classes or (len(classes) if classes is not None else None)
         self.name = type(loader).__name__
 
-    def __len__(self) -> int:
+    def _total(self) -> int | None:
+        """The number of images in the whole loader: its dataset's length, or the count of a pass already read."""
         dataset = getattr(self.loader, "dataset", None)
-        n = len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
-        if n is None:
-            raise TrtpruneError("the loader's dataset has no length", fix="give a DataLoader over a sized Dataset")
-        stop = n if self.stop is None else min(self.stop, n)
-        return max(0, stop - self.start)
+        try:
+            return len(dataset) if dataset is not None else self._read.get("count")
+        except TypeError:  # a dataset without a length (an IterableDataset)
+            return self._read.get("count")
+
+    def size_hint(self) -> int | None:
+        n = self._total()
+        return None if n is None else max(0, (n if self.stop is None else min(self.stop, n)) - self.start)
+
+    def __len__(self) -> int:
+        if self._total() is None:
+            if isinstance(self.loader, Iterator):  # a generator or an iterator: read once, it cannot be counted first
+                raise TrtpruneError(
+                    f"the data is an iterable without a length (a {self.name}) that can be read only once",
+                    why="trtprune needs the number of images here (the steps of an epoch, a slice of the data) and "
+                    "reads the data more than once (a check of the first batch, every epoch); a generator can be "
+                    "read only once, so it cannot be counted first",
+                    fix="give a DataLoader, a list of (x, y) batches, or an object whose __iter__ starts over "
+                    "(it is then counted by reading it once)",
+                )
+            self._read["count"] = sum(len(xb) for xb, _ in LoaderImages(self.loader).batches(1, 0, 1))
+        return self.size_hint()
 
     def select(self, indices) -> LoaderImages:  # a loader reads in its own order: its first images instead
         return self.take(0, len(list(indices)))
@@ -413,6 +465,8 @@ class LoaderImages(Images):
                     yield xb.float(), yb
             if self.stop is not None and seen >= self.stop:
                 return
+        if self.start == 0 and self.stop is None and seen:
+            self._read.setdefault("count", seen)  # a whole pass: the loader's length from now on
         if seen == 0 and read_before:
             raise TrtpruneError(
                 f"the loader {self.name} gave no batches when read again",
@@ -494,6 +548,14 @@ def as_images(data, num_classes: int | None = None) -> Images:
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], (np.ndarray, torch.Tensor)):
         x, y = (v.numpy(force=True) if isinstance(v, torch.Tensor) else v for v in data)
         return ArrayImages(_pixels(x), _labels(y, len(x)), num_classes)
+    if isinstance(data, list) and len(data) == 2 and all(isinstance(v, (np.ndarray, torch.Tensor)) for v in data):
+        raise TrtpruneError(
+            f"the data is a list of two arrays (shapes {tuple(data[0].shape)} and {tuple(data[1].shape)}), read as a "
+            "list of batches",
+            why="images and labels are given as a tuple (x, y) of arrays; a list is read as a loader: a list of "
+            "(x, y) batches",
+            fix="give a tuple (x, y) of arrays: (X, Y), not [X, Y]",
+        )
     if isinstance(data, Iterable):
         return LoaderImages(data, num_classes)
     raise TrtpruneError(
@@ -644,7 +706,15 @@ def open_images(
         return images.limit(limit)
     if is_loaders_spec(data):
         train, val = user_loaders(str(data))
-        return LoaderImages(train if split == "train" else val, input_shape=tuple(input_shape)).limit(limit)
+        loader = train if split == "train" else val
+        if loader is None:
+            raise TrtpruneError(
+                f"the loaders function '{data}' returned None for {'train' if split == 'train' else 'val'}",
+                why=f"this command reads the {'training' if split == 'train' else 'validation'} split: the "
+                f"{'first' if split == 'train' else 'second'} of the (train_loader, val_loader) pair it returns",
+                fix="return a loader of (x, y) batches in its place (the other one's loader, to try a command out)",
+            )
+        return LoaderImages(loader, input_shape=tuple(input_shape)).limit(limit)
     root, may_download = fetch.data_root(data)
     folders = image_folder(root)
     if folders is not None:
@@ -685,7 +755,7 @@ def check_arrays(x: np.ndarray, input_shape: tuple[int, int, int], source: str) 
         why="trtprune reads CIFAR-10's arrays as they are (it does not resize them or change their channels), and "
         "measures, prunes and exports the model at its input shape",
         fix=f"give --input-shape {ic}x{ih}x{iw} if the model takes these images (an ONNX file: export it at that "
-        "shape); for {c}x{h}x{w} give an image "
+        f"shape); for {c}x{h}x{w} give an image "
         "folder (--data with train/<class>/ and val/<class>/, read at the input shape) or your own loaders "
         "(--data file.py:function)",
     )

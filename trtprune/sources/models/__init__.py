@@ -102,14 +102,94 @@ def model_spec(
         if value is not None:
             changes[key] = parse_floats(value, key) if isinstance(value, str) else tuple(map(float, value))
     spec = dataclasses.replace(spec, **changes) if changes else spec
+    if "input_shape" in changes:
+        _check_order(spec.input_shape)
     _check_units(spec.mean, spec.std)
+    _check_std(spec.std)
     channels = spec.input_shape[0]
-    if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels) or min(spec.std) <= 0:
+    if "input_shape" in changes and (spec.factory_path in _BUILTIN_PATHS or len(spec.mean) not in (1, channels)):
+        _check_channels(spec)
+    if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels):
         raise TrtpruneError(
             f"normalisation mean {spec.mean} / std {spec.std} does not fit {channels}-channel images",
-            fix=f"give one value per channel ({channels}) to --mean and --std, std above 0",
+            fix=f"give one value per channel ({channels}) to --mean and --std",
         )
     return spec
+
+
+_BUILTIN_PATHS = {s.factory_path for s in BUILTIN.values()}
+
+
+def _check_order(shape: tuple[int, ...]) -> None:
+    """An input shape written H x W x C (32x32x3, as numpy and PIL give it) would be read as 32-channel images."""
+    c, h, w = shape
+    if w in (1, 3, 4) and c > 4 and h > 4:
+        fixed = f"{w}x{c}x{h}"
+        raise TrtpruneError(
+            f"input shape {c}x{h}x{w} is in H x W x C order (height, width, channels last)",
+            why="trtprune takes the input shape as C x H x W, channels first (PyTorch's order): "
+            f"{c}x{h}x{w} would be {c}-channel images of {h}x{w} pixels",
+            fix=f"give --input-shape {fixed} (API: input_shape=({w}, {c}, {h}))",
+        )
+
+
+def first_conv_channels(model) -> tuple[str, int] | None:
+    """The name and ``in_channels`` of the model's first convolution (the channels of the images it takes), or
+    None if it has none."""
+    from torch import nn
+
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return name, m.in_channels
+    return None
+
+
+def _check_channels(spec: ModelSpec) -> None:
+    """An input shape whose channels are not the model's (its first convolution's in_channels): said as such,
+    rather than as a normalisation or a shape error further on."""
+    try:
+        first = first_conv_channels(build_model(dataclasses.replace(spec, input_shape=(3, 32, 32))))
+    except Exception:  # a factory that cannot be built here: its own error comes where it is built
+        return
+    c, h, w = spec.input_shape
+    if first is None or first[1] == c:
+        return
+    name, want = first
+    raise TrtpruneError(
+        f"input shape {c}x{h}x{w} gives {c}-channel images, but model '{spec.name}' takes {want}: its first "
+        f"convolution ({name}) has in_channels={want}",
+        why="the input shape's first number is the channels of the images the model is given",
+        fix=f"give --input-shape {want}x{h}x{w} (an image folder's {'grey' if want == 3 else 'colour'} images "
+        f"are then converted to {'RGB' if want == 3 else 'grey'}), or a model whose first convolution takes {c}",
+    )
+
+
+# The smallest plausible std: the pixel std of real datasets is 0.2..0.35 in 0..1 units (ImageNet 0.229, CIFAR-10
+# 0.2..0.25, MNIST 0.31) and 0.5 for models taking -1..1; below 0.06 the whole dataset would vary by less than
+# +-15 grey levels, and the usual values with a misplaced decimal point (0.0229, 0.025, 0.05) all fall below it.
+STD_LOW = 0.06
+
+
+def _check_std(std: tuple[float, ...]) -> None:
+    """A std of 0 or below cannot normalise (an error); a very small one multiplies the inputs far out of the range
+    the model was trained on (a warning, once: usually a misplaced decimal point)."""
+    shown = ", ".join(f"{v:g}" for v in std)
+    if not all(v > 0 for v in std):  # also NaN
+        raise TrtpruneError(
+            f"normalisation std {shown}: std must be above 0",
+            why="trtprune divides each channel by its std after subtracting the mean",
+            fix="give each channel's pixel std in 0..1 units, e.g. --std 0.229,0.224,0.225 (ImageNet's)",
+        )
+    if min(std) < STD_LOW and std not in _warned_std:
+        _warned_std.add(std)
+        log.warning(
+            "normalisation std %s is below %g: it multiplies every input by more than %d, far beyond what a model "
+            "trained on real images sees; usual values are 0.229,0.224,0.225 (ImageNet), 0.2 to 0.25 (CIFAR-10), "
+            "0.5 (models taking -1..1): check for a misplaced decimal point (0.229, not 0.0229)",
+            shown,
+            STD_LOW,
+            int(1 / STD_LOW),
+        )
 
 
 _warned_std: set[tuple[float, ...]] = set()
