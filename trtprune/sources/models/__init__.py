@@ -7,6 +7,7 @@ when it is named, and its factory is called without arguments.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import logging
 import math
@@ -144,13 +145,20 @@ def first_conv_channels(model) -> tuple[str, int] | None:
     return None
 
 
+@functools.lru_cache(maxsize=32)
+def _first_conv(factory_path: str, num_classes: int) -> tuple[str, int] | None:
+    """:func:`first_conv_channels` of a fresh model from the factory (once per factory: a built-in is checked at
+    every model_spec with an input shape)."""
+    try:
+        return first_conv_channels(build_model(ModelSpec("check", factory_path, num_classes=num_classes)))
+    except Exception:  # a factory that cannot be built here: its own error comes where it is built
+        return None
+
+
 def _check_channels(spec: ModelSpec) -> None:
     """An input shape whose channels are not the model's (its first convolution's in_channels): said as such,
     rather than as a normalisation or a shape error further on."""
-    try:
-        first = first_conv_channels(build_model(dataclasses.replace(spec, input_shape=(3, 32, 32))))
-    except Exception:  # a factory that cannot be built here: its own error comes where it is built
-        return
+    first = _first_conv(spec.factory_path, spec.num_classes)
     c, h, w = spec.input_shape
     if first is None or first[1] == c:
         return
