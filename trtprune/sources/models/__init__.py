@@ -102,7 +102,7 @@ def model_spec(
         if value is not None:
             changes[key] = parse_floats(value, key) if isinstance(value, str) else tuple(map(float, value))
     spec = dataclasses.replace(spec, **changes) if changes else spec
-    _check_units(spec.mean, spec.std)
+    check_units(spec.mean, spec.std)
     channels = spec.input_shape[0]
     if len(spec.mean) not in (1, channels) or len(spec.std) not in (1, channels) or min(spec.std) <= 0:
         raise TrtpruneError(
@@ -115,7 +115,7 @@ def model_spec(
 _warned_std: set[tuple[float, ...]] = set()
 
 
-def _check_units(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+def check_units(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
     """trtprune scales pixels to 0..1 before it normalises them: a mean or std above 1 is in 0..255 units, and would
     feed the model near-constant inputs (a silently wrong accuracy). A mean above 1 cannot be right: an error; a std
     above 1 alone is unusual but possible: a warning, once."""
