@@ -155,7 +155,7 @@ def _ignore(model: nn.Module, ignore) -> tuple[str, ...]:
         ignore = [ignore]
     if not isinstance(ignore, Iterable):
         raise TrtpruneError(
-            f"ignore={ignore!r} is a {type(ignore).__name__}",
+            f"ignore={ignore!r} is not module names (it is of type {type(ignore).__name__})",
             fix="give module names as in model.named_modules(), e.g. ignore=['layer1', 'fc']",
         )
     names = {id(m): n for n, m in model.named_modules()}
@@ -166,9 +166,9 @@ def _ignore(model: nn.Module, ignore) -> tuple[str, ...]:
         elif isinstance(item, str):
             out.append(item)
         else:
-            kind = "module that is not in the model" if isinstance(item, nn.Module) else type(item).__name__
+            kind = "a module that is not in the model" if isinstance(item, nn.Module) else f"type {type(item).__name__}"
             raise TrtpruneError(
-                f"ignore holds {repr(item)[:60]} (a {kind}), which is not a module name",
+                f"ignore holds {repr(item)[:60]} ({kind}), which is not a module name",
                 why="ignore names modules of the model: a name as in model.named_modules(), or the module itself",
                 fix="give module names, e.g. ignore=['layer1', 'fc'] (or modules of this model, e.g. [model.fc])",
             )

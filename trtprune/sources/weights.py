@@ -100,6 +100,13 @@ def _text(head: bytes) -> str | None:
     return None if "\0" in text else text
 
 
+def _zip_or_pickle(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save writes: a zip archive, or (the legacy format) a pickle."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
 def _not_a_torch_file(path: Path, error: Exception) -> None:
     """A file torch cannot load that is plainly something else: an SQLite database (a latency table), JSON (a plan,
     a result) or other text. It is said what it is; --unsafe-pickle (for pickles) would not help."""
@@ -111,7 +118,7 @@ def _not_a_torch_file(path: Path, error: Exception) -> None:
             why="trtprune writes its latency tables (--lut, lut.sqlite) as SQLite; --weights takes the model's weights",
             fix=_FIX_WEIGHTS,
         ) from error
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch.save's zip archive, or a legacy pickle
+    if _zip_or_pickle(path):
         return
     text = _text(head)
     if text is None:
@@ -142,9 +149,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:
         _not_a_checkpoint(path, e)  # empty, cut short, or an ONNX model: say so, not "pickled objects"
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # torch colours its messages
-        pickled = not unsafe and first.startswith("Weights only load failed")
+        pickled = not unsafe and first.startswith("Weights only load failed") and _zip_or_pickle(path)
         if pickled:
             first = "it holds pickled Python objects, not only tensors (e.g. a model saved by torch.save(model))"
+        elif not _zip_or_pickle(path):
+            first = "it is neither torch.save's zip archive nor a pickle"
         raise TrtpruneError(
             f"cannot read weights file '{path}': {type(e).__name__}: {first}",
             why="trtprune loads checkpoints with weights_only=True: tensors and plain containers only, "
