@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import nn
 
 from trtprune.config import FinetuneConfig
@@ -41,6 +42,7 @@ from trtprune.errors import TrtpruneError
 from trtprune.latency import get_backend
 from trtprune.latency.base import Timing
 from trtprune.latency.devices import Device, get_device
+from trtprune.latency.trt_onnx import check_precision
 from trtprune.metrics import accuracy_onnx
 from trtprune.profiling.layers import layers_of
 from trtprune.profiling.lut import LUT
@@ -53,7 +55,15 @@ from trtprune.searching import runner
 from trtprune.searching.plan import Budget, Plan
 from trtprune.searching.runner import SCORE_BATCH_SIZE, SCORE_BATCHES
 from trtprune.sources.images import as_images
-from trtprune.sources.models import FLOAT32_WHY, IMAGENET_MEAN, IMAGENET_STD, ModelSpec, other_floats, parse_shape
+from trtprune.sources.models import (
+    FLOAT32_WHY,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelSpec,
+    check_normalisation,
+    other_floats,
+    parse_shape,
+)
 from trtprune.tasks import Task, get_task
 from trtprune.training.finetune import finetune as _finetune
 
@@ -69,7 +79,9 @@ def _as_device(name: str | Device) -> Device:
 
 
 def _shape(input_shape) -> Shape:
-    """``input_shape`` checked at the door: (C, H, W) positive integers, or the command line's "3x224x224"."""
+    """``input_shape`` checked at the door: (C, H, W) positive integers (a tuple, list, numpy array or torch Size),
+    or the command line's "3x224x224"."""
+    input_shape = _as_list(input_shape)
     if isinstance(input_shape, str):
         try:
             return parse_shape(input_shape)
@@ -85,6 +97,13 @@ def _shape(input_shape) -> Shape:
     if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and d > 0 for d in input_shape):
         raise TrtpruneError(f"input_shape={tuple(input_shape)} holds a size that is not a positive integer")
     return tuple(int(d) for d in input_shape)
+
+
+def _as_list(values):
+    """A numpy array or torch tensor as a list of Python numbers (other values as they are)."""
+    if isinstance(values, (np.ndarray, torch.Tensor)) and values.ndim == 1:
+        return values.tolist()
+    return values
 
 
 def _model(model, what: str = "model") -> nn.Module:
@@ -108,6 +127,7 @@ def _model(model, what: str = "model") -> nn.Module:
 def _numbers(values, what: str) -> tuple[float, ...]:
     """``mean``/``std`` checked at the door: one finite number per channel (their count is checked against the
     images' channels where they are normalised)."""
+    values = _as_list(values)
     ok = isinstance(values, (tuple, list, np.ndarray)) and len(values) > 0
     ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
     if not ok or (what == "std" and min(values) <= 0):
@@ -120,7 +140,122 @@ def _numbers(values, what: str) -> tuple[float, ...]:
 
 
 def _norm(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return _numbers(mean, "mean"), _numbers(std, "std")
+    """``mean``/``std`` checked as the command line checks --mean/--std: a mean in 0..255 units is refused."""
+    mean, std = _numbers(mean, "mean"), _numbers(std, "std")
+    check_normalisation(mean, std)
+    return mean, std
+
+
+def _ignore(model: nn.Module, ignore) -> tuple[str, ...]:
+    """``ignore`` checked at the door: module names (one name alone, or an iterable of names or of the modules
+    themselves, named as in ``model.named_modules()``); None for none."""
+    if ignore is None:
+        return ()
+    if isinstance(ignore, (str, nn.Module)):
+        ignore = [ignore]
+    if not isinstance(ignore, Iterable):
+        raise TrtpruneError(
+            f"ignore={ignore!r} is not module names (it is of type {type(ignore).__name__})",
+            fix="give module names as in model.named_modules(), e.g. ignore=['layer1', 'fc']",
+        )
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for item in ignore:
+        if isinstance(item, nn.Module) and id(item) in names:
+            out.append(names[id(item)] or "")
+        elif isinstance(item, str):
+            out.append(item)
+        else:
+            kind = "a module that is not in the model" if isinstance(item, nn.Module) else f"type {type(item).__name__}"
+            raise TrtpruneError(
+                f"ignore holds {repr(item)[:60]} ({kind}), which is not a module name",
+                why="ignore names modules of the model: a name as in model.named_modules(), or the module itself",
+                fix="give module names, e.g. ignore=['layer1', 'fc'] (or modules of this model, e.g. [model.fc])",
+            )
+    if "" in out:
+        raise TrtpruneError(
+            "ignore names the whole model",
+            why="ignoring the model itself keeps every channel: there would be nothing to prune",
+            fix="name the modules to keep whole, e.g. ignore=['layer1', 'fc']",
+        )
+    return tuple(out)
+
+
+def _counts(plan) -> Plan | dict[str, int]:
+    """``prune()``'s plan checked at the door: a :class:`Plan`, the path of a plan file (loaded), or a mapping of
+    group names to whole channel counts (as a plan file's keep_channels)."""
+    if isinstance(plan, (str, Path)):
+        return Plan.load(plan)
+    if isinstance(plan, Plan):
+        return plan
+    if not isinstance(plan, Mapping):
+        raise TrtpruneError(
+            f"plan is a {type(plan).__name__}, not a plan",
+            why="prune() takes a Plan (from search()), the path of a plan file, or a dict of group names to "
+            "channel counts",
+            fix="e.g. prune(model, {'conv1': 8}, (3, 32, 32)), or prune(model, trtprune.search(...), (3, 32, 32))",
+        )
+    for group, count in plan.items():
+        if not isinstance(group, str) or not isinstance(count, numbers.Integral) or isinstance(count, bool):
+            raise TrtpruneError(
+                f"plan gives {group!r}: {count!r} (a {type(count).__name__}), not a group name and a channel count",
+                why="a channel count is a whole number of channels to keep; a fraction, True or text would be "
+                "rounded or read as a number without a word",
+                fix=f"give an integer, e.g. {{{str(group)!r}: {_whole(count)}}}",
+            )
+    return {group: int(count) for group, count in plan.items()}
+
+
+def _whole(count) -> int:
+    try:
+        return max(1, int(float(count)))
+    except (TypeError, ValueError):
+        return 8
+
+
+def _path(path, what: str) -> Path:
+    """An output path checked at the door: text or a Path."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise TrtpruneError(f"{what}={path!r} is not a file path", fix=f"give {what} as a path, e.g. 'model.onnx'")
+    return Path(path)
+
+
+def _timed(models) -> list[Path]:
+    """``measure()``'s models checked at the door: paths of ONNX files (or built Engines), one alone or a list."""
+    if isinstance(models, (str, Path, Engine)):
+        models = [models]
+    if not isinstance(models, Iterable) or isinstance(models, nn.Module):
+        models = [models]
+    paths = []
+    for m in models:
+        if not isinstance(m, (str, Path, Engine)):
+            raise TrtpruneError(
+                f"measure() got a {type(m).__name__}, not the path of a model file",
+                why="measure() times exported models on the device's engine: ONNX files or built Engines",
+                fix="export it first: trtprune.export(model, 'model.onnx', input_shape), or trtprune.build(...); "
+                "then measure(['model.onnx'])",
+            )
+        paths.append(m.path if isinstance(m, Engine) else Path(m))
+    if not paths:
+        raise TrtpruneError("measure() got no models", fix="give the paths of one or more ONNX files")
+    return paths
+
+
+def _positive_int(value, what: str) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise TrtpruneError(f"{what}={value!r} is not an integer of 1 or more", fix=f"give {what} as e.g. 30")
+    return int(value)
+
+
+def _rel(rel) -> float:
+    """``profile()``'s tolerance: a fraction of a latency, 0 or more and below 1."""
+    if not isinstance(rel, numbers.Real) or isinstance(rel, bool) or not 0 <= rel < 1:
+        raise TrtpruneError(
+            f"rel={rel!r} is not a tolerance",
+            why="latencies within rel (a fraction of the larger one) are the same stair; measured noise is ~0.01",
+            fix="give a number from 0 to below 1, e.g. rel=0.01",
+        )
+    return float(rel)
 
 
 # FinetuneConfig's settings as the command line bounds them: (test, what a good value is)
@@ -194,7 +329,8 @@ def groups(model: nn.Module, input_shape: Shape, *, ignore: Iterable[str] = ()) 
     """The prunable channel groups of ``model`` (channels that must go together), in module order; modules named
     in ``ignore`` (and everything inside them) keep their output channels, and so do the layers that make the
     model's outputs (its classes, a detector's boxes and scores)."""
-    return GroupPruner(_model(model), _shape(input_shape), ignore).groups()
+    model = _model(model)
+    return GroupPruner(model, _shape(input_shape), _ignore(model, ignore)).groups()
 
 
 def scores(
@@ -213,6 +349,7 @@ def scores(
     need data (``taylor``, ``fisher``, ``dynamic``) read the first 8 batches of 64 images of ``data``, through the
     task's loss."""
     model, shape, (mean, std) = _model(model), _shape(input_shape), _norm(mean, std)
+    ignore = _ignore(model, ignore)
     batches = None
     if needs_data(importance):
         if data is None:
@@ -236,8 +373,8 @@ def profile(
     table ``lut``, the user cache's by default): the counts worth keeping are ``stairs.edges``."""
     import onnx
 
-    model, input_shape, dev = _model(model), _shape(input_shape), _as_device(device)
-    found = GroupPruner(model, input_shape, ignore).groups()
+    model, input_shape, dev, rel = _model(model), _shape(input_shape), _as_device(device), _rel(rel)
+    found = GroupPruner(model, input_shape, _ignore(model, ignore)).groups()
     with tempfile.TemporaryDirectory(prefix="trtprune-profile-") as tmp, get_backend(dev) as backend, LUT(lut) as table:
         onnx_from_torch(model, Path(tmp) / "model.onnx", input_shape, dev.batch)
         gls = group_layers(found, layers_of(onnx.load(str(Path(tmp) / "model.onnx"))))
@@ -274,6 +411,7 @@ def search(
     training batches, then the task's metric), as the command line does; lap's reward is that proxy too."""
     model, shape, dev, (mean, std) = _model(model), _shape(input_shape), _as_device(device), _norm(mean, std)
     budget = budget if isinstance(budget, Budget) else Budget.from_text(budget)
+    ignore = _ignore(model, ignore)
     if needs_data(importance) and data is None:
         raise TrtpruneError(f"importance '{importance}' needs training data", fix="pass data=, or use l1/l2/bn")
     scoring = get_task(task, loss=loss, metric=metric, metric_name=metric_name)
@@ -301,7 +439,7 @@ def search(
 
 def prune(
     model: nn.Module,
-    plan: Plan | Mapping[str, int],
+    plan: Plan | Mapping[str, int] | str | Path,
     input_shape: Shape,
     *,
     data=None,
@@ -312,14 +450,16 @@ def prune(
     task=None,
     loss=None,
 ) -> nn.Module:
-    """Remove the plan's residual blocks (a :class:`Plan` from ``trtprune search``), then channels from ``model`` in
-    place until every group has the plan's count, the least important first (``importance`` on ``data``, through
-    the task's loss); returns the model. The pruning history is ``model.trtprune_history``."""
-    model, shape, (mean, std) = _model(model), _shape(input_shape), _norm(mean, std)
-    keep = plan.keep_channels if isinstance(plan, Plan) else dict(plan)
+    """Remove the plan's residual blocks (a :class:`Plan` from ``trtprune search``, or its file), then channels from
+    ``model`` in place until every group has the plan's count, the least important first (``importance`` on
+    ``data``, through the task's loss); returns the model. The pruning history is ``model.trtprune_history``."""
+    model, shape, (mean, std), plan = _model(model), _shape(input_shape), _norm(mean, std), _counts(plan)
+    ignore = _ignore(model, ignore)
+    keep = plan.keep_channels if isinstance(plan, Plan) else plan
     if isinstance(plan, Plan):
-        ignore = tuple(ignore) or tuple(plan.meta.get("ignore", ()))
-        model.trtprune_history = getattr(model, "trtprune_history", []) + remove_blocks(model, plan.remove_blocks)
+        ignore = ignore or tuple(plan.meta.get("ignore", ()))
+        removed = remove_blocks(model, plan.remove_blocks, shape)
+        model.trtprune_history = getattr(model, "trtprune_history", []) + removed
     channel_scores = scores(
         model, shape, importance=importance, data=data, mean=mean, std=std, ignore=ignore, task=task, loss=loss
     )
@@ -378,24 +518,68 @@ def export(model: nn.Module, path: str | Path, input_shape: Shape, *, batch: int
     """ONNX with a static batch, simplified, checked against torch (``max_abs_diff``)."""
     if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
         raise TrtpruneError(f"batch={batch!r} is not a batch size", fix="give an integer of 1 or more")
-    return onnx_from_torch(_model(model), path, _shape(input_shape), int(batch))
+    return onnx_from_torch(_model(model), _path(path, "path"), _shape(input_shape), int(batch))
 
 
 def build(
     model: nn.Module, input_shape: Shape, device: str | Device = "cpu", out: str | Path = "engines/model.onnx", **kw
 ) -> Engine:
     """The deployable model for the device at ``out``: ONNX for ONNX Runtime, a TensorRT ``.plan`` built on the
-    device (``calib=`` normalised float32 NCHW images for INT8 devices)."""
-    return engine_from_model(_model(model), _shape(input_shape), _as_device(device), out, kw.get("calib"))
+    device. INT8 devices need ``calib=`` images: normalised float32 NCHW as the model takes them, or uint8 NHWC
+    pixels (as the data arrays), normalised here with ``mean=``/``std=`` (ImageNet's by default)."""
+    unknown = sorted(set(kw) - {"calib", "mean", "std"})
+    if unknown:
+        raise TrtpruneError(
+            f"build() got unknown arguments: {', '.join(unknown)}", fix="build() takes calib=, mean=, std="
+        )
+    model, shape, dev = _model(model), _shape(input_shape), _as_device(device)
+    calib = kw.get("calib")
+    if calib is not None:
+        calib = _calib(calib, shape, *_norm(kw.get("mean", IMAGENET_MEAN), kw.get("std", IMAGENET_STD)))
+    return engine_from_model(model, shape, dev, _path(out, "out"), calib)
+
+
+def _calib(calib, shape: Shape, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``build()``'s calibration images checked at the door: float NCHW images of the model's input shape as they
+    are; uint8 NHWC pixels normalised with ``mean``/``std``; anything else refused, saying what calib= takes."""
+    images = calib.detach().cpu().numpy() if isinstance(calib, torch.Tensor) else calib
+    if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[0] > 0:
+        if images.dtype == np.uint8 and images.shape[1:] == (shape[1], shape[2], shape[0]):
+            if len(mean) not in (1, shape[0]) or len(std) not in (1, shape[0]):
+                raise TrtpruneError(
+                    f"mean {mean} / std {std} does not fit {shape[0]}-channel images",
+                    fix=f"give one value per channel ({shape[0]})",
+                )
+            pixels = images.astype(np.float32).transpose(0, 3, 1, 2) / 255
+            m, sd = (np.asarray(v, np.float32).reshape(1, -1, 1, 1) for v in (mean, std))
+            return np.ascontiguousarray((pixels - m) / sd, dtype=np.float32)
+        if images.dtype.kind == "f" and images.shape[1:] == shape:
+            return images.astype(np.float32)
+    described = (
+        f"a {images.dtype} array of shape {images.shape}"
+        if isinstance(images, np.ndarray)
+        else f"a {type(calib).__name__}"
+    )
+    c, h, w = shape
+    raise TrtpruneError(
+        f"calib is {described}, not calibration images for input shape {shape}",
+        why="an int8 model's ranges are calibrated on images as the model takes them",
+        fix=f"give calib= normalised float32 NCHW images (N, {c}, {h}, {w}), or uint8 pixels NHWC (N, {h}, {w}, {c}) "
+        "with mean=/std= to normalise them (ImageNet's by default)",
+    )
 
 
 def measure(
-    models: list[str | Path | Engine], device: str | Device = "cpu", *, rounds: int | None = None
+    models: list[str | Path | Engine] | str | Path, device: str | Device = "cpu", *, rounds: int | None = None
 ) -> list[Timing]:
-    """The models (ONNX files or built engines) timed side by side in one interleaved run on the device: median
-    and p90 milliseconds per inference. Compare models only within one call."""
-    dev = _as_device(device)
-    paths = [m.path if isinstance(m, Engine) else Path(m) for m in models]
+    """The models (ONNX files or built engines; one alone or a list) timed side by side in one interleaved run on
+    the device: median and p90 milliseconds per inference. Compare models only within one call. Each model must be
+    in the device's precision (an INT8 Q/DQ model on an int8 device, a float one on a float device)."""
+    dev, paths = _as_device(device), _timed(models)
+    rounds = None if rounds is None else _positive_int(rounds, "rounds")
+    for path in paths:
+        if path.suffix != ".plan":  # a TensorRT engine is built in its device's precision
+            check_precision(read_onnx(path), path, dev)
     with get_backend(dev) as backend:
         return backend.compare(paths, rounds=rounds or backend.deciding_rounds)
 

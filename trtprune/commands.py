@@ -19,7 +19,7 @@ from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
 from trtprune.fsutil import refuse_overwrite, same_file, write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, all_devices, get_device
-from trtprune.latency.trt_onnx import has_qdq
+from trtprune.latency.trt_onnx import check_precision
 from trtprune.log import progress
 from trtprune.metrics import accuracy_onnx
 from trtprune.plots import stairs_plot
@@ -216,15 +216,7 @@ def cmd_measure(a) -> dict:
     _once(a.onnx)
     device = get_device(a.device)
     for m in a.onnx:
-        proto = read_onnx(m)
-        if device.precision == "int8" and not has_qdq(proto):
-            raise TrtpruneError(
-                f"'{m}' has no INT8 (QuantizeLinear) nodes, and device '{device.name}' runs INT8 models",
-                why="an int8 device times the calibrated Q/DQ model it would run; a float model timed there would be "
-                "recorded as INT8 latency",
-                fix=f"quantize it first (trtprune quantize {m} --target {device.int8_form} --calib <images> -o "
-                f"{Path(m).stem}-int8.onnx), or measure it on a float device (--device cpu)",
-            )
+        check_precision(read_onnx(m), m, device)
     with get_backend(device) as backend:
         timings = backend.compare(a.onnx, rounds=a.rounds)
         info = backend.info()

@@ -42,7 +42,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(total)
 
 
-_warned: set[tuple[str, int]] = set()
+_warned: set[tuple[str, int, int]] = set()
 
 
 def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10, images: Images | None = None) -> None:
@@ -62,8 +62,8 @@ def check_outputs(outputs: tuple[int, ...], what: str, classes: int = 10, images
             fix=f"give a model whose last layer has {classes} outputs (e.g. nn.Linear(..., {classes}))"
             + (f", or {relabel}" if relabel else ""),
         )
-    if n > classes and (what, n) not in _warned:
-        _warned.add((what, n))
+    if n > classes and (what, n, classes) not in _warned:
+        _warned.add((what, n, classes))
         log.warning(
             "%s gives %d class scores per image but the dataset has %d classes%s: its labels 0..%d are read as the "
             "model's classes 0..%d, and a prediction of one of the model's other %d classes counts as wrong (top-1 "

@@ -276,7 +276,8 @@ def test_an_npz_file_not_in_cifar_10s_form_says_how_to_store_it(d, tmp_path, cap
 
 
 # -- 7: more class scores than classes --------------------------------------------------------------------------------
-def test_more_class_scores_than_classes_warns_what_the_accuracy_means(d, tmp_path, capsys, caplog):
+def test_more_class_scores_than_classes_warns_what_the_accuracy_means(d, tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.setattr("trtprune.metrics._warned", set())  # said once per process: not by an earlier test
     code, out, err = cli(capsys, *_argv(d, tmp_path, "eval", *R20, "--data", "{dir}/three"))
     assert code == 0 and "top-1" in out, err
     said = [r.getMessage() for r in caplog.records if "gives 10 class scores per image" in r.getMessage()]

@@ -50,7 +50,10 @@ def test_weights_of_another_architecture(tmp_path):
 def test_missing_and_unreadable_files(tmp_path):
     with pytest.raises(TrtpruneError, match="does not exist"):
         load_model("resnet20", tmp_path / "nope.pt")
-    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")  # text: said to be text (issue 30)
+    with pytest.raises(TrtpruneError, match="junk.pt' is a text file, not a PyTorch checkpoint"):
+        load_model("resnet20", tmp_path / "junk.pt")
+    (tmp_path / "junk.pt").write_bytes(bytes(range(7, 256)))
     with pytest.raises(TrtpruneError, match="cannot read weights file"):
         load_model("resnet20", tmp_path / "junk.pt")
 

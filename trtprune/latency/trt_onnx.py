@@ -19,6 +19,8 @@ content) and the "same file everywhere" check still hold.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 from onnx import TensorProto, defs, helper, numpy_helper
 
@@ -189,6 +191,28 @@ def check_qdq(proto, device_name: str) -> None:
             "checked and delivered: --int8 on a float model would use placeholder ranges, and TensorRT 11 has no "
             "implicit quantization",
             fix="quantize it first (trtprune quantize --target tensorrt), or use an fp16 device",
+        )
+
+
+def check_precision(proto, path, device) -> None:
+    """A model to time on ``device`` is in the device's precision: a float model on an int8 device, or an INT8
+    Q/DQ model on a float one, would be timed and recorded under the other precision's name, without a word."""
+    qdq = has_qdq(proto)
+    if device.precision == "int8" and not qdq:
+        raise TrtpruneError(
+            f"'{path}' has no INT8 (QuantizeLinear) nodes, and device '{device.name}' runs INT8 models",
+            why="an int8 device times the calibrated Q/DQ model it would run; a float model timed there would be "
+            "recorded as INT8 latency",
+            fix=f"quantize it first (trtprune quantize {path} --target {device.int8_form} --calib <images> -o "
+            f"{Path(path).stem}-int8.onnx), or measure it on a float device (--device cpu)",
+        )
+    if qdq and device.precision not in ("int8", "best"):
+        raise TrtpruneError(
+            f"'{path}' is an INT8 Q/DQ model, and device '{device.name}' runs {device.precision} models",
+            why="its QuantizeLinear/DequantizeLinear nodes make it run in INT8 arithmetic; timed on a float device it "
+            f"would be recorded as {device.precision} latency",
+            fix="measure it on an int8 device (--device cpu-int8; trtprune list), or measure the float model it was "
+            "quantized from on this device",
         )
 
 

@@ -136,8 +136,46 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def remove_blocks(model: nn.Module, names: Iterable[str]) -> list[dict]:
-    """Replace each named block of ``model`` by ``nn.Identity`` (in place); returns the history entries."""
+def check_removable(model: nn.Module, input_shape: tuple[int, ...], names: Iterable[str]) -> None:
+    """A plan's ``remove_blocks`` checked against the model before anything is removed: each a removable block
+    (see the module's docstring) named once. Anything else would change what the network computes, or break it."""
+    names = list(names)
+    if not names:
+        return
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TrtpruneError(
+            f"the plan removes the block(s) {', '.join(twice)} twice",
+            why="remove_blocks lists each residual block to remove once",
+            fix="give each name once in the plan's remove_blocks",
+        )
+    removable = [b.name for b in removable_blocks(model, input_shape)]
+    modules = dict(model.named_modules())
+    for name in names:
+        if name in removable:
+            continue
+        if name not in modules:
+            why = "it is not a module of this model"
+        elif any(r.startswith(name + ".") for r in removable):
+            why = "it is a stage that holds blocks, not one block: removing it would cut the network apart"
+        else:
+            why = (
+                f"it is a {type(modules[name]).__name__} that does not add its input to its output (a block that "
+                "changes the shape, e.g. downsamples, or a single layer): removing it would break the network"
+            )
+        raise TrtpruneError(
+            f"the plan's remove_blocks names '{name}', which is not a removable residual block",
+            why=why,
+            fix=f"remove_blocks takes only these blocks of the model: {', '.join(removable) or 'none'}; search the "
+            "plan again (trtprune search) or edit remove_blocks",
+        )
+
+
+def remove_blocks(model: nn.Module, names: Iterable[str], input_shape: tuple[int, ...] | None = None) -> list[dict]:
+    """Replace each named block of ``model`` by ``nn.Identity`` (in place); returns the history entries. With
+    ``input_shape`` (a plan's blocks, from the user), each name is first checked to be a removable block."""
+    if input_shape is not None:
+        check_removable(model, input_shape, names)
     entries = []
     for name in names:
         try:

@@ -219,10 +219,18 @@ class GroupPruner:
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], ignore: Iterable[str] = ()):
         """``ignore``: module names whose output channels are kept whole (a container: every conv and
         linear inside it)."""
+        if isinstance(model, torch.jit.ScriptModule):
+            raise TrtpruneError(
+                f"the model is a TorchScript {type(model).__name__}, not a torch.nn.Module",
+                why="trtprune traces the module's Python code to find which channels go together and removes them "
+                "from its layers; a scripted (torch.jit.script/trace) model has neither",
+                fix="give the nn.Module itself (return it from the factory before torch.jit.script)",
+            )
         self.model = model
         self._example = torch.zeros(1, *input_shape)
         example = self._example
-        layers, carriers = _modules_named(model, ignore)
+        self._ignore = tuple(ignore)
+        layers, carriers = _modules_named(model, self._ignore)
         try:
             self._outputs, self._out_shapes, carried = _trace_outputs(model, example, carriers.values())
         except TrtpruneError:
@@ -336,6 +344,15 @@ class GroupPruner:
     def groups(self) -> list[ChannelGroup]:
         """Every prunable channel group, in module order of its name."""
         found = [info for _, info in self._tp_groups()]
+        if not found and self._ignore:
+            said = " ".join(n or repr(n) for n in self._ignore)
+            raise TrtpruneError(
+                f"--ignore {said} keeps every channel group of the model whole",
+                why="the modules it names hold (or feed) every prunable layer"
+                + (" ('' is the whole model)" if "" in self._ignore else "")
+                + ": there would be nothing left to prune",
+                fix="ignore fewer modules (trtprune groups without --ignore lists the groups and their layers)",
+            )
         if not found:
             raise TrtpruneError(
                 "the model has no prunable channel groups",
@@ -369,10 +386,26 @@ class GroupPruner:
         criterion.done(self.model)
         return out
 
+    def _kept_by_ignore(self, names: list[str]) -> list[str]:
+        """Those of ``names`` that are layers of the model that ``ignore`` keeps whole."""
+        ignored = {id(m) for m in self._ignored if m not in self._outputs}
+        modules = dict(self.model.named_modules())
+        return [n for n in names if n in modules and id(modules[n]) in ignored]
+
     def check_plan(self, plan: Mapping[str, int], complete: bool = False) -> None:
         """That ``plan`` names only groups of the model and, if ``complete``, every one of them."""
         current = {g.name: g for g in self.groups()}
         unknown = sorted(set(plan) - set(current))
+        kept = self._kept_by_ignore(unknown)
+        if kept:
+            raise TrtpruneError(
+                f"--ignore {' '.join(self._ignore)} keeps whole the group(s) {', '.join(kept[:5])}, which the plan "
+                "prunes",
+                why="the plan gives those groups a channel count, and --ignore keeps their channels whole: the two "
+                "conflict",
+                fix="leave --ignore out to prune as the plan says (a plan keeps the modules it was searched with "
+                "whole), or search a plan again with this --ignore",
+            )
         if unknown:
             raise TrtpruneError(
                 f"the plan names groups the model does not have: {', '.join(unknown[:5])}",

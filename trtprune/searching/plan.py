@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from trtprune.errors import TrtpruneError
@@ -33,10 +32,9 @@ class Budget:
             if not 0 < ms < math.inf:  # nan, inf: a plan for "any latency" would be empty, with Infinity in its JSON
                 raise TrtpruneError(f"--budget-ms {ms} is not a latency", fix="give milliseconds > 0, e.g. 1.2")
             return cls(ms=float(ms))
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*x?\s*", str(text))
-        if not m:
+        fraction = _fraction(str(text))
+        if fraction is None:
             raise TrtpruneError(f"cannot read the budget '{text}'", fix="write a fraction of the baseline, e.g. 0.5x")
-        fraction = float(m.group(1))
         if not 0 < fraction < 1:
             raise TrtpruneError(
                 f"budget {fraction}x is not below the baseline",
@@ -69,6 +67,18 @@ class Budget:
 
     def __str__(self) -> str:
         return f"{self.fraction:g}x" if self.fraction is not None else f"{self.ms:g} ms"
+
+
+def _fraction(text: str) -> float | None:
+    """The number of a budget like "0.5x", "0.5" or "1e-3x" (any float written without a sign, the x optional);
+    None if it is no such number (nan too: it meets no comparison)."""
+    text = text.strip()
+    text = text[:-1].strip() if text.lower().endswith("x") else text
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return None if math.isnan(value) or text[:1] in "+-_" or "_" in text else value
 
 
 @dataclass
@@ -114,6 +124,22 @@ class Plan:
         write_json(path, {"format": PLAN_FORMAT, **asdict(self)})
 
     @classmethod
+    def _check_fields(cls, path: Path, d: dict) -> None:
+        """The plan's top-level fields are the Plan's: an unknown one (a typo, a hand edit) or a missing one named."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(k for k in d if k not in known)
+        required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+        missing = [n for n in required if n not in d]
+        if unknown or missing:
+            said = [f"unknown field(s) {', '.join(map(repr, unknown))}"] if unknown else []
+            said += [f"missing field(s) {', '.join(map(repr, missing))}"] if missing else []
+            raise TrtpruneError(
+                f"plan '{path}' is malformed: {' and '.join(said)}",
+                why=f"a plan's fields are format, {', '.join(known)}",
+                fix="remove or correct the field (a plan is written by trtprune search; make it again if unsure)",
+            )
+
+    @classmethod
     def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         if path.is_dir():
@@ -135,6 +161,7 @@ class Plan:
                 why=f'expected "format": "{PLAN_FORMAT}"',
                 fix="make it with trtprune search",
             )
+        cls._check_fields(path, d)
         try:
             plan = cls(**d)
         except TypeError as e:

@@ -63,7 +63,7 @@ def prune_with_data(
     (the API's :func:`trtprune.prune` on loaders). The history is left in ``model.trtprune_history``. ``ignore``:
     by default the modules the plan was searched with kept whole."""
     ignore = tuple(ignore) or tuple(plan.meta.get("ignore", ()))
-    removed = remove_blocks(model, plan.remove_blocks)
+    removed = remove_blocks(model, plan.remove_blocks, spec.input_shape)
     pruner = GroupPruner(model, spec.input_shape, ignore)
     pruner.check_plan(plan.keep_channels, complete=True)  # before the data is read
     scores = channel_scores(model, spec, importance, data, ignore, task)

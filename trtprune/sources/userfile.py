@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,6 +20,21 @@ def check_user_file(file: str, noun: str) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _beside(path: Path):
+    """The file's folder first on sys.path while it is imported, as Python does for a script, so that it imports
+    its sibling modules (``import tiny`` beside ``fac.py``); afterwards last, so that a function importing a
+    sibling when called still finds it, while the file's neighbours never shadow a module trtprune imports."""
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 def user_function(file: str, fn: str, prefix: str, noun: str, role: str, need_callable: bool = True):
     """``fn`` of the Python file ``file``, imported as module ``<prefix>_<stem>`` (kept in sys.modules so that
     torch, pickle and DataLoader workers find the classes it defines). The file sees ``sys.argv`` = its own
@@ -33,7 +49,8 @@ def user_function(file: str, fn: str, prefix: str, noun: str, role: str, need_ca
     argv = sys.argv
     sys.argv = [str(path)]  # a file that parses its command line at import sees none, not trtprune's options
     try:
-        spec.loader.exec_module(module)
+        with _beside(path):
+            spec.loader.exec_module(module)
     except SystemExit as e:  # sys.exit() or argparse at import would end trtprune with the file's status
         sys.modules.pop(name, None)
         raise TrtpruneError(

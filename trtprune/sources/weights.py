@@ -69,6 +69,7 @@ def _not_a_checkpoint(path: Path, error: Exception) -> None:
             "an interrupted save, copy or download",
             fix="save, copy or download the checkpoint again",
         ) from error
+    _not_a_torch_file(path, error)
     if head[:1] == b"\x08":  # an ONNX file starts with its ir_version field
         import onnx
 
@@ -83,6 +84,54 @@ def _not_a_checkpoint(path: Path, error: Exception) -> None:
                 fix="use the ONNX file with the commands that take ONNX (eval --onnx, measure, quantize), and give "
                 "--weights the PyTorch checkpoint",
             ) from error
+
+
+_FIX_WEIGHTS = "give --weights the PyTorch checkpoint (.pt, .pth, .th: torch.save(model.state_dict(), path))"
+
+
+def _text(head: bytes) -> str | None:
+    """``head`` (a file's first bytes) as text, or None if it is binary (a character cut at its end is text)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:
+            return None
+        text = head[: e.start].decode("utf-8")
+    return None if "\0" in text else text
+
+
+def _zip_or_pickle(path: Path) -> bool:
+    """Whether ``path`` starts as torch.save writes: a zip archive, or (the legacy format) a pickle."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def _not_a_torch_file(path: Path, error: Exception) -> None:
+    """A file torch cannot load that is plainly something else: an SQLite database (a latency table), JSON (a plan,
+    a result) or other text. It is said what it is; --unsafe-pickle (for pickles) would not help."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"SQLite format 3\0"):
+        raise TrtpruneError(
+            f"weights file '{path}' is an SQLite database, not a PyTorch checkpoint",
+            why="trtprune writes its latency tables (--lut, lut.sqlite) as SQLite; --weights takes the model's weights",
+            fix=_FIX_WEIGHTS,
+        ) from error
+    if _zip_or_pickle(path):
+        return
+    text = _text(head)
+    if text is None:
+        return
+    kind = "a JSON file" if text.lstrip()[:1] in ("{", "[") else "a text file"
+    if kind == "a JSON file" and '"trtprune.plan/' in text:
+        kind = "a trtprune plan (JSON)"
+    raise TrtpruneError(
+        f"weights file '{path}' is {kind}, not a PyTorch checkpoint",
+        why="--weights takes the state dict or checkpoint that torch.save wrote (a zip archive of tensors)"
+        + ("; a plan is given to prune --plan" if "plan" in kind else ""),
+        fix=_FIX_WEIGHTS,
+    ) from error
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -100,16 +149,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:
         _not_a_checkpoint(path, e)  # empty, cut short, or an ONNX model: say so, not "pickled objects"
         first = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().split("\n")[0]  # torch colours its messages
-        if not unsafe and first.startswith("Weights only load failed"):
+        pickled = not unsafe and first.startswith("Weights only load failed") and _zip_or_pickle(path)
+        if pickled:
             first = "it holds pickled Python objects, not only tensors (e.g. a model saved by torch.save(model))"
+        elif not _zip_or_pickle(path):
+            first = "it is neither torch.save's zip archive nor a pickle"
         raise TrtpruneError(
             f"cannot read weights file '{path}': {type(e).__name__}: {first}",
-            why="it is truncated or not a PyTorch checkpoint"
-            if unsafe
-            else "trtprune loads checkpoints with weights_only=True: tensors and plain containers only, "
-            "never pickled code or whole-model objects",
+            why="trtprune loads checkpoints with weights_only=True: tensors and plain containers only, "
+            "never pickled code or whole-model objects"
+            if pickled
+            else "it is truncated or not a PyTorch checkpoint",
             fix="save the model's state_dict() (torch.save(model.state_dict(), path)) and load that"
-            + ("" if unsafe else "; or, only for a file you trust, pass --unsafe-pickle"),
+            + ("; or, only for a file you trust, pass --unsafe-pickle" if pickled else ""),
         ) from e
     if unsafe and isinstance(obj, nn.Module):
         obj = obj.state_dict()

@@ -72,12 +72,16 @@ def task_from_object(obj, source: str) -> Task:
             f"{source}: base task '{base}' is not one of {', '.join(TASKS)}",
             fix="name a built-in task as base, or leave base out (classification)",
         )
-    if fields["loss"] is None and fields["metric"] is None and get("base", None) is None:
+    missing = [k for k in ("loss", "metric") if fields[k] is None]
+    if missing and get("base", None) is None:
         raise TrtpruneError(
-            f"{source} holds neither a loss nor a metric",
+            f"{source} holds " + ("neither a loss nor a metric" if len(missing) == 2 else f"no {missing[0]}"),
             why="a task file names an object with loss(outputs, targets) and metric(model) (and optionally "
-            "metric_name, distill, loaders), or a built-in base task (base = 'segmentation') with its loaders",
-            fix="define them on the object (see the README, 'Your own task')",
+            "metric_name, distill, loaders), or a built-in base task (base = 'segmentation') with its loaders; "
+            f"without its {' and '.join(missing)} trtprune would use classification's (cross-entropy, top-1) "
+            "without a word",
+            fix=f"define {' and '.join(missing)} on the object (see the README, 'Your own task'), or set base = "
+            "'classification' to use classification's for what you leave out",
         )
     return UserTask(TASKS[base](), source=source, **fields)
 

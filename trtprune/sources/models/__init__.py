@@ -105,8 +105,7 @@ def model_spec(
     spec = dataclasses.replace(spec, **changes) if changes else spec
     if "input_shape" in changes:
         _check_order(spec.input_shape)
-    _check_units(spec.mean, spec.std)
-    _check_std(spec.std)
+    check_normalisation(spec.mean, spec.std)
     channels = spec.input_shape[0]
     if "input_shape" in changes and (spec.factory_path in _BUILTIN_PATHS or len(spec.mean) not in (1, channels)):
         _check_channels(spec)
@@ -201,6 +200,12 @@ def _check_std(std: tuple[float, ...]) -> None:
 
 
 _warned_std: set[tuple[float, ...]] = set()
+
+
+def check_normalisation(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """The command line's and the API's check of a normalisation: in 0..1 units, std above 0 and plausible."""
+    _check_units(mean, std)
+    _check_std(std)
 
 
 def _check_units(mean: tuple[float, ...], std: tuple[float, ...]) -> None:
