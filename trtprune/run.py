@@ -125,6 +125,10 @@ class Run:
         assert name in self.FILES, name
         return self.dir / name
 
+    def model(self, name: str):
+        """The run's checkpoint ``name`` (pruned.pt, model.pt) loaded into the run's model: :func:`load_stage`."""
+        return load_stage(self, name)
+
     def device_onnx(self, role: str) -> Path:
         return device_onnx(self, role)
 
@@ -254,6 +258,7 @@ def check_finished(run: Run) -> None:
             )
     for name in ("baseline.onnx", "plan.json", "pruned.pt", "model.pt", "pruned.onnx"):
         refuse_changed(run, name)
+    run.model("model.pt")  # a checkpoint of another model (a run made before stages.json): named before any timing
     engine = run.engine_path
     if not engine.is_file() or damaged(engine) is not None:
         state = "does not exist" if not engine.is_file() else "is damaged"
@@ -323,6 +328,23 @@ def refuse_changed(run: Run, name: str) -> None:
         fix=f"delete {run.path(first)}{' and ' + ', '.join(later) if later else ''} to make it again "
         f"({rerun_command(run)}), or use --fresh to start the run over",
     )
+
+
+def load_stage(run: Run, name: str):
+    """Load the run's checkpoint ``name`` into the run's model. One that does not fit it (another model's, copied in)
+    is named as the run's file, with the advice to remake it: not to change --model, as for a file given."""
+    path = run.path(name)
+    try:
+        return load_model(run.spec, path)
+    except TrtpruneError as e:
+        later = [n for n in _made_from(name) if run.path(n).exists()]
+        raise TrtpruneError(
+            f"the run's {name} is not a model of this run: {e.what}",
+            why=f"the run made {name} from its own model ({run.cfg.model}); this one was copied in from elsewhere or "
+            "changed since",
+            fix=f"delete {path}{' and ' + ', '.join(later) if later else ''} to make it again "
+            f"({rerun_command(run)}), or use --fresh to start the run over",
+        ) from e
 
 
 def check_engine(run: Run) -> None:
@@ -431,7 +453,7 @@ def stage_prune(run: Run, out: Path) -> None:
 @stage("finetune", "model.pt")
 def stage_finetune(run: Run, out: Path) -> None:
 
-    model, spec = load_model(run.spec, run.path("pruned.pt"))
+    model, spec = run.model("pruned.pt")
     history = read_checkpoint(run.path("pruned.pt"))["history"]
     cfg = run.cfg.finetune
     reusable(run, "finetune.pt", "finetune")  # a damaged per-epoch checkpoint: fine-tune from the start
@@ -459,7 +481,7 @@ def stage_finetune(run: Run, out: Path) -> None:
 @stage("build", "pruned.onnx")
 def stage_build(run: Run, out: Path) -> None:
 
-    model, spec = load_model(run.spec, run.path("model.pt"))
+    model, spec = run.model("model.pt")
     onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 

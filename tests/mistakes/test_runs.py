@@ -108,6 +108,31 @@ def test_a_file_made_from_a_changed_input_is_refused(copy, capsys, tiny_data):
                message=f"'{run / 'pruned.onnx'}' was made from another model.pt")  # fmt: skip
 
 
+def another_models_checkpoint(path: Path) -> None:
+    from trtprune.sources.models import build_model
+    from trtprune.sources.weights import save_pruned
+
+    save_pruned(path, build_model("resnet32"), "resnet32", [])
+
+
+@pytest.mark.parametrize("name", ["pruned.pt", "model.pt"])
+def test_another_models_checkpoint_in_a_run_says_delete_it_or_fresh(copy, capsys, caplog, tiny_data, name):
+    """In a run made before stages.json: the advice was 'use --model resnet32' (the run's model is resnet20)."""
+    run = copy / "runs" / RUN
+    (run / "stages.json").unlink()
+    another_models_checkpoint(run / name)
+    if name == "pruned.pt":  # read when the run fine-tunes it again
+        (run / "model.pt").unlink()
+    caplog.set_level("INFO")
+    argvs = [run_argv(tiny_data, copy)] + [["report", run, "--data", tiny_data, "--engines-dir", copy / "engines"]] * (
+        name == "model.pt"
+    )
+    for argv in argvs:
+        err = user_error(capsys, *argv, message=f"the run's {name} is not a model of this run: ")
+        assert f"fix: delete {run / name}" in err and "or use --fresh" in err and "--model resnet32" not in err
+    assert "median" not in caplog.text  # nothing was timed
+
+
 def test_a_run_without_records_resumes_as_before(copy, capsys, tiny_data):
     run = copy / "runs" / RUN
     (run / "stages.json").unlink(missing_ok=True)
