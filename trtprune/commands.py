@@ -133,7 +133,7 @@ def _engines_in_run(a) -> Path | None:
     """The run directory ``run --engines-dir`` is (or is inside): one holding a run, or a folder of --runs-dir."""
     engines, runs = Path(os.path.realpath(a.engines_dir)), Path(os.path.realpath(a.runs_dir))
     if runs in engines.parents:
-        return runs / engines.relative_to(runs).parts[0]
+        return Path(a.runs_dir) / engines.relative_to(runs).parts[0]
     return run_dir_of(engines)
 
 
