@@ -130,10 +130,11 @@ def run_dir_of(path) -> Path | None:
 
 
 def _engines_in_run(a) -> Path | None:
-    """The run directory ``run --engines-dir`` is (or is inside): one holding a run, or a folder of --runs-dir."""
-    engines, runs = Path(os.path.realpath(a.engines_dir)), Path(os.path.realpath(a.runs_dir))
-    if runs in engines.parents:
-        return Path(a.runs_dir) / engines.relative_to(runs).parts[0]
+    """The run directory ``run --engines-dir`` is (or is inside): this run's (made yet or not), or one holding a run."""
+    own = Path(a.runs_dir) / run_name(a.name, a.model, a.device)
+    engines = Path(os.path.realpath(a.engines_dir))
+    if Path(os.path.realpath(own)) in (engines, *engines.parents):
+        return own
     return run_dir_of(engines)
 
 
