@@ -16,7 +16,7 @@ from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.onnx_module import OnnxModule, structure_of
 from trtprune.deploy.quantize import calibration, qdq_from_onnx, qdq_summary
 from trtprune.errors import BUDGET_MISSED, TOP1_GATE, TrtpruneError
-from trtprune.fsutil import refuse_overwrite, same_file, write_json, write_text
+from trtprune.fsutil import refuse_overwrite, safe_file_name, same_file, write_json, write_text
 from trtprune.latency import BACKENDS, TEST_ONLY_BACKENDS, get_backend
 from trtprune.latency.devices import DEVICES, all_devices, get_device
 from trtprune.latency.trt_onnx import check_precision
@@ -113,8 +113,52 @@ def _outputs(a) -> list[tuple[str, str | Path | None]]:
 
 
 def check_outputs(a) -> None:
-    """Before any work: no output of the command is one of its inputs (prune -o w.th --weights w.th)."""
+    """Before any work: no output of the command is one of its inputs (prune -o w.th --weights w.th), another of its
+    outputs, or a file of a run directory."""
+    check_run_files(a)
     refuse_overwrite(_outputs(a), _inputs(a))
+
+
+def run_dir_of(path) -> Path | None:
+    """The run directory ``path`` is or is inside (a folder holding a run's config.json and its .lock or first stage
+    file), else None."""
+    p = Path(os.path.realpath(path))
+    marks = (".lock", "baseline.onnx")
+    return next(
+        (d for d in (p, *p.parents) if (d / "config.json").is_file() and any((d / m).exists() for m in marks)), None
+    )
+
+
+def _engines_in_run(a) -> Path | None:
+    """The run directory ``run --engines-dir`` is (or is inside): this run's (made yet or not), or one holding a run."""
+    own = Path(a.runs_dir) / run_name(a.name, a.model, a.device)
+    engines = Path(os.path.realpath(a.engines_dir))
+    if Path(os.path.realpath(own)) in (engines, *engines.parents):
+        return own
+    return run_dir_of(engines)
+
+
+def check_run_files(a) -> None:
+    """No command writes over a run's files: run's engines go outside run directories, and -o, --json-file and
+    --log-file are not a stage file of one (build -o runs/r1/pruned.onnx)."""
+    inside = _engines_in_run(a) if a.command == "run" else None
+    if inside:
+        raise TrtpruneError(
+            f"--engines-dir '{a.engines_dir}' is inside the run directory '{inside}'",
+            why="a run directory holds the run's stage files (baseline.onnx, plan.json, pruned.onnx ...): an engine "
+            "delivered there can write over one of them (--name baseline over baseline.onnx), and the run and its "
+            "report would then read the engine as that file",
+            fix="give --engines-dir a folder outside the run directories (default: engines)",
+        )
+    for label, out in (("-o", getattr(a, "output", None)), ("--json-file", getattr(a, "json_file", None))):
+        found = run_dir_of(Path(out).parent) if out and Path(out).name in Run.FILES else None
+        if found:
+            raise TrtpruneError(
+                f"{label} '{out}' would write over the run's {Path(out).name} in '{found}'",
+                why="it is a file a stage of that run made: the run would go on from, and report, a file it did not "
+                "make",
+                fix=f"give {label} a path outside the run directory (e.g. engines/{Path(out).name})",
+            )
 
 
 def cmd_list(a) -> dict:
@@ -490,6 +534,18 @@ def cmd_run(a) -> dict:
 def cmd_report(a) -> dict:
 
     path = Path(a.run_dir) / "config.json"
+    if not Path(a.run_dir).exists():
+        raise TrtpruneError(
+            f"run directory '{a.run_dir}' does not exist",
+            why="report re-measures a run that trtprune run made, from the files in its folder",
+            fix="give runs/<name> of a run (ls runs), or make it first: trtprune run ... --name <name>",
+        )
+    if not Path(a.run_dir).is_dir():
+        raise TrtpruneError(
+            f"'{a.run_dir}' is a file, not a run directory",
+            why="report takes the run's folder, runs/<name>, and reads its config.json and stage files",
+            fix=f"give the folder: trtprune report {Path(a.run_dir).parent}",
+        )
     if not path.is_file():
         raise TrtpruneError(f"'{a.run_dir}' is not a run directory (no config.json)", fix="give runs/<name> of a run")
     cfg = RunConfig.from_dict(read_config(path), str(path))
@@ -498,6 +554,17 @@ def cmd_report(a) -> dict:
         report = stage_report(run)
     print(f"wrote {run.path('report.md')} and {run.path('report.json')}")
     return {**report, "exit_status": verdict(report, a.max_top1_drop)}
+
+
+def refuse_file_as_folder(label: str, folder: Path) -> None:
+    """Refuse an output folder that is a file, or inside one."""
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:
+        raise TrtpruneError(
+            f"{label} '{folder}' is not a folder: '{file}' is a file",
+            why="profile writes its results into that folder (stairs.json, stairs.md, model.onnx, one plot per group)",
+            fix=f"give {label} a folder, new or existing (e.g. profiles/{folder.name}-stairs)",
+        )
 
 
 def cmd_profile(a) -> dict:
@@ -514,6 +581,7 @@ def cmd_profile(a) -> dict:
     model, spec = load_model(_spec(a), a.weights)
     groups = GroupPruner(model, spec.input_shape).groups()
     out = Path(a.out or f"profiles/{spec.name}-{device.name}")
+    refuse_file_as_folder("--out", out)  # before the LUT is opened (it would be created): nothing is written
     tol = Tolerance(rel=a.rel)
     if a.ray:
         measurer = Fleet(device, a.ray, workers=a.ray_workers)
@@ -552,7 +620,8 @@ def cmd_profile(a) -> dict:
                 "consumers": list(g.consumers),
             }
             if not a.no_plots:
-                stairs_plot(out / f"{g.name}.png", f"{spec.name} / {g.name} on {device.name}", s, g.channels)
+                title = f"{spec.name} / {g.name} on {device.name}"
+                stairs_plot(out / f"{safe_file_name(g.name)}.png", title, s, g.channels)
         info, lut_path = measurer.info(), lut.path
         fleet = measurer.summary() if a.ray else None
     summary = {

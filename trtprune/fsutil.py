@@ -8,6 +8,7 @@ removes the leftovers of writers that are no longer running.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ def _remove_stale_temps(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path to write; on success it replaces ``path`` atomically, else it is removed."""
+    refuse_folder_name("the output", path)
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +70,18 @@ def atomic_path(path: str | os.PathLike):
         tmp.unlink(missing_ok=True)
 
 
+def refuse_folder_name(label: str, path) -> None:
+    """Refuse an output path written as a folder (``newdir/``): the file would be named ``newdir``, or an existing
+    ``model.onnx`` replaced by ``model.onnx/``."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise TrtpruneError(
+            f"{label} '{path}' ends in a path separator",
+            why="a path ending in '/' names a folder, and this output is one file: it would be written as "
+            f"'{path.rstrip('/' + os.sep)}', maybe over a file of that name",
+            fix=f"give a file name, e.g. '{path}model.onnx', or drop the trailing '/'",
+        )
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: the same file on disk (through links, '..' or './'), or, where one does
     not exist yet, the same path once resolved."""
@@ -81,8 +95,10 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def refuse_overwrite(outputs, inputs) -> None:
     """Refuse, before any work, a command whose output is one of its inputs or a folder: ``outputs`` and ``inputs``
     are ``(option, path)`` pairs (None paths are skipped)."""
-    for out_label, out in outputs:
-        if out and Path(out).is_dir():  # atomic_path says the same, but only once the work is done
+    outputs = [(label, out) for label, out in outputs if out]
+    for i, (out_label, out) in enumerate(outputs):
+        refuse_folder_name(out_label, out)
+        if Path(out).is_dir():  # atomic_path says the same, but only once the work is done
             raise TrtpruneError(f"cannot write '{out}': it is a folder", fix=f"give {out_label} a file name")
         for in_label, given in inputs:
             if out and given and same_file(out, given):
@@ -92,11 +108,38 @@ def refuse_overwrite(outputs, inputs) -> None:
                     "replaced by the pruned one, a model by its export)",
                     fix=f"give {out_label} another path; the input is then kept as it is",
                 )
+        for other_label, other in outputs[:i]:
+            if same_file(out, other):
+                raise TrtpruneError(
+                    f"{out_label} '{out}' is the same file as {other_label} '{other}'",
+                    why="the command writes both: the one written last would replace the other (a log over the "
+                    "model, or the model over the log)",
+                    fix=f"give {out_label} another path",
+                )
 
 
 def is_plain_name(name: str) -> bool:
     """Whether ``name`` is one path component that stays where it is put: no separator, no '..', not '.'."""
     return bool(name) and ".." not in name and name != "." and not any(c in name for c in ("/", "\\", os.sep, "\0"))
+
+
+def safe_file_name(name: str) -> str:
+    """A file name made from ``name`` (a module or group name, which may hold '/', '..' or anything): letters, digits,
+    '.', '_' and '-' only, never hidden or a path; a name that had to change gets a short digest of the original, so
+    two names never share a file (``stem/conv`` -> ``stem_conv-1a2b3c4d``)."""
+    safe = re.sub(r"[^0-9A-Za-z._-]", "_", name).lstrip(".") or "_"
+    if safe == name:
+        return name
+    return f"{safe[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def folder_writable(folder: str | os.PathLike) -> bool:

@@ -29,7 +29,7 @@ def stage_report(run) -> dict:
     """Measure baseline and pruned ONNX in one interleaved run, evaluate both, write report.json/.md."""
 
     base_model, spec = load_model(run.spec, resolve_weights(run.cfg.model, run.cfg.weights, run.data))
-    pruned_model, _ = load_model(run.spec, run.path("model.pt"))
+    pruned_model, _ = run.model("model.pt")
     # the files the device runs (for int8 devices their calibrated Q/DQ forms, the delivered model or plan's source)
     onnx = {role: run.device_onnx(role) for role in ("baseline", "pruned")}
     models = {"baseline": base_model, "pruned": pruned_model}

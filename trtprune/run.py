@@ -4,6 +4,8 @@
 ``pruned.pt`` (pruned, before fine-tuning), ``finetune.pt`` (the per-epoch checkpoint), ``model.pt``
 (the fine-tuned model), ``pruned.onnx``, ``report.json`` and ``report.md``. A stage whose output
 exists is skipped, so an interrupted run resumes where it stopped; every file is written atomically.
+``stages.json`` records the SHA-256 of each file a stage made (and of the files it was made from), and of the
+delivered engine: a file changed or copied in since is refused, not reused (runs made before it: not checked).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from trtprune.config import RunConfig, parse_ranked
 from trtprune.deploy.export import onnx_from_torch, read_onnx
 from trtprune.deploy.quantize import calibration, qdq_from_onnx
 from trtprune.errors import TrtpruneError
-from trtprune.fsutil import atomic_path, is_plain_name, write_json
+from trtprune.fsutil import atomic_path, is_plain_name, sha256_of, write_json
 from trtprune.latency import get_backend
 from trtprune.latency.devices import get_device
 from trtprune.pruning.prune import GroupPruner, uniform_plan_of
@@ -97,6 +99,7 @@ class Run:
         "report.json",
         "report.md",
         "channels.png",
+        "stages.json",
     )
 
     def __init__(
@@ -121,6 +124,10 @@ class Run:
     def path(self, name: str) -> Path:
         assert name in self.FILES, name
         return self.dir / name
+
+    def model(self, name: str):
+        """The run's checkpoint ``name`` (pruned.pt, model.pt) loaded into the run's model: :func:`load_stage`."""
+        return load_stage(self, name)
 
     def device_onnx(self, role: str) -> Path:
         return device_onnx(self, role)
@@ -249,6 +256,9 @@ def check_finished(run: Run) -> None:
                 why="it was cut short or changed after the run wrote it",
                 fix=f"{rerun} with the run's settings: it makes {name} again (and what is made from it) and reports",
             )
+    for name in ("baseline.onnx", "plan.json", "pruned.pt", "model.pt", "pruned.onnx"):
+        refuse_changed(run, name)
+    run.model("model.pt")  # a checkpoint of another model (a run made before stages.json): named before any timing
     engine = run.engine_path
     if not engine.is_file() or damaged(engine) is not None:
         state = "does not exist" if not engine.is_file() else "is damaged"
@@ -256,6 +266,105 @@ def check_finished(run: Run) -> None:
             f"engine '{engine}' {state}",
             why=f"the report names the run's deployable model, {engine.name} in --engines-dir '{run.engines_dir}'",
             fix=f"give --engines-dir the folder the run delivered to (default: engines), or deliver it again: {rerun}",
+        )
+    check_engine(run)
+
+
+# The files each recorded file is made from (config.json aside): a change in one of them is a change in the file.
+MADE_FROM = {
+    "pruned.pt": ("plan.json",),
+    "model.pt": ("pruned.pt",),
+    "pruned.onnx": ("model.pt",),
+    "baseline.int8.onnx": ("baseline.onnx",),
+    "pruned.int8.onnx": ("pruned.onnx",),
+}
+
+
+def _records(run: Run) -> dict:
+    """stages.json: ``{file: {"sha256": ..., "from": {input: sha256}}}``; empty for a run made before it."""
+    path = run.path("stages.json")
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def record(run: Run, name: str, path: Path, sources=None) -> None:
+    """Record the digest of ``path`` (the run's file ``name``, or "engine") and of the run files it was made from."""
+    sources = MADE_FROM.get(name, ()) if sources is None else sources
+    records = _records(run)
+    records[name] = {"sha256": sha256_of(path), "from": {s: sha256_of(run.path(s)) for s in sources}}
+    write_json(run.path("stages.json"), records)
+
+
+def changed(run: Run, name: str, path: Path | None = None) -> tuple[str, str] | None:
+    """``(what changed, the first file to remake)`` when ``name`` is not the file the run recorded (edited, or copied
+    in from elsewhere), or was made from other files than the run's; None when it is, or is not recorded."""
+    found = _records(run).get(name)
+    path = path or run.path(name)
+    if not isinstance(found, dict) or not path.is_file():
+        return None
+    if found.get("sha256") != sha256_of(path):
+        return f"'{path}' changed since the run made it", name
+    for source, digest in (found.get("from") or {}).items():
+        if not run.path(source).is_file() or sha256_of(run.path(source)) != digest:
+            return f"'{path}' was made from another {source} than the run's '{run.path(source)}'", source
+    return None
+
+
+def refuse_changed(run: Run, name: str) -> None:
+    """Refuse a run file that is not the one the run made (:func:`changed`): reused, it would be delivered and
+    reported as the run's."""
+    found = changed(run, name)
+    if found is None:
+        return
+    what, first = found
+    later = [n for n in _made_from(first) if run.path(n).exists()]
+    raise TrtpruneError(
+        what,
+        why="the run records the digest of every file its stages make (stages.json): reusing a file it did not make "
+        "would deliver and report a model the run did not make",
+        fix=f"delete {run.path(first)}{' and ' + ', '.join(later) if later else ''} to make it again "
+        f"({rerun_command(run)}), or use --fresh to start the run over",
+    )
+
+
+def load_stage(run: Run, name: str):
+    """Load the run's checkpoint ``name`` into the run's model. One that does not fit it (another model's, copied in)
+    is named as the run's file, with the advice to remake it: not to change --model, as for a file given."""
+    path = run.path(name)
+    try:
+        return load_model(run.spec, path)
+    except TrtpruneError as e:
+        later = [n for n in _made_from(name) if run.path(n).exists()]
+        raise TrtpruneError(
+            f"the run's {name} is not a model of this run: {e.what}",
+            why=f"the run made {name} from its own model ({run.cfg.model}); this one was copied in from elsewhere or "
+            "changed since",
+            fix=f"delete {path}{' and ' + ', '.join(later) if later else ''} to make it again "
+            f"({rerun_command(run)}), or use --fresh to start the run over",
+        ) from e
+
+
+def check_engine(run: Run) -> None:
+    """The engine the report names is the one the run delivered from the model it measures (recorded digests):
+    not another file since, nor one delivered for other settings (config.json edited to another device)."""
+    found = _records(run).get("engine")
+    engine = run.engine_path
+    if not isinstance(found, dict) or not engine.is_file():
+        return
+    measured = "pruned.int8.onnx" if run.device.int8_form else "pruned.onnx"
+    made_from = found.get("from") or {}
+    ok = found.get("sha256") == sha256_of(engine) and set(made_from) == {measured}
+    if ok and not (run.path(measured).is_file() and sha256_of(run.path(measured)) == made_from[measured]):
+        ok = False
+    if not ok:
+        raise TrtpruneError(
+            f"engine '{engine}' is not the model this report measures ({run.path(measured)})",
+            why="the run records what it delivered (stages.json): this engine was changed since, or delivered from "
+            f"{', '.join(made_from) or 'another file'} with other settings (config.json edited since the run)",
+            fix=f"deliver it again with the run's settings: {rerun_command(run)}, or start over with --fresh",
         )
 
 
@@ -268,11 +377,18 @@ def stage(label: str, output: str):
         def run_stage(run: Run) -> None:
             out = run.path(output)
             if reusable(run, output, label):
+                refuse_changed(run, output)
                 log.info("%-9s | done already: %s", label, out)
                 return
             t0 = time.perf_counter()
             log.info("%-9s | start", label)
+            stale = [n for n in _made_from(output) if run.path(n).exists()]
+            if stale:  # made from the earlier one: they go too, and are made again from this one
+                log.info("%-9s | %s made from the earlier %s: made again too", label, ", ".join(stale), output)
+            for n in stale:
+                run.path(n).unlink()
             fn(run, out)
+            record(run, output, out)
             log.info("%-9s | done in %.1f s -> %s", label, time.perf_counter() - t0, out)
 
         return run_stage
@@ -337,7 +453,7 @@ def stage_prune(run: Run, out: Path) -> None:
 @stage("finetune", "model.pt")
 def stage_finetune(run: Run, out: Path) -> None:
 
-    model, spec = load_model(run.spec, run.path("pruned.pt"))
+    model, spec = run.model("pruned.pt")
     history = read_checkpoint(run.path("pruned.pt"))["history"]
     cfg = run.cfg.finetune
     reusable(run, "finetune.pt", "finetune")  # a damaged per-epoch checkpoint: fine-tune from the start
@@ -365,7 +481,7 @@ def stage_finetune(run: Run, out: Path) -> None:
 @stage("build", "pruned.onnx")
 def stage_build(run: Run, out: Path) -> None:
 
-    model, spec = load_model(run.spec, run.path("model.pt"))
+    model, spec = run.model("model.pt")
     onnx_from_torch(model, out, spec.input_shape, run.device.batch)
 
 
@@ -383,6 +499,9 @@ def device_onnx(run: Run, role: str) -> Path:
     if not reusable(run, out.name, "calibrate") or out.stat().st_mtime < src.stat().st_mtime:
         calib = calibration(run.cfg.calib, run.data, run.spec, run.cfg.calib_images)
         qdq_from_onnx(src, out, calib, target=form)
+        record(run, out.name, out)
+    else:
+        refuse_changed(run, out.name)
     return out
 
 
@@ -390,12 +509,14 @@ def deliver(run: Run) -> Path:
     """The deployable model at ``engines/<run name>.<plan|onnx>`` (always: the run may be newer): a
     TensorRT plan built on the device (from the calibrated Q/DQ model for int8), or the pruned ONNX model for
     ONNX Runtime (its calibrated Q/DQ form for int8)."""
+    source = device_onnx(run, "pruned")
     if run.device.engine_suffix == ".plan":
         with get_backend(run.device) as backend:
-            backend.build(device_onnx(run, "pruned"), run.engine_path)
+            backend.build(source, run.engine_path)
     else:
         with atomic_path(run.engine_path) as tmp:
-            shutil.copyfile(device_onnx(run, "pruned"), tmp)
+            shutil.copyfile(source, tmp)
+    record(run, "engine", run.engine_path, sources=(source.name,))
     log.info("engine    | %s", run.engine_path)
     return run.engine_path
 

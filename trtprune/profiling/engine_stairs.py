@@ -21,6 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from trtprune.errors import TrtpruneError
+from trtprune.fsutil import safe_file_name
 from trtprune.profiling.predict import export_timed
 from trtprune.profiling.stairs import Stairs, Tolerance, on_multiples, three_point
 from trtprune.pruning.prune import ChannelGroup, GroupPruner
@@ -58,7 +59,7 @@ class EngineProfiler:
             key = (group.name, c)
             if key not in self._cache:
                 keep = {group.name: c} if c < group.channels else {}
-                path = self._subnet(keep, self.workdir / f"{group.name}-{c}.onnx")
+                path = self._subnet(keep, self.workdir / f"{safe_file_name(group.name)}-{c}.onnx")
                 times, other, unknown = self.backend.group_profile(path, list(self.groups.values()), self.iterations)
                 self.builds += 1
                 self.other_ms[path.name] = other
