@@ -445,9 +445,28 @@ def _finetune_job(a, cfg) -> list[dict]:
     )
 
 
+# what each kind of file is usually named: an engine written under another kind's suffix misleads whoever loads it
+_SUFFIXES = {".onnx": (".onnx",), ".plan": (".plan", ".engine", ".trt")}
+_OTHER_KINDS = {".onnx", ".plan", ".engine", ".trt", ".pt", ".pth", ".th", ".pb", ".tflite"}
+
+
+def _check_engine_suffix(out: Path, device) -> None:
+    suffix, wanted = out.suffix.lower(), _SUFFIXES.get(device.engine_suffix, (device.engine_suffix,))
+    if suffix in _OTHER_KINDS and suffix not in wanted:
+        raise TrtpruneError(
+            f"-o '{out}' ends in {suffix}, but device '{device.name}' delivers "
+            + ("an ONNX model" if device.engine_suffix == ".onnx" else "a TensorRT engine")
+            + f" ({', '.join(wanted)})",
+            why="the file's suffix says what it is to whoever loads it (ONNX Runtime, trtexec, torch.load)",
+            fix=f"-o {out.with_suffix(wanted[0])}",
+        )
+
+
 def cmd_build(a) -> dict:
 
     device = get_device(a.device)
+    if a.output:
+        _check_engine_suffix(Path(a.output), device)
     model, spec = load_model(_spec(a), a.weights)
     out = Path(a.output or f"engines/{spec.name}-{device.name}{device.engine_suffix}")
     calib = calibration(a.calib, a.data, spec, a.calib_images) if device.int8_form else None

@@ -308,7 +308,7 @@ def test_no_prunable_group_says_why(argv, message, tiny_data, tmp_path, capsys, 
 @pytest.mark.parametrize("text,fraction", [("1e-9x", 1e-9), ("1E-3X", 1e-3), ("5e-1", 0.5), (" .25 x", 0.25)])
 def test_a_budget_written_with_an_exponent_is_read(text, fraction):
     assert Budget.from_text(text).fraction == fraction
-    with pytest.raises(Exception, match="cannot read the budget '-0.5x'"):
+    with pytest.raises(Exception, match="budget '-0.5x' is negative"):
         Budget.from_text("-0.5x")
 
 

@@ -195,3 +195,19 @@ def test_a_run_that_made_nothing_takes_new_settings_and_one_that_made_a_file_ref
     assert json.loads((tmp_path / "r" / "config.json").read_text())["weights"] == "new.pt"
     with pytest.raises(TrtpruneError, match=r"was made with other settings \(weights\)"):
         Run(tmp_path / "r", RunConfig(weights="old.pt")).__enter__()
+
+
+# -- build: an engine under another kind of file's suffix ---------------------------------------------------------
+@pytest.mark.parametrize("name", ["eng.plan", "eng.pt", "eng.engine"])
+def test_build_refuses_an_output_named_as_another_kind_of_file(name, tiny_data, tmp_path, capsys):
+    out = tmp_path / name
+    user_error(capsys, "build", "--model", "resnet20", "--weights", tiny_data / WEIGHTS, "--device", "cpu",
+               "-o", out, message=f"-o '{out}' ends in {out.suffix}, but device 'cpu' delivers an ONNX model (.onnx)",
+               absent=[out], roots=[tmp_path])  # fmt: skip
+
+
+def test_build_takes_the_devices_suffix_or_a_name_of_its_own(tiny_data, tmp_path, capsys):
+    for name in ("eng.onnx", "eng"):
+        code, _, err = cli(capsys, "build", "--model", "resnet20", "--weights", tiny_data / WEIGHTS, "--device", "cpu",
+                           "-o", tmp_path / name)  # fmt: skip
+        assert code == 0 and (tmp_path / name).is_file(), err

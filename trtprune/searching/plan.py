@@ -33,6 +33,12 @@ class Budget:
                 raise TrtpruneError(f"--budget-ms {ms} is not a latency", fix="give milliseconds > 0, e.g. 1.2")
             return cls(ms=float(ms))
         fraction = _fraction(str(text))
+        if fraction is None and _fraction(str(text).strip().removeprefix("-")) is not None:
+            raise TrtpruneError(
+                f"budget '{str(text).strip()}' is negative",
+                why="a budget is a fraction of the unpruned latency, between 0 and 1",
+                fix="use e.g. --budget 0.5x",
+            )
         if fraction is None:
             raise TrtpruneError(f"cannot read the budget '{text}'", fix="write a fraction of the baseline, e.g. 0.5x")
         if not 0 < fraction < 1:
